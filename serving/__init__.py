@@ -1,0 +1,1 @@
+"""Parameter sync, serving workers and the HTTP predict API (``headrace.serving``)."""

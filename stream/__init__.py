@@ -1,0 +1,1 @@
+"""Sources, sinks, parsing and dead letters (``headrace.stream``)."""

@@ -1,0 +1,1 @@
+"""Models, the online training loop, metrics, drift and checkpoints (``headrace.trainer``)."""
