@@ -1,0 +1,65 @@
+"""Vectorised 64-bit mixing, used for hash positions and for row initial values.
+
+Everything here is a pure function of its inputs (no process state), so the
+results are the same in every process and on every machine.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+_S30 = np.uint64(30)
+_S27 = np.uint64(27)
+_S31 = np.uint64(31)
+_S11 = np.uint64(11)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijective, well-spread hash of uint64 values."""
+    z = x.astype(np.uint64, copy=True)
+    z ^= z >> _S30
+    z *= _M1
+    z ^= z >> _S27
+    z *= _M2
+    z ^= z >> _S31
+    return z
+
+
+def as_uint64(fids: np.ndarray) -> np.ndarray:
+    """Reinterpret int64 fids as uint64 without copying."""
+    return fids.view(np.uint64)
+
+
+def salted(fids: np.ndarray, salt: int) -> np.ndarray:
+    """Hash of ``(salt, fid)``; distinct salts give independent hash families."""
+    salt_bits = np.asarray([salt & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64)
+    return mix64(as_uint64(fids) ^ mix64(salt_bits))
+
+
+def unit_uniform(bits: np.ndarray) -> np.ndarray:
+    """Map uint64 hash values to float64 uniforms in [0, 1)."""
+    return (bits >> _S11).astype(np.float64) * (1.0 / (1 << 53))
+
+
+def initial_rows(fids: np.ndarray, dim: int, seed: int, kind: str, scale: float) -> np.ndarray:
+    """Initial float32 vectors of ``fids``, a function of ``(seed, fid)`` only.
+
+    Element ``j`` of a row is drawn from the counter-based stream
+    ``mix64(mix64(seed ^ fid) + j)``, so the order in which ids arrive does not
+    matter.
+    """
+    if kind == "zeros" or len(fids) == 0:
+        return np.zeros((len(fids), dim), dtype=np.float32)
+    base = salted(fids, seed)[:, None]
+    if kind == "uniform":
+        counters = np.arange(dim, dtype=np.uint64) * _GOLDEN
+        u = unit_uniform(mix64(base + counters))
+        return ((2.0 * u - 1.0) * scale).astype(np.float32)
+    # Box-Muller over two independent uniform streams.
+    counters = np.arange(2 * dim, dtype=np.uint64) * _GOLDEN
+    u = unit_uniform(mix64(base + counters))
+    radius = np.sqrt(-2.0 * np.log1p(-u[:, :dim]))
+    return (radius * np.cos(2.0 * np.pi * u[:, dim:]) * scale).astype(np.float32)

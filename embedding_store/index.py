@@ -1,0 +1,128 @@
+"""A vectorised open-addressing hash map from 64-bit fids to row numbers.
+
+Keyed by the full fid, never folded modulo a table size: two ids share a row
+only if they are the same id. Every operation takes a whole batch of fids and
+probes it in numpy rounds (linear probing), so the per-fid cost is a few
+vector instructions rather than a Python-level dict access.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from headrace.embedding_store._hashing import salted
+
+_EMPTY = -1
+_TOMBSTONE = -2
+# Linear probing stays short while at most 70% of the positions hold live
+# keys or tombstones; a rehash brings the load back to at most half, so that
+# rehashes do not follow each other.
+_MAX_LOAD = 0.7
+_REHASH_LOAD = 0.5
+_HASH_SALT = 0x5EED_1D5
+
+
+class FidIndex:
+    """Map int64 fids to int32 row numbers.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> index = FidIndex()
+    >>> index.insert(np.array([7, 2**62], dtype=np.int64), np.array([0, 1]))
+    >>> index.find(np.array([2**62, 5, 7], dtype=np.int64)).tolist()
+    [1, -1, 0]
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self._allocate(max(16, 1 << (int(capacity) - 1).bit_length()))
+        self._live = 0
+
+    def _allocate(self, capacity: int) -> None:
+        self._mask = np.uint64(capacity - 1)
+        self._keys = np.zeros(capacity, dtype=np.int64)
+        self._rows = np.full(capacity, _EMPTY, dtype=np.int32)
+        self._used = 0  # live keys plus tombstones
+
+    def __len__(self) -> int:
+        return self._live
+
+    @property
+    def nbytes(self) -> int:
+        return self._keys.nbytes + self._rows.nbytes
+
+    def _home(self, fids: np.ndarray) -> np.ndarray:
+        return (salted(fids, _HASH_SALT) & self._mask).astype(np.int64)
+
+    def _probe(self, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions and rows of ``fids``; -1 for both where a fid is absent."""
+        n = len(fids)
+        positions = np.full(n, -1, dtype=np.int64)
+        rows = np.full(n, -1, dtype=np.int64)
+        pending = np.arange(n)
+        pos = self._home(fids)
+        mask = int(self._mask)
+        while len(pending):
+            slot_rows = self._rows[pos]
+            hit = (slot_rows >= 0) & (self._keys[pos] == fids[pending])
+            positions[pending[hit]] = pos[hit]
+            rows[pending[hit]] = slot_rows[hit]
+            # A tombstone or another key means the chain goes on; an empty
+            # position ends it.
+            go_on = ~hit & (slot_rows != _EMPTY)
+            pending = pending[go_on]
+            pos = (pos[go_on] + 1) & mask
+        return positions, rows
+
+    def find(self, fids: np.ndarray) -> np.ndarray:
+        """Row of each fid (int64), -1 where the fid is absent."""
+        return self._probe(fids)[1]
+
+    def insert(self, fids: np.ndarray, rows: np.ndarray) -> None:
+        """Add distinct fids that are not in the index yet, with their rows."""
+        if self._used + len(fids) > _MAX_LOAD * len(self._keys):
+            self._rehash(self._live + len(fids))
+        self._place(fids, np.asarray(rows, dtype=np.int32))
+
+    def _place(self, fids: np.ndarray, rows: np.ndarray) -> None:
+        pending = np.arange(len(fids))
+        pos = self._home(fids)
+        mask = int(self._mask)
+        while len(pending):
+            free = self._rows[pos] < 0
+            # Several new keys may claim the same free position in one round:
+            # the first takes it, the others probe on.
+            free_idx = np.flatnonzero(free)
+            claimed, first = np.unique(pos[free_idx], return_index=True)
+            winners = pending[free_idx[first]]
+            self._used += int(np.count_nonzero(self._rows[claimed] == _EMPTY))
+            self._keys[claimed] = fids[winners]
+            self._rows[claimed] = rows[winners]
+            placed = np.zeros(len(pending), dtype=bool)
+            placed[free_idx[first]] = True
+            pending = pending[~placed]
+            pos = (pos[~placed] + 1) & mask
+        self._live += len(fids)
+
+    def remove(self, fids: np.ndarray) -> np.ndarray:
+        """Remove fids; returns the rows they had (-1 where absent)."""
+        positions, rows = self._probe(fids)
+        present = positions >= 0
+        self._rows[positions[present]] = _TOMBSTONE
+        self._live -= int(np.count_nonzero(present))
+        return rows
+
+    def items(self) -> tuple[np.ndarray, np.ndarray]:
+        """All (fids, rows) pairs, in position order."""
+        live = self._rows >= 0
+        return self._keys[live], self._rows[live].astype(np.int64)
+
+    def _rehash(self, needed: int) -> None:
+        """Grow so that ``needed`` keys fit, dropping tombstones on the way."""
+        fids, rows = self.items()
+        capacity = len(self._keys)
+        while needed > _REHASH_LOAD * capacity:
+            capacity *= 2
+        self._allocate(capacity)
+        self._live = 0
+        self._place(fids, rows.astype(np.int32))
