@@ -25,6 +25,7 @@ from .kafka import (
 )
 from .parse import EventParser, ParserConfig, ParseResult
 from .pipeline import EventStream, Source
+from .replay import MessageSink, generate_events, replay_log
 from .synthetic import (
     BayesAuc,
     CtrGenerator,
@@ -53,6 +54,7 @@ __all__ = [
     "KafkaSource",
     "KafkaSourceConfig",
     "ListDeadLetterSink",
+    "MessageSink",
     "ParseResult",
     "ParserConfig",
     "Positions",
@@ -61,6 +63,8 @@ __all__ = [
     "SyntheticConfig",
     "SyntheticSource",
     "ensure_topic",
+    "generate_events",
     "open_log",
     "parse_kafka_url",
+    "replay_log",
 ]

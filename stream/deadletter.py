@@ -7,7 +7,6 @@ its source position and its raw bytes, and the good events beside it go on.
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -15,6 +14,8 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
 from headrace.schema import Reason
+
+from .file import open_log
 
 if TYPE_CHECKING:
     from kafka import KafkaProducer
@@ -93,12 +94,7 @@ class JsonlDeadLetterSink:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        # Held open for the sink's life and closed by close(), not a with-block.
-        self._file: IO[str] = (
-            gzip.open(self.path, "at", encoding="utf-8")  # noqa: SIM115
-            if self.path.suffix == ".gz"
-            else self.path.open("a", encoding="utf-8")
-        )
+        self._file: IO[str] = open_log(self.path, "at")
 
     def write(self, letter: DeadLetter) -> None:
         self._file.write(json.dumps(letter.to_json()) + "\n")

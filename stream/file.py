@@ -11,12 +11,24 @@ from .batch import Positions, Record, position_for
 __all__ = ["FileSource", "open_log"]
 
 
-def open_log(path: str | Path) -> IO[bytes]:
-    """Open a log for binary reading, gunzipping when the name ends in ``.gz``."""
+def open_log(path: str | Path, mode: str = "rb") -> IO:
+    """Open a log, through gzip when the name ends in ``.gz``.
+
+    Parameters
+    ----------
+    path
+        The file.
+    mode
+        As for ``open``; text modes use UTF-8.
+    """
     path = Path(path)
-    if not path.is_file():
+    if "r" in mode and not path.is_file():
         raise FileNotFoundError(f"no event log at {path}")
-    return gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb")
+    encoding = None if "b" in mode else "utf-8"
+    # The caller owns the file and closes it.
+    if path.suffix == ".gz":
+        return gzip.open(path, mode, encoding=encoding)
+    return path.open(mode, encoding=encoding)
 
 
 class FileSource:

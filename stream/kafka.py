@@ -219,6 +219,8 @@ class KafkaSource:
 
     def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        if max_records <= 0:
+            return []
         fetched = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
         records: list[Record] = []
         for tp, messages in fetched.items():

@@ -90,6 +90,10 @@ class EventStream:
             if len(batch):
                 yield batch
 
+    def positions(self) -> Positions:
+        """Where the source stands: after the last batch returned."""
+        return self.source.positions()
+
     def seek(self, positions: Positions) -> None:
         """Resume the source at positions saved from a batch."""
         self.source.seek(positions)

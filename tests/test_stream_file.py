@@ -30,7 +30,7 @@ def test_resume_reads_exactly_what_follows(tmp_path, name):
     log = _write_log(tmp_path / name, _events(50))
     first = EventStream(FileSource(log), JsonlDeadLetterSink(tmp_path / "dlq.jsonl"))
     seen = [*first.next_batch(20).ts, *first.next_batch(7).ts]
-    saved = first.next_batch(0).positions
+    saved = first.positions()
     first.close()
     assert saved == {f"file:{name}": 27}
 
