@@ -17,8 +17,9 @@ $(INSTALLED): pyproject.toml constraints.txt | $(PY)
 test: $(INSTALLED)
 	$(PY) -m pytest
 
+# Every benchmark in bench/, each printing one JSON object.
 bench: $(INSTALLED)
-	$(PY) bench/embedding_store.py
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .

@@ -1,1 +1,70 @@
-"""Sources, sinks, parsing and dead letters (``headrace.stream``)."""
+"""Sources, sinks, parsing and dead letters (``headrace.stream``).
+
+Raw records come from a :class:`KafkaSource`, a :class:`FileSource` or a
+:class:`SyntheticSource`; an :class:`EventStream` parses them into columnar
+:class:`Batch` objects and sends bad ones to a dead-letter sink.
+"""
+
+from .batch import Batch, Positions, Record
+from .deadletter import (
+    DeadLetter,
+    DeadLetterSink,
+    JsonlDeadLetterSink,
+    KafkaDeadLetterSink,
+    ListDeadLetterSink,
+)
+from .file import FileSource, open_log
+from .kafka import (
+    BrokerUnavailable,
+    DeliveryError,
+    KafkaSink,
+    KafkaSource,
+    KafkaSourceConfig,
+    ensure_topic,
+    parse_kafka_url,
+)
+from .parse import EventParser, ParserConfig, ParseResult
+from .pipeline import EventStream, Source
+from .replay import MessageSink, generate_events, replay_log
+from .synthetic import (
+    BayesAuc,
+    CtrGenerator,
+    Drift,
+    GeneratedEvents,
+    SyntheticConfig,
+    SyntheticSource,
+)
+
+__all__ = [
+    "Batch",
+    "BayesAuc",
+    "BrokerUnavailable",
+    "CtrGenerator",
+    "DeadLetter",
+    "DeadLetterSink",
+    "DeliveryError",
+    "Drift",
+    "EventParser",
+    "EventStream",
+    "FileSource",
+    "GeneratedEvents",
+    "JsonlDeadLetterSink",
+    "KafkaDeadLetterSink",
+    "KafkaSink",
+    "KafkaSource",
+    "KafkaSourceConfig",
+    "ListDeadLetterSink",
+    "MessageSink",
+    "ParseResult",
+    "ParserConfig",
+    "Positions",
+    "Record",
+    "Source",
+    "SyntheticConfig",
+    "SyntheticSource",
+    "ensure_topic",
+    "generate_events",
+    "open_log",
+    "parse_kafka_url",
+    "replay_log",
+]

@@ -1,0 +1,255 @@
+"""The event schema every headrace component shares, and the stable feature ids.
+
+An event is one JSON object::
+
+    {"ts": 1700000000.5, "label": 1,
+     "sparse": {"user_id": "u42", "item_id": 981, "tags": ["a", "b"]},
+     "dense": {"price": 3.5}, "request_id": "r-1"}
+
+- ``ts`` (required): seconds since the epoch, a finite number.
+- ``sparse`` (required): slot name -> a string, an integer, or a list of them.
+- ``label`` (required for training): 0/1, a bool, or a probability in [0, 1].
+- ``dense`` (optional): feature name -> a finite number.
+- ``request_id`` (optional): a string, used to join predictions with outcomes.
+
+Unknown top-level keys are ignored, so producers can add fields without
+breaking older consumers.
+
+Each sparse value becomes a feature id (fid): the first 8 bytes of the BLAKE2b
+digest of (slot, value), read as a signed little-endian 64-bit integer. That is
+the same in every process and on every machine (Python's ``hash()`` is salted
+per process), and it fits ``int64`` arrays and torch index tensors. An integer
+value hashes like its decimal string, so ``981`` and ``"981"`` are one feature:
+logs disagree about such types more often than they mean different things.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import NamedTuple
+
+__all__ = [
+    "FidHasher",
+    "Reason",
+    "SchemaError",
+    "ValidEvent",
+    "fid",
+    "validate_event",
+]
+
+
+class Reason(enum.StrEnum):
+    """Why a message was sent to the dead letters."""
+
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    MISSING_TS = "missing_ts"
+    BAD_TS = "bad_ts"
+    MISSING_LABEL = "missing_label"
+    BAD_LABEL = "bad_label"
+    MISSING_SPARSE = "missing_sparse"
+    BAD_SPARSE = "bad_sparse"
+    BAD_DENSE = "bad_dense"
+    BAD_REQUEST_ID = "bad_request_id"
+
+
+class SchemaError(ValueError):
+    """An event breaks the schema; ``reason`` says which rule, ``detail`` where."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ValidEvent(NamedTuple):
+    """The fields of an event that passed :func:`validate_event`."""
+
+    ts: float
+    label: float  # NaN when the event has no label and none was required
+    sparse: Mapping[str, str | int | list[str | int]]
+    dense: Mapping[str, float]
+    request_id: str | None
+
+
+def _is_number(value: object) -> bool:
+    # bool is a subclass of int, but true/false is never a timestamp or a price.
+    kind = type(value)
+    return (kind is float or kind is int) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def _check_label(label: object) -> float:
+    if type(label) is bool:
+        return float(label)
+    if not _is_number(label) or not 0.0 <= label <= 1.0:  # type: ignore[operator]
+        raise SchemaError(
+            Reason.BAD_LABEL, f"label must be 0/1, a bool or in [0, 1], not {label!r}"
+        )
+    return float(label)  # type: ignore[arg-type]
+
+
+def _check_sparse(sparse: object) -> Mapping[str, str | int | list[str | int]]:
+    if type(sparse) is not dict:
+        raise SchemaError(
+            Reason.BAD_SPARSE, f"sparse must be an object, not {type(sparse).__name__}"
+        )
+    # Written out (no helper calls, no generators): this runs for every value.
+    for slot, value in sparse.items():
+        kind = type(value)
+        if kind is str or kind is int:
+            continue
+        if kind is list:
+            for item in value:
+                kind = type(item)
+                if kind is not str and kind is not int:
+                    break
+            else:
+                continue
+        raise SchemaError(
+            Reason.BAD_SPARSE,
+            f"sparse[{slot!r}] must be a string, an int or a list of them, not {value!r}",
+        )
+    return sparse
+
+
+def _check_dense(dense: object) -> Mapping[str, float]:
+    if type(dense) is not dict:
+        raise SchemaError(Reason.BAD_DENSE, f"dense must be an object, not {type(dense).__name__}")
+    for name, value in dense.items():
+        if not _is_number(value):
+            raise SchemaError(
+                Reason.BAD_DENSE, f"dense[{name!r}] must be a finite number, not {value!r}"
+            )
+    return dense
+
+
+def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
+    """Check a decoded JSON value against the event schema.
+
+    Parameters
+    ----------
+    event
+        The value decoded from one message.
+    require_label
+        Whether an event without ``label`` breaks the schema (training) or is
+        fine (prediction).
+
+    Returns
+    -------
+    ValidEvent
+        The event's fields; the sparse and dense mappings are the input's own.
+
+    Raises
+    ------
+    SchemaError
+        With the :class:`Reason` of the first rule the event breaks.
+    """
+    if type(event) is not dict:
+        raise SchemaError(
+            Reason.NOT_OBJECT, f"an event is a JSON object, not {type(event).__name__}"
+        )
+    ts = event.get("ts")
+    if ts is None:
+        raise SchemaError(Reason.MISSING_TS, "ts (seconds since the epoch) is required")
+    if not _is_number(ts):
+        raise SchemaError(Reason.BAD_TS, f"ts must be a finite number, not {ts!r}")
+    label = event.get("label")
+    if label is None:
+        if require_label:
+            raise SchemaError(Reason.MISSING_LABEL, "label is required for training")
+        label_value = math.nan
+    else:
+        label_value = _check_label(label)
+    sparse = event.get("sparse")
+    if sparse is None:
+        raise SchemaError(Reason.MISSING_SPARSE, "sparse (slot -> value) is required")
+    dense = event.get("dense")
+    request_id = event.get("request_id")
+    if request_id is not None and type(request_id) is not str:
+        raise SchemaError(
+            Reason.BAD_REQUEST_ID, f"request_id must be a string, not {type(request_id).__name__}"
+        )
+    return ValidEvent(
+        ts=float(ts),
+        label=label_value,
+        sparse=_check_sparse(sparse),
+        dense=_EMPTY if dense is None else _check_dense(dense),
+        request_id=request_id,
+    )
+
+
+_EMPTY: Mapping[str, float] = {}
+
+
+def fid(slot: str, value: str | int) -> int:
+    """The stable 64-bit feature id of one sparse value.
+
+    Parameters
+    ----------
+    slot
+        The slot (feature) name, e.g. ``"user_id"``.
+    value
+        The value; an int hashes like its decimal string.
+
+    Returns
+    -------
+    int
+        A signed 64-bit integer, the same in every process and on every machine.
+    """
+    slot_bytes = slot.encode()
+    # The length prefix keeps ("ab", "c") and ("a", "bc") apart.
+    digest = hashlib.blake2b(
+        len(slot_bytes).to_bytes(4, "little") + slot_bytes + str(value).encode(),
+        digest_size=8,
+    ).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+class FidHasher:
+    """:func:`fid` with a bounded per-slot cache, for the hot parsing path.
+
+    Popular users and items repeat across events, so most lookups hit the
+    cache. When the cache holds ``max_entries`` values it is emptied rather
+    than evicted entry by entry: cheaper, and a miss only costs one hash.
+
+    Parameters
+    ----------
+    max_entries
+        Upper bound on the cached (slot, value) pairs.
+    """
+
+    def __init__(self, max_entries: int = 1 << 20) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, not {max_entries}")
+        self.max_entries = max_entries
+        self._cache: dict[str, dict[str | int, int]] = {}
+        self._size = 0
+
+    def __call__(self, slot: str, value: str | int) -> int:
+        """Return ``fid(slot, value)``."""
+        return self.many(slot, [value])[0]
+
+    def many(self, slot: str, values: list[str | int]) -> list[int]:
+        """Return ``[fid(slot, v) for v in values]``, hashing each distinct miss once."""
+        cache = self._cache.get(slot)
+        if cache is None:
+            cache = self._cache[slot] = {}
+        found = list(map(cache.get, values))
+        if None not in found:
+            return found  # type: ignore[return-value]
+        for i, value in enumerate(values):
+            if found[i] is None:
+                known = cache.get(value)
+                if known is None:
+                    if self._size >= self.max_entries:
+                        cache = {}
+                        self._cache = {slot: cache}
+                        self._size = 0
+                    known = cache[value] = fid(slot, value)
+                    self._size += 1
+                found[i] = known
+        return found  # type: ignore[return-value]

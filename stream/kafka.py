@@ -1,0 +1,370 @@
+"""Kafka source and sink on kafka-python 3.x, and topic administration."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from .batch import Positions, Record
+
+__all__ = [
+    "BrokerUnavailable",
+    "DeliveryError",
+    "KafkaSink",
+    "KafkaSource",
+    "KafkaSourceConfig",
+    "ensure_topic",
+    "parse_kafka_url",
+]
+
+
+class BrokerUnavailable(ConnectionError):
+    """No broker answered at the bootstrap address."""
+
+
+class DeliveryError(RuntimeError):
+    """The broker did not acknowledge every message sent."""
+
+
+def parse_kafka_url(url: str) -> tuple[str, str]:
+    """Split ``kafka://HOST:PORT/TOPIC`` into (bootstrap servers, topic).
+
+    Raises
+    ------
+    ValueError
+        With the expected form, when ``url`` does not have it.
+    """
+    parts = urlsplit(url)
+    topic = parts.path.strip("/")
+    if parts.scheme != "kafka" or not parts.netloc or not topic or "/" in topic:
+        raise ValueError(f"expected kafka://HOST:PORT/TOPIC, got {url!r}")
+    return parts.netloc, topic
+
+
+def _connect(factory: Any, bootstrap_servers: str, **options: Any) -> Any:
+    """Build a kafka-python client, turning a bootstrap timeout into a clear error."""
+    try:
+        return factory(bootstrap_servers=bootstrap_servers, **options)
+    except KafkaTimeoutError as exc:
+        raise BrokerUnavailable(
+            f"no Kafka broker answered at {bootstrap_servers}; is it running and reachable?"
+        ) from exc
+
+
+def ensure_topic(
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int = 1,
+    *,
+    bootstrap_timeout_s: float = 10.0,
+) -> bool:
+    """Create ``topic`` unless it exists.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        ``HOST:PORT[,HOST:PORT...]``.
+    topic
+        The topic name.
+    partitions
+        Partitions of a new topic (an existing topic is left as it is).
+    bootstrap_timeout_s
+        How long to wait for the broker before raising :class:`BrokerUnavailable`.
+
+    Returns
+    -------
+    bool
+        Whether the topic was created.
+    """
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, not {partitions}")
+    admin = _connect(
+        KafkaAdminClient, bootstrap_servers, bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000)
+    )
+    try:
+        admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}})
+    except TopicAlreadyExistsError:
+        return False
+    finally:
+        admin.close()
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSourceConfig:
+    """Where and how a :class:`KafkaSource` reads.
+
+    Attributes
+    ----------
+    bootstrap_servers
+        ``HOST:PORT[,HOST:PORT...]``.
+    topic
+        The events topic.
+    partitions
+        Manual assignment of these partitions; ``None`` for all of them.
+        Ignored in group mode.
+    group_id
+        Consumer-group mode when set: the group assigns partitions and
+        :meth:`KafkaSource.commit` stores positions in Kafka. Without it the
+        caller owns positions (the trainer checkpoints them).
+    start
+        Where a partition without a saved position starts.
+    session_timeout_ms, heartbeat_interval_ms, max_poll_interval_ms
+        Group timing; the defaults let a group join in seconds (Tansu takes
+        20 s and more with kafka-python's defaults).
+    reconnect_backoff_max_ms
+        Longest wait between attempts to reach a broker that went away.
+    bootstrap_timeout_s
+        How long to wait for the broker at start.
+    options
+        Further ``KafkaConsumer`` keyword arguments, passed as they are.
+    """
+
+    bootstrap_servers: str
+    topic: str
+    partitions: tuple[int, ...] | None = None
+    group_id: str | None = None
+    start: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = 6000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 10000
+    reconnect_backoff_max_ms: int = 1000
+    bootstrap_timeout_s: float = 10.0
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.start not in ("earliest", "latest"):
+            raise ValueError(f"start must be 'earliest' or 'latest', not {self.start!r}")
+        if self.partitions is not None and not self.partitions:
+            raise ValueError("partitions must name at least one partition, or be None for all")
+
+
+class KafkaSource:
+    """Reads raw records from a Kafka topic.
+
+    Positions are keyed ``"<topic>:<partition>"`` and hold the offset of the
+    next record to read. kafka-python reconnects by itself when the broker
+    goes away; meanwhile :meth:`poll` returns nothing, and reading continues
+    at the same positions once the broker is back.
+
+    Parameters
+    ----------
+    config
+        Where and how to read.
+
+    Raises
+    ------
+    BrokerUnavailable
+        When no broker answers in ``config.bootstrap_timeout_s``.
+    ValueError
+        When the topic or a requested partition does not exist.
+    """
+
+    def __init__(self, config: KafkaSourceConfig) -> None:
+        self.config = config
+        self.exhausted = False  # a topic never ends
+        self._positions: Positions = {}
+        options: dict[str, Any] = {
+            "enable_auto_commit": False,
+            "auto_offset_reset": config.start,
+            "reconnect_backoff_max_ms": config.reconnect_backoff_max_ms,
+            "bootstrap_timeout_ms": int(config.bootstrap_timeout_s * 1000),
+            # Large fetches keep the per-record cost of polling low.
+            "max_partition_fetch_bytes": 8 << 20,
+            "fetch_max_bytes": 64 << 20,
+        }
+        if config.group_id is not None:
+            options |= {
+                "group_id": config.group_id,
+                "session_timeout_ms": config.session_timeout_ms,
+                "heartbeat_interval_ms": config.heartbeat_interval_ms,
+                "max_poll_interval_ms": config.max_poll_interval_ms,
+            }
+        self.consumer: KafkaConsumer = _connect(
+            KafkaConsumer, config.bootstrap_servers, **(options | dict(config.options))
+        )
+        try:
+            self._attach()
+        except Exception:
+            self.consumer.close()
+            raise
+
+    def _attach(self) -> None:
+        topic = self.config.topic
+        if self.config.group_id is not None:
+            self.consumer.subscribe([topic])
+            return
+        existing = self.consumer.partitions_for_topic(topic) or set()
+        if not existing:
+            raise ValueError(f"topic {topic!r} does not exist at {self.config.bootstrap_servers}")
+        wanted = set(self.config.partitions or existing)
+        if missing := wanted - existing:
+            raise ValueError(
+                f"topic {topic!r} has partitions {sorted(existing)}, not {sorted(missing)}"
+            )
+        self.consumer.assign([TopicPartition(topic, p) for p in sorted(wanted)])
+
+    def _key(self, tp: TopicPartition) -> str:
+        return f"{tp.topic}:{tp.partition}"
+
+    def _partition(self, key: str) -> TopicPartition:
+        topic, _, partition = key.rpartition(":")
+        return TopicPartition(topic, int(partition))
+
+    def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        if max_records <= 0:
+            return []
+        fetched = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        records: list[Record] = []
+        for tp, messages in fetched.items():
+            key = self._key(tp)
+            records.extend([Record(key, m.offset, m.value) for m in messages])
+            self._positions[key] = messages[-1].offset + 1
+        return records
+
+    def assignment(self) -> list[TopicPartition]:
+        """The partitions read now (in group mode: assigned by the group)."""
+        return sorted(self.consumer.assignment())
+
+    def positions(self) -> Positions:
+        """The next offset of every assigned partition."""
+        positions: Positions = {}
+        for tp in self.assignment():
+            key = self._key(tp)
+            if key not in self._positions:
+                # Not polled yet: ask where the reset policy puts it, once.
+                self._positions[key] = self.consumer.position(tp)
+            positions[key] = self._positions[key]
+        return positions
+
+    def seek(self, positions: Positions) -> None:
+        """Continue each assigned partition at its saved offset.
+
+        Keys of partitions this source does not read are ignored, so a subset
+        of partitions can resume from a checkpoint of the whole topic.
+        """
+        assigned = set(self.assignment())
+        for key, offset in positions.items():
+            tp = self._partition(key)
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+                self._positions[key] = offset
+
+    def lag(self) -> dict[str, int]:
+        """Records between each assigned partition's position and its end."""
+        ends = self.consumer.end_offsets(self.assignment())
+        positions = self.positions()
+        return {self._key(tp): max(0, end - positions[self._key(tp)]) for tp, end in ends.items()}
+
+    def pause(self, keys: Iterable[str] | None = None) -> None:
+        """Stop fetching the given partitions (all when ``None``), for backpressure."""
+        self.consumer.pause(*self._select(keys))
+
+    def resume(self, keys: Iterable[str] | None = None) -> None:
+        """Fetch paused partitions again (all when ``None``)."""
+        self.consumer.resume(*self._select(keys))
+
+    def _select(self, keys: Iterable[str] | None) -> list[TopicPartition]:
+        return self.assignment() if keys is None else [self._partition(k) for k in keys]
+
+    def commit(self, positions: Positions | None = None) -> None:
+        """Store positions (by default the current ones) in the consumer group."""
+        if self.config.group_id is None:
+            raise RuntimeError("commit needs group mode: set KafkaSourceConfig.group_id")
+        offsets = {
+            self._partition(key): OffsetAndMetadata(offset, "", -1)
+            for key, offset in (positions or self.positions()).items()
+        }
+        self.consumer.commit(offsets)
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+class KafkaSink:
+    """Produces messages to a topic and counts the broker's acknowledgements.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        ``HOST:PORT[,HOST:PORT...]``.
+    topic
+        The topic messages go to.
+    linger_ms
+        How long the producer gathers messages into a request.
+    delivery_timeout_ms
+        How long a message may wait for the broker (through outages) before
+        it counts as failed.
+    bootstrap_timeout_s
+        How long to wait for the broker at start.
+    options
+        Further ``KafkaProducer`` keyword arguments, passed as they are.
+
+    Raises
+    ------
+    BrokerUnavailable
+        When no broker answers in ``bootstrap_timeout_s``.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        linger_ms: int = 5,
+        delivery_timeout_ms: int = 120_000,
+        bootstrap_timeout_s: float = 10.0,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self.sent = 0
+        self.acked = 0
+        self.errors: list[Exception] = []
+        self.producer: KafkaProducer = _connect(
+            KafkaProducer,
+            bootstrap_servers,
+            linger_ms=linger_ms,
+            acks="all",
+            delivery_timeout_ms=delivery_timeout_ms,
+            bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
+            **(options or {}),
+        )
+
+    def send(self, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+        """Queue one message; :meth:`flush` waits for it."""
+        future = self.producer.send(self.topic, value=value, key=key, partition=partition)
+        self.sent += 1
+        future.add_callback(self._on_ack)
+        future.add_errback(self.errors.append)
+
+    def _on_ack(self, _metadata: object) -> None:
+        self.acked += 1
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        """Wait until every message sent is acknowledged.
+
+        Raises
+        ------
+        DeliveryError
+            When the broker refused messages or they timed out.
+        """
+        self.producer.flush(timeout=timeout_s)
+        if self.errors:
+            raise DeliveryError(
+                f"{len(self.errors)} of {self.sent} messages were not delivered to "
+                f"{self.topic!r}; first error: {self.errors[0]!r}"
+            )
+
+    def close(self) -> None:
+        """Flush, then release the producer."""
+        try:
+            self.flush()
+        finally:
+            self.producer.close()

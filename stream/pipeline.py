@@ -1,0 +1,106 @@
+"""A source, the parser and a dead-letter sink, read as a stream of batches."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Protocol
+
+from .batch import Batch, Positions, Record
+from .deadletter import DeadLetterSink
+from .parse import EventParser
+
+__all__ = ["EventStream", "Source"]
+
+
+class Source(Protocol):
+    """What :class:`EventStream` reads: Kafka, a log file or the generator."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True when no record will ever come again (a finite source at its end)."""
+        ...
+
+    def poll(self, max_records: int, timeout_s: float = ...) -> list[Record]: ...
+
+    def positions(self) -> Positions: ...
+
+    def seek(self, positions: Positions) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class EventStream:
+    """Turns a source's raw records into batches; bad records become dead letters.
+
+    Parameters
+    ----------
+    source
+        Where records come from.
+    dead_letters
+        Where bad records go. Before a batch is returned, the dead letters of
+        its records are flushed, so its positions never pass an unsaved one.
+    parser
+        How records are parsed; a training parser by default.
+
+    Attributes
+    ----------
+    records_read
+        Records taken from the source.
+    events_ingested
+        Good events delivered in batches.
+    dead_letter_counts
+        Dead letters per reason (``Reason`` values).
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        dead_letters: DeadLetterSink,
+        parser: EventParser | None = None,
+    ) -> None:
+        self.source = source
+        self.dead_letters = dead_letters
+        self.parser = parser or EventParser()
+        self.records_read = 0
+        self.events_ingested = 0
+        self.dead_letter_counts: Counter[str] = Counter()
+
+    def next_batch(self, max_events: int = 4096, timeout_s: float = 1.0) -> Batch:
+        """Read up to ``max_events`` records and parse them.
+
+        The batch may be empty (nothing arrived in ``timeout_s``, or every
+        record was bad); its positions are current either way.
+        """
+        records = self.source.poll(max_events, timeout_s)
+        result = self.parser.parse(records, self.source.positions())
+        if result.dead_letters:
+            for letter in result.dead_letters:
+                self.dead_letters.write(letter)
+                self.dead_letter_counts[letter.reason.value] += 1
+            self.dead_letters.flush()
+        self.records_read += len(records)
+        self.events_ingested += len(result.batch)
+        return result.batch
+
+    def __iter__(self) -> Iterator[Batch]:
+        """Non-empty batches until the source is exhausted (forever for Kafka)."""
+        while not self.source.exhausted:
+            batch = self.next_batch()
+            if len(batch):
+                yield batch
+
+    def positions(self) -> Positions:
+        """Where the source stands: after the last batch returned."""
+        return self.source.positions()
+
+    def seek(self, positions: Positions) -> None:
+        """Resume the source at positions saved from a batch."""
+        self.source.seek(positions)
+
+    def close(self) -> None:
+        """Close the source and the dead-letter sink."""
+        try:
+            self.source.close()
+        finally:
+            self.dead_letters.close()

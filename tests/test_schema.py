@@ -1,0 +1,117 @@
+"""The event schema and the stable feature ids."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from headrace.schema import FidHasher, Reason, SchemaError, fid, validate_event
+
+GOOD = {
+    "ts": 1700000000.5,
+    "label": 1,
+    "sparse": {"user_id": "u42", "item_id": 981, "tags": ["a", "b"]},
+    "dense": {"price": 3.5},
+    "request_id": "r-1",
+}
+
+
+def test_good_event_passes_with_its_fields():
+    event = validate_event(GOOD)
+    assert event.ts == 1700000000.5
+    assert event.label == 1.0
+    assert event.sparse["tags"] == ["a", "b"]
+    assert event.dense == {"price": 3.5}
+    assert event.request_id == "r-1"
+
+
+@pytest.mark.parametrize(
+    "label, expected", [(0, 0.0), (1, 1.0), (True, 1.0), (False, 0.0), (0.25, 0.25)]
+)
+def test_label_forms(label, expected):
+    assert validate_event(GOOD | {"label": label}).label == expected
+
+
+def test_label_may_be_absent_when_not_required():
+    event = validate_event({"ts": 1, "sparse": {}}, require_label=False)
+    assert math.isnan(event.label)
+
+
+BAD = [
+    ([1, 2], Reason.NOT_OBJECT),
+    ({"label": 1, "sparse": {}}, Reason.MISSING_TS),
+    (GOOD | {"ts": "yesterday"}, Reason.BAD_TS),
+    (GOOD | {"ts": True}, Reason.BAD_TS),
+    (GOOD | {"ts": math.inf}, Reason.BAD_TS),
+    ({"ts": 1, "sparse": {}}, Reason.MISSING_LABEL),
+    (GOOD | {"label": 2}, Reason.BAD_LABEL),
+    (GOOD | {"label": -0.1}, Reason.BAD_LABEL),
+    (GOOD | {"label": "1"}, Reason.BAD_LABEL),
+    (GOOD | {"label": math.nan}, Reason.BAD_LABEL),
+    ({"ts": 1, "label": 0}, Reason.MISSING_SPARSE),
+    (GOOD | {"sparse": ["u1"]}, Reason.BAD_SPARSE),
+    (GOOD | {"sparse": {"u": 1.5}}, Reason.BAD_SPARSE),
+    (GOOD | {"sparse": {"u": ["a", None]}}, Reason.BAD_SPARSE),
+    (GOOD | {"sparse": {"u": {"nested": 1}}}, Reason.BAD_SPARSE),
+    (GOOD | {"dense": {"price": math.nan}}, Reason.BAD_DENSE),
+    (GOOD | {"dense": {"price": "3"}}, Reason.BAD_DENSE),
+    (GOOD | {"dense": [3.5]}, Reason.BAD_DENSE),
+    (GOOD | {"request_id": 7}, Reason.BAD_REQUEST_ID),
+]
+
+
+@pytest.mark.parametrize("event, reason", BAD)
+def test_each_broken_rule_has_its_reason(event, reason):
+    with pytest.raises(SchemaError) as caught:
+        validate_event(event)
+    assert caught.value.reason is reason
+    assert caught.value.detail
+
+
+def test_fid_is_signed_64_bit_and_distinguishes_slots():
+    value = fid("user_id", "u42")
+    assert -(2**63) <= value < 2**63
+    assert fid("user_id", "u42") != fid("item_id", "u42")
+    assert fid("ab", "c") != fid("a", "bc")
+
+
+def test_int_and_decimal_string_are_one_feature():
+    assert fid("item_id", 981) == fid("item_id", "981")
+
+
+def test_fids_are_the_same_in_another_process():
+    # PYTHONHASHSEED differs per process; a fid must not.
+    pairs = [("user_id", "u42"), ("item_id", 981), ("tags", "ünïcode")]
+    code = f"from headrace.schema import fid; print([fid(s, v) for s, v in {pairs!r}])"
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PYTHONHASHSEED": "12345"},
+    ).stdout
+    assert out.strip() == str([fid(s, v) for s, v in pairs])
+
+
+def test_known_fid_value_pins_the_hash():
+    # Changing the hash would orphan every stored embedding: this must never move.
+    assert fid("a", "b") == int.from_bytes(
+        __import__("hashlib").blake2b(b"\x01\x00\x00\x00ab", digest_size=8).digest(),
+        "little",
+        signed=True,
+    )
+
+
+@given(
+    slot=st.text(min_size=1, max_size=8),
+    values=st.lists(st.one_of(st.text(max_size=6), st.integers()), max_size=30),
+)
+def test_cached_hasher_equals_fid(slot, values):
+    hasher = FidHasher(max_entries=4)  # tiny, so the cache empties and refills
+    assert hasher.many(slot, values) == [fid(slot, v) for v in values]
+    assert all(hasher(slot, v) == fid(slot, v) for v in values)
