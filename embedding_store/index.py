@@ -23,7 +23,7 @@ _HASH_SALT = 0x5EED_1D5
 
 
 class FidIndex:
-    """Map int64 fids to int32 row numbers.
+    """Map int64 fids to row numbers.
 
     Examples
     --------
@@ -40,8 +40,11 @@ class FidIndex:
 
     def _allocate(self, capacity: int) -> None:
         self._mask = np.uint64(capacity - 1)
-        self._keys = np.zeros(capacity, dtype=np.int64)
-        self._rows = np.full(capacity, _EMPTY, dtype=np.int32)
+        # Key and row side by side, so a probe costs one cache miss, not two.
+        self._entries = np.zeros((capacity, 2), dtype=np.int64)
+        self._keys = self._entries[:, 0]
+        self._rows = self._entries[:, 1]
+        self._rows[:] = _EMPTY
         self._used = 0  # live keys plus tombstones
 
     def __len__(self) -> int:
@@ -49,7 +52,7 @@ class FidIndex:
 
     @property
     def nbytes(self) -> int:
-        return self._keys.nbytes + self._rows.nbytes
+        return self._entries.nbytes
 
     def _home(self, fids: np.ndarray) -> np.ndarray:
         return (salted(fids, _HASH_SALT) & self._mask).astype(np.int64)
@@ -63,8 +66,9 @@ class FidIndex:
         pos = self._home(fids)
         mask = int(self._mask)
         while len(pending):
-            slot_rows = self._rows[pos]
-            hit = (slot_rows >= 0) & (self._keys[pos] == fids[pending])
+            entries = np.take(self._entries, pos, axis=0)
+            slot_rows = entries[:, 1]
+            hit = (slot_rows >= 0) & (entries[:, 0] == fids[pending])
             positions[pending[hit]] = pos[hit]
             rows[pending[hit]] = slot_rows[hit]
             # A tombstone or another key means the chain goes on; an empty
@@ -82,7 +86,7 @@ class FidIndex:
         """Add distinct fids that are not in the index yet, with their rows."""
         if self._used + len(fids) > _MAX_LOAD * len(self._keys):
             self._rehash(self._live + len(fids))
-        self._place(fids, np.asarray(rows, dtype=np.int32))
+        self._place(fids, np.asarray(rows, dtype=np.int64))
 
     def _place(self, fids: np.ndarray, rows: np.ndarray) -> None:
         pending = np.arange(len(fids))
@@ -115,7 +119,7 @@ class FidIndex:
     def items(self) -> tuple[np.ndarray, np.ndarray]:
         """All (fids, rows) pairs, in position order."""
         live = self._rows >= 0
-        return self._keys[live], self._rows[live].astype(np.int64)
+        return self._keys[live], self._rows[live]
 
     def _rehash(self, needed: int) -> None:
         """Grow so that ``needed`` keys fit, dropping tombstones on the way."""
@@ -125,4 +129,4 @@ class FidIndex:
             capacity *= 2
         self._allocate(capacity)
         self._live = 0
-        self._place(fids, rows.astype(np.int32))
+        self._place(fids, rows)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from headrace.embedding_store import optimizers
 from headrace.embedding_store._hashing import initial_rows
@@ -194,9 +193,14 @@ class SlotTable:
         representative = self._scratch[rows]
         is_first = representative == positions
         compact = np.cumsum(is_first) - 1
-        summed = torch.zeros((int(compact[-1]) + 1, grads.shape[1]), dtype=torch.float32)
-        summed.index_add_(0, torch.from_numpy(compact[representative]), torch.from_numpy(grads))
-        return rows[is_first], summed.numpy()
+        # Unbuffered adds over the flattened sums: numpy's fast path for
+        # np.add.at is 1-d. (torch's index_add_ is faster alone, but its
+        # worker threads stall badly when the other core is busy.)
+        dim = grads.shape[1]
+        summed = np.zeros((int(compact[-1]) + 1, dim), dtype=np.float32)
+        targets = compact[representative][:, None] * dim + np.arange(dim)
+        np.add.at(summed.reshape(-1), targets.reshape(-1), grads.reshape(-1))
+        return rows[is_first], summed
 
     def update(self, rows: np.ndarray, grads: np.ndarray) -> None:
         """Apply summed gradients to distinct ``rows``."""

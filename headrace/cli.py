@@ -197,3 +197,7 @@ def replay(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
