@@ -1,0 +1,156 @@
+"""The trainer side of parameter sync: deltas, dense weights and snapshots."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from headrace.embedding_store import EmbeddingStore
+from headrace.serving.protocol import SlotRows, Update
+from headrace.serving.transport import UpdateWriter
+
+__all__ = ["ParameterPublisher"]
+
+log = logging.getLogger(__name__)
+
+
+class ParameterPublisher:
+    """Publishes what the trainer changed, so serving stays seconds behind.
+
+    Call it after every training step (it is the trainer's after-step hook).
+    Every ``sync_interval`` seconds it drains the store's touched set into a
+    delta; dense weights ride along every ``dense_sync_interval``; a full
+    snapshot goes out at the first call, every ``snapshot_interval``, and
+    instead of a delta larger than ``max_delta_rows``. The touched set is
+    never trimmed, so no update is lost: a large backlog becomes a snapshot.
+
+    Parameters
+    ----------
+    store
+        The trainer's embedding store.
+    writer
+        Where updates go (see :func:`headrace.serving.open_writer`).
+    dense_state
+        Returns the serialized dense weights.
+    meta
+        The model description serving needs to build the model.
+    first_version
+        Version of the first snapshot; a restarted trainer continues after
+        the newest version its transport holds.
+    clock
+        Wall-clock seconds (injectable for tests).
+    registry
+        Where the ``headrace_sync_*`` metrics are registered.
+    """
+
+    def __init__(
+        self,
+        store: EmbeddingStore,
+        writer: UpdateWriter,
+        dense_state: Callable[[], bytes],
+        meta: Mapping[str, Any],
+        *,
+        sync_interval: float = 1.0,
+        dense_sync_interval: float = 30.0,
+        snapshot_interval: float = 600.0,
+        max_delta_rows: int = 1_000_000,
+        first_version: int = 1,
+        clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.store = store
+        self.writer = writer
+        self.dense_state = dense_state
+        self.meta = dict(meta)
+        self.sync_interval = sync_interval
+        self.dense_sync_interval = dense_sync_interval
+        self.snapshot_interval = snapshot_interval
+        self.max_delta_rows = max_delta_rows
+        self.version = first_version - 1
+        self.clock = clock
+        self._last_sync = self._last_dense = self._last_snapshot = -float("inf")
+        registry = registry if registry is not None else CollectorRegistry()
+        self._rows = Counter(
+            "headrace_sync_published_rows", "Rows published to serving.", registry=registry
+        )
+        self._duration = Histogram(
+            "headrace_sync_publish_duration_seconds",
+            "Time to build and write one update.",
+            registry=registry,
+        )
+        self._version = Gauge(
+            "headrace_sync_version", "Version of the last published update.", registry=registry
+        )
+        self._snapshots = Counter(
+            "headrace_sync_snapshot", "Snapshots published.", registry=registry
+        )
+
+    def __call__(self, event_time: float) -> Update | None:
+        """Publish if an interval has passed; returns the update published, if any."""
+        now = self.clock()
+        if now - self._last_snapshot >= self.snapshot_interval:
+            return self.publish_snapshot(event_time)
+        if now - self._last_sync < self.sync_interval:
+            return None
+        if self.store.pending_changes() > self.max_delta_rows:
+            log.info(
+                "%d rows changed since the last delta; sending a snapshot instead",
+                self.store.pending_changes(),
+            )
+            return self.publish_snapshot(event_time)
+        return self.publish_delta(event_time)
+
+    def publish_delta(self, event_time: float) -> Update:
+        """Drain the touched set into a delta (with dense weights when they are due)."""
+        now = self.clock()
+        with_dense = now - self._last_dense >= self.dense_sync_interval
+        slots = {
+            name: SlotRows(c.fids, c.vectors, c.removed)
+            for name, c in self.store.drain_changes().items()
+        }
+        return self._write("delta", event_time, slots, with_dense, meta=None)
+
+    def publish_snapshot(self, event_time: float) -> Update:
+        """Every row, the dense weights and the model description."""
+        self.store.drain_changes()  # everything goes out below
+        slots = {}
+        for cfg in self.store.slots:
+            fids, vectors = self.store.export(cfg.name)
+            slots[cfg.name] = SlotRows(fids, vectors, SlotRows.empty(cfg.dim).removed)
+        update = self._write("snapshot", event_time, slots, with_dense=True, meta=self.meta)
+        self._last_snapshot = self._last_sync
+        self._snapshots.inc()
+        return update
+
+    def _write(
+        self,
+        kind: str,
+        event_time: float,
+        slots: dict[str, SlotRows],
+        with_dense: bool,
+        meta: Mapping[str, Any] | None,
+    ) -> Update:
+        start = time.perf_counter()
+        now = self.clock()
+        update = Update(
+            kind=kind,  # type: ignore[arg-type]
+            version=self.version + 1,
+            event_time=float(event_time),
+            published_at=now,
+            slots=slots,
+            dense=self.dense_state() if with_dense else None,
+            meta=meta,
+        )
+        self.writer.write(update)
+        self.version = update.version
+        self._last_sync = now
+        if with_dense:
+            self._last_dense = now
+        self._rows.inc(update.rows)
+        self._version.set(update.version)
+        self._duration.observe(time.perf_counter() - start)
+        return update

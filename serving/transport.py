@@ -1,0 +1,246 @@
+"""Where parameter updates travel: a directory (the default) or a Kafka topic.
+
+Both sides of both transports move encoded frames (see
+:mod:`headrace.serving.protocol`); a reader starts at the newest complete
+snapshot and then returns every frame after it, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlparse
+
+from headrace.serving.protocol import CorruptUpdate, Update, decode_part, encode
+from headrace.stream import KafkaSink, KafkaSource, KafkaSourceConfig, ensure_topic
+
+__all__ = [
+    "DirectoryReader",
+    "DirectoryWriter",
+    "KafkaReader",
+    "KafkaWriter",
+    "UpdateReader",
+    "UpdateWriter",
+    "open_reader",
+    "open_writer",
+]
+
+log = logging.getLogger(__name__)
+
+
+class UpdateWriter(Protocol):
+    def write(self, update: Update) -> int:
+        """Publish one update; returns the bytes written."""
+
+    def close(self) -> None: ...
+
+
+class UpdateReader(Protocol):
+    def read(self, timeout_s: float) -> list[bytes]:
+        """Frames published since the last call (from the newest snapshot on the first)."""
+
+    def close(self) -> None: ...
+
+
+# -- directory -----------------------------------------------------------------
+
+_FILE = re.compile(r"^(\d{12})\.(delta|snapshot)$")
+
+
+def _file_name(update: Update) -> str:
+    return f"{update.version:012d}.{update.kind}"
+
+
+def _listing(path: Path) -> list[tuple[int, str, Path]]:
+    """(version, kind, path) of every complete update file, in version order."""
+    found = []
+    for entry in os.scandir(path):
+        if match := _FILE.match(entry.name):
+            found.append((int(match[1]), match[2], Path(entry.path)))
+    return sorted(found)
+
+
+class DirectoryWriter:
+    """Writes each update as one file, made visible by an atomic rename.
+
+    Files older than the snapshot before the newest one are deleted, so a
+    reader that is one snapshot behind can still catch up.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+
+    def write(self, update: Update) -> int:
+        (frame,) = encode(update, max_part_bytes=1 << 62)
+        final = self.path / _file_name(update)
+        partial = self.path / f".{final.name}.partial"
+        with open(partial, "wb") as f:
+            f.write(frame)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(partial, final)
+        if update.kind == "snapshot":
+            self._prune()
+        return len(frame)
+
+    def _prune(self) -> None:
+        snapshots = [v for v, kind, _ in _listing(self.path) if kind == "snapshot"]
+        if len(snapshots) < 2:
+            return
+        keep_from = snapshots[-2]
+        for version, _, file in _listing(self.path):
+            if version < keep_from:
+                file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        pass
+
+
+class DirectoryReader:
+    """Reads update files in version order, starting at the newest snapshot."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._next_version: int | None = None
+
+    def read(self, timeout_s: float = 0.0) -> list[bytes]:
+        if not self.path.is_dir():
+            return []
+        listing = _listing(self.path)
+        if self._next_version is None:
+            snapshots = [v for v, kind, _ in listing if kind == "snapshot"]
+            if not snapshots:
+                return []
+            self._next_version = snapshots[-1]
+        frames = []
+        for version, _, file in listing:
+            if version < self._next_version:
+                continue
+            try:
+                frames.append(file.read_bytes())
+            except FileNotFoundError:  # pruned meanwhile; the next snapshot follows
+                continue
+            self._next_version = version + 1
+        return frames
+
+    def close(self) -> None:
+        pass
+
+
+# -- Kafka ---------------------------------------------------------------------
+
+# Below the broker's default message size limit of 1 MiB, with room for
+# the record overhead.
+_KAFKA_PART_BYTES = 900_000
+
+
+class KafkaWriter:
+    """Produces update frames to a single-partition topic, one message per part."""
+
+    def __init__(
+        self, bootstrap_servers: str, topic: str, max_part_bytes: int = _KAFKA_PART_BYTES
+    ) -> None:
+        ensure_topic(bootstrap_servers, topic, partitions=1)
+        self.max_part_bytes = max_part_bytes
+        self._sink = KafkaSink(
+            bootstrap_servers, topic, linger_ms=0, options={"max_request_size": 1 << 20}
+        )
+
+    def write(self, update: Update) -> int:
+        frames = encode(update, max_part_bytes=self.max_part_bytes)
+        for frame in frames:
+            self._sink.send(frame, partition=0)
+        self._sink.flush()
+        return sum(map(len, frames))
+
+    def close(self) -> None:
+        self._sink.close()
+
+
+class KafkaReader:
+    """Reads update frames from the topic, starting at the newest snapshot.
+
+    At start it looks backwards from the end of the topic, a window at a
+    time, for the first part of the newest snapshot, so a worker never
+    replays more history than one snapshot interval.
+    """
+
+    def __init__(self, bootstrap_servers: str, topic: str, window: int = 256) -> None:
+        ensure_topic(bootstrap_servers, topic, partitions=1)
+        self._source = KafkaSource(
+            KafkaSourceConfig(bootstrap_servers, topic, partitions=(0,), start="earliest")
+        )
+        self._key = f"{topic}:0"
+        self._window = window
+        self._started = False
+
+    def _seek_newest_snapshot(self) -> bool:
+        end = self._source.positions()[self._key] + self._source.lag()[self._key]
+        stop = end
+        while stop > 0:
+            start = max(0, stop - self._window)
+            self._source.seek({self._key: start})
+            offsets = []
+            while (position := self._source.positions()[self._key]) < stop:
+                records = self._source.poll(self._window, timeout_s=1.0)
+                if not records:
+                    log.warning("parameter topic stopped answering at offset %d", position)
+                    return False
+                offsets += [
+                    r.offset for r in records if r.offset < stop and _starts_snapshot(r.value)
+                ]
+            if offsets:
+                self._source.seek({self._key: offsets[-1]})
+                return True
+            stop = start
+        return False
+
+    def read(self, timeout_s: float = 0.5) -> list[bytes]:
+        if not self._started:
+            self._started = self._seek_newest_snapshot()
+            if not self._started:
+                return []
+        return [r.value for r in self._source.poll(10_000, timeout_s=timeout_s) if r.value]
+
+    def close(self) -> None:
+        self._source.close()
+
+
+def _starts_snapshot(frame: bytes | None) -> bool:
+    if not frame:
+        return False
+    try:
+        part = decode_part(frame)
+    except CorruptUpdate:
+        return False
+    return part.update.kind == "snapshot" and part.part == 0
+
+
+# -- URLs ----------------------------------------------------------------------
+
+
+def _parse(url: str) -> tuple[str, str, str]:
+    parsed = urlparse(url)
+    if parsed.scheme == "dir":
+        return "dir", "", (parsed.netloc + parsed.path) or "."
+    if parsed.scheme == "kafka" and parsed.netloc and parsed.path.strip("/"):
+        return "kafka", parsed.netloc, parsed.path.strip("/")
+    raise ValueError(
+        f"parameter location {url!r} is neither dir://PATH nor kafka://HOST:PORT/TOPIC"
+    )
+
+
+def open_writer(url: str) -> UpdateWriter:
+    """A writer for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``."""
+    kind, servers, where = _parse(url)
+    return DirectoryWriter(where) if kind == "dir" else KafkaWriter(servers, where)
+
+
+def open_reader(url: str) -> UpdateReader:
+    """A reader for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``."""
+    kind, servers, where = _parse(url)
+    return DirectoryReader(where) if kind == "dir" else KafkaReader(servers, where)
