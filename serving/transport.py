@@ -35,6 +35,10 @@ class UpdateWriter(Protocol):
     def write(self, update: Update) -> int:
         """Publish one update; returns the bytes written."""
 
+    def latest_version(self) -> int:
+        """The newest version already published here (0 when none), so a
+        restarted trainer continues after it."""
+
     def close(self) -> None: ...
 
 
@@ -86,6 +90,10 @@ class DirectoryWriter:
         if update.kind == "snapshot":
             self._prune()
         return len(frame)
+
+    def latest_version(self) -> int:
+        listing = _listing(self.path)
+        return listing[-1][0] if listing else 0
 
     def _prune(self) -> None:
         snapshots = [v for v, kind, _ in _listing(self.path) if kind == "snapshot"]
@@ -145,6 +153,7 @@ class KafkaWriter:
         self, bootstrap_servers: str, topic: str, max_part_bytes: int = _KAFKA_PART_BYTES
     ) -> None:
         ensure_topic(bootstrap_servers, topic, partitions=1)
+        self._servers, self._topic = bootstrap_servers, topic
         self.max_part_bytes = max_part_bytes
         self._sink = KafkaSink(
             bootstrap_servers, topic, linger_ms=0, options={"max_request_size": 1 << 20}
@@ -156,6 +165,21 @@ class KafkaWriter:
             self._sink.send(frame, partition=0)
         self._sink.flush()
         return sum(map(len, frames))
+
+    def latest_version(self) -> int:
+        source = KafkaSource(KafkaSourceConfig(self._servers, self._topic, partitions=(0,)))
+        try:
+            key = f"{self._topic}:0"
+            end = source.positions()[key] + source.lag()[key]
+            if end == 0:
+                return 0
+            source.seek({key: end - 1})
+            for _ in range(10):
+                if records := source.poll(1, timeout_s=1.0):
+                    return decode_part(records[0].value or b"").update.version
+            raise TimeoutError(f"the last message of {self._topic!r} did not arrive")
+        finally:
+            source.close()
 
     def close(self) -> None:
         self._sink.close()

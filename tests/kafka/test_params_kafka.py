@@ -32,6 +32,7 @@ def test_workers_follow_the_trainer_through_kafka(kafka_bootstrap, topic_name, t
                 snapshots.append(update.version)
             if t % 10 == 0:
                 early.sync()
+        assert writer.latest_version() == publisher.version
         writer.close()
         # A worker started now finds the newest snapshot near the end of the
         # topic and replays only what came after it.

@@ -132,6 +132,7 @@ def test_a_late_worker_bootstraps_from_the_newest_snapshot(trainer, tmp_path):
         clock.now += 1.0
         publisher(float(t))
     assert publisher._snapshots._value.get() >= 3
+    assert DirectoryWriter(tmp_path / "params").latest_version() == publisher.version
     late = Worker(DirectoryReader(tmp_path / "params"))
     late.sync()
     assert late.state.version == publisher.version
