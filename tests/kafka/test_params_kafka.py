@@ -45,6 +45,6 @@ def test_workers_follow_the_trainer_through_kafka(kafka_bootstrap, topic_name, t
             assert worker.state.version == publisher.version
             with worker.state.read() as view:
                 np.testing.assert_array_equal(view.lookup("user", ids), store.lookup("user", ids))
-            assert worker.rejected == []
+            assert worker.rejected == {}
         assert len(snapshots) >= 3
         assert late.applied[0] == ("snapshot", snapshots[-1])

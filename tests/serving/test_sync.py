@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from headrace.embedding_store import EmbeddingStore, SlotConfig
-from headrace.serving.params import ParameterState, RejectedUpdate
-from headrace.serving.protocol import CorruptUpdate, UpdateAssembler, decode_part
+from headrace.serving.params import ParameterState
 from headrace.serving.publisher import ParameterPublisher
+from headrace.serving.sync import SyncLoop
 from headrace.serving.transport import DirectoryReader, DirectoryWriter, open_reader, open_writer
 
 SLOTS = [
@@ -25,25 +26,34 @@ class FakeClock:
 
 
 class Worker:
-    """A serving worker's sync loop, minus HTTP: read, assemble, apply."""
+    """A serving worker minus HTTP: its sync loop, stepped by the test."""
 
     def __init__(self, reader) -> None:
-        self.reader = reader
-        self.assembler = UpdateAssembler()
         # The "model" is the dense blob itself: enough to see which one applies.
         self.state = ParameterState(lambda meta, dense: dense)
-        self.rejected: list[str] = []
+        self.registry = CollectorRegistry()
+        self.loop = SyncLoop(reader, self.state, registry=self.registry)
         self.applied: list[tuple[str, int]] = []
+        apply = self.state.apply
+
+        def recording_apply(update):
+            apply(update)
+            self.applied.append((update.kind, update.version))
+
+        self.state.apply = recording_apply
 
     def sync(self) -> None:
-        for frame in self.reader.read(timeout_s=0.2):
-            try:
-                update = self.assembler.add(decode_part(frame))
-                if update is not None:
-                    self.state.apply(update)
-                    self.applied.append((update.kind, update.version))
-            except (CorruptUpdate, RejectedUpdate) as exc:
-                self.rejected.append(exc.reason)
+        self.loop.step(timeout_s=0.2)
+
+    @property
+    def rejected(self) -> dict[str, float]:
+        return {
+            s.labels["reason"]: s.value
+            for metric in self.registry.collect()
+            if metric.name == "headrace_serving_rejected_updates"
+            for s in metric.samples
+            if s.name.endswith("_total")
+        }
 
     def vectors(self, slot: str, fids: np.ndarray) -> np.ndarray:
         with self.state.read() as view:
@@ -108,7 +118,7 @@ def test_deltas_keep_a_worker_in_sync_and_expiry_reaches_it(trainer, tmp_path):
     worker.sync()
     _assert_in_sync(store, worker)
     assert worker.state.rows()["user"] == store.stats().rows["user"]
-    assert worker.rejected == []
+    assert worker.rejected == {}
 
 
 def test_dense_weights_follow_their_interval(trainer, tmp_path):
@@ -167,7 +177,7 @@ def test_a_damaged_update_is_rejected_and_the_last_good_version_kept(trainer, tm
     path = tmp_path / "params" / f"{update.version:012d}.delta"
     path.write_bytes(path.read_bytes()[:-100])  # truncated on disk
     worker.sync()
-    assert worker.rejected == ["checksum"]
+    assert worker.rejected == {"checksum": 1.0}
     assert worker.state.version == update.version - 1
     np.testing.assert_array_equal(worker.vectors("user", IDS), good)
 
@@ -176,7 +186,7 @@ def test_a_damaged_update_is_rejected_and_the_last_good_version_kept(trainer, tm
     clock.now += 1.0
     publisher(2.0)
     worker.sync()
-    assert worker.rejected == ["checksum", "gap"]
+    assert worker.rejected == {"checksum": 1.0, "gap": 1.0}
     clock.now += 60.0
     publisher(3.0)
     worker.sync()
