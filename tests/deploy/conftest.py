@@ -7,9 +7,11 @@ is set or ``HEADRACE_REQUIRE_PROMETHEUS=1``, so CI never passes on skips.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +65,42 @@ def run_promtool(promtool: Path, *args: str | Path) -> subprocess.CompletedProce
         timeout=120,
         check=False,
     )
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """One line of deploy/metrics.txt."""
+
+    name: str
+    type: str
+    exporter: str
+    labels: frozenset[str]
+
+
+def read_metric_list(path: Path = METRICS_LIST) -> dict[str, MetricSpec]:
+    """deploy/metrics.txt: the metric names issues 4 and 5 define, by name."""
+    specs: dict[str, MetricSpec] = {}
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        assert len(fields) == 4, f"{path.name}:{number}: want name type exporter labels"
+        name, kind, exporter, labels = fields
+        assert name not in specs, f"{path.name}:{number}: {name} listed twice"
+        specs[name] = MetricSpec(
+            name, kind, exporter, frozenset() if labels == "-" else frozenset(labels.split(","))
+        )
+    return specs
+
+
+def dashboard_queries(path: Path = DRIFT_DASHBOARD) -> list[str]:
+    """Every PromQL expression of a dashboard: panel targets and annotation queries."""
+    dashboard = json.loads(path.read_text(encoding="utf-8"))
+    queries = [
+        target["expr"]
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        if "expr" in target
+    ]
+    queries += [a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a]
+    return queries
