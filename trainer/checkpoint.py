@@ -1,0 +1,85 @@
+"""What a trainer checkpoint holds besides the store's rows, and how to read it back.
+
+A checkpoint is one :meth:`EmbeddingStore.checkpoint` call: the rows plus
+these blobs, written atomically. Serving reads :data:`CONFIG_BLOB` and
+:data:`MODEL_BLOB` through :func:`saved_model` to rebuild the dense half of
+the model without the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+from headrace.trainer.config import TrainerConfig
+from headrace.trainer.models import CtrModel, build_model, load_dense_state
+
+__all__ = [
+    "CONFIG_BLOB",
+    "MODEL_BLOB",
+    "MONITOR_BLOB",
+    "OPTIMIZER_BLOB",
+    "STATE_BLOB",
+    "TrainingState",
+    "saved_model",
+]
+
+CONFIG_BLOB = "trainer.config"  # TrainerConfig as JSON
+MODEL_BLOB = "trainer.model"  # the model's state_dict (torch.save)
+OPTIMIZER_BLOB = "trainer.optimizer"  # the dense optimizer's state_dict (torch.save)
+STATE_BLOB = "trainer.state"  # TrainingState as JSON
+MONITOR_BLOB = "trainer.monitor"  # pickled metrics and drift detectors
+
+
+@dataclass
+class TrainingState:
+    """The counters and positions that must move together with the weights.
+
+    Attributes
+    ----------
+    trained
+        Examples trained on, over every run on this data directory.
+    records
+        Records read from the source, including dead letters.
+    dead_letters
+        Dead letters per reason.
+    batches
+        Training steps taken.
+    positions
+        Where the source resumes: just after the last batch trained.
+    next_expiry
+        Event time of the next expiry sweep (``None`` before the first batch).
+    """
+
+    trained: int = 0
+    records: int = 0
+    dead_letters: dict[str, int] = field(default_factory=dict)
+    batches: int = 0
+    positions: dict[str, int] = field(default_factory=dict)
+    next_expiry: float | None = None
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> TrainingState:
+        return cls(**json.loads(blob))
+
+
+def saved_model(extra: Mapping[str, bytes]) -> tuple[TrainerConfig, CtrModel]:
+    """The config and dense model of a checkpoint (``EmbeddingStore.extra``).
+
+    Raises
+    ------
+    KeyError
+        When the store holds no trainer checkpoint yet.
+    """
+    missing = [name for name in (CONFIG_BLOB, MODEL_BLOB) if name not in extra]
+    if missing:
+        raise KeyError(f"the store holds no trainer checkpoint (missing {missing})")
+    config = TrainerConfig.model_validate_json(extra[CONFIG_BLOB])
+    model = build_model(config)
+    load_dense_state(model, extra[MODEL_BLOB])
+    model.eval()
+    return config, model

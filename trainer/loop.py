@@ -1,0 +1,442 @@
+"""The online training loop: predict, then train, batch after batch, with checkpoints.
+
+Each step scores a batch with the current parameters (those scores are the
+progressive-validation predictions), then learns from it: sparse rows
+through the embedding store's optimizers, dense weights through torch. A
+checkpoint writes the rows, dense weights, optimizer state, counters and the
+source positions after the last trained batch in one atomic write; on start
+the trainer restores it and seeks the source there, so after a crash no event
+is lost and none is trained twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import pickle
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from prometheus_client import CollectorRegistry
+from torch.nn import functional as F
+
+from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats, TrainingLookup
+from headrace.stream import (
+    Batch,
+    EventParser,
+    EventStream,
+    JsonlDeadLetterSink,
+    ParserConfig,
+    Source,
+)
+from headrace.trainer.checkpoint import (
+    CONFIG_BLOB,
+    MODEL_BLOB,
+    MONITOR_BLOB,
+    OPTIMIZER_BLOB,
+    STATE_BLOB,
+    TrainingState,
+)
+from headrace.trainer.config import TrainerConfig
+from headrace.trainer.drift import DriftMonitor
+from headrace.trainer.evaluation import ProgressiveMetrics
+from headrace.trainer.models import (
+    build_model,
+    dense_state_bytes,
+    load_dense_state,
+    pool_embeddings,
+)
+from headrace.trainer.telemetry import TrainerTelemetry
+
+__all__ = ["StepResult", "Summary", "Trainer", "TrainerError"]
+
+log = logging.getLogger(__name__)
+
+#: How often gauges that cost more than a counter (AUC, lag, store figures) refresh.
+_TICK_S = 0.5
+_LAG_EVERY_S = 2.0
+
+
+class TrainerError(RuntimeError):
+    """The trainer cannot start or continue; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class StepResult:
+    """One training step: the batch, its progressive predictions and its loss."""
+
+    batch: Batch
+    probabilities: np.ndarray
+    loss: float
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What a run did, for the CLI's closing JSON line."""
+
+    events: int
+    trained: int
+    dead_letters: int
+    auc: float
+    logloss: float
+    rolling_auc: float
+    rows: int
+    seconds: float
+
+    def to_json(self) -> dict[str, float | int | None]:
+        def clean(value: float) -> float | None:
+            return None if math.isnan(value) else round(value, 6)
+
+        return {
+            "events": self.events,
+            "trained": self.trained,
+            "dead_letters": self.dead_letters,
+            "auc": clean(self.auc),
+            "logloss": clean(self.logloss),
+            "rolling_auc": clean(self.rolling_auc),
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "events_per_s": round(self.events / self.seconds, 1) if self.seconds else None,
+        }
+
+
+def _configure_torch(config: TrainerConfig, deterministic: bool) -> None:
+    if deterministic:
+        torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+    elif config.threads is not None:
+        torch.set_num_threads(config.threads)
+    torch.manual_seed(config.seed)
+
+
+def _dense_optimizer(config: TrainerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    cfg = config.dense_optimizer
+    kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+    return kinds[cfg.kind](model.parameters(), lr=cfg.lr)
+
+
+def _torch_bytes(obj: object) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+class Trainer:
+    """Trains a model online from an :class:`EventStream` into an :class:`EmbeddingStore`.
+
+    Use :meth:`open` to build one on a data directory; it restores the last
+    checkpoint there and seeks the stream to it.
+
+    Parameters
+    ----------
+    config
+        Model and training settings.
+    store
+        The sparse rows (the trainer owns it and closes it).
+    stream
+        The events (the trainer owns it and closes it).
+    registry
+        Prometheus registry for this trainer's metrics (a new one if ``None``).
+    deterministic
+        One torch thread and deterministic kernels, so a run from given
+        positions gives bit-identical weights.
+
+    Attributes
+    ----------
+    after_step
+        Callables ``hook(trainer, result)`` run after every step, e.g. the
+        parameter publisher (which drains the store's touched set there).
+    lag
+        Kafka lag per partition, as of the last refresh (empty for other sources).
+    state
+        Counters and positions as of the last step.
+    """
+
+    def __init__(
+        self,
+        config: TrainerConfig,
+        store: EmbeddingStore,
+        stream: EventStream,
+        *,
+        registry: CollectorRegistry | None = None,
+        deterministic: bool = False,
+    ) -> None:
+        _configure_torch(config, deterministic)
+        self.config = config
+        self.store = store
+        self.stream = stream
+        self.model = build_model(config)
+        self.optimizer = _dense_optimizer(config, self.model)
+        self.metrics = ProgressiveMetrics(config.window)
+        self.drift = DriftMonitor(config.drift, self._slot_names)
+        self.state = TrainingState()
+        self.telemetry = TrainerTelemetry(registry or CollectorRegistry())
+        self.after_step: list[Callable[[Trainer, StepResult], None]] = []
+        self.lag: dict[str, int] = {}
+        self._stats: StoreStats = store.stats()
+        # Stream counters already folded into ``state`` (they count per process).
+        self._stream_seen: tuple[int, dict[str, int]] = (0, {})
+        self._restore()
+
+    @classmethod
+    def open(
+        cls,
+        config: TrainerConfig,
+        data_dir: str | Path,
+        source: Source,
+        *,
+        registry: CollectorRegistry | None = None,
+        deterministic: bool = False,
+    ) -> Trainer:
+        """A trainer on ``data_dir`` (store in ``store/``, dead letters in ``dead_letters.jsonl``).
+
+        Raises
+        ------
+        TrainerError
+            When the directory holds a store of another model or is unusable.
+        """
+        data_dir = Path(data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True)
+            store = EmbeddingStore.open(data_dir / "store", config.slots, seed=config.seed)
+        except (StoreError, OSError) as exc:
+            source.close()
+            raise TrainerError(str(exc)) from exc
+        parser = EventParser(ParserConfig(dense_names=config.model.dense_features))
+        stream = EventStream(source, JsonlDeadLetterSink(data_dir / "dead_letters.jsonl"), parser)
+        try:
+            return cls(config, store, stream, registry=registry, deterministic=deterministic)
+        except BaseException:
+            stream.close()
+            store.close()
+            raise
+
+    @property
+    def _slot_names(self) -> tuple[str, ...]:
+        return tuple(slot.name for slot in self.config.slots)
+
+    # -- checkpoints ---------------------------------------------------------
+
+    def _restore(self) -> None:
+        extra = self.store.extra
+        if STATE_BLOB not in extra:
+            return
+        saved = TrainerConfig.model_validate_json(extra[CONFIG_BLOB])
+        if saved.model != self.config.model:
+            raise TrainerError(
+                f"the data directory {self.store.path.parent} holds a model trained with "
+                f"{saved.model!r}; the config asks for {self.config.model!r}. "
+                "Use the same model settings or a new --data-dir"
+            )
+        load_dense_state(self.model, extra[MODEL_BLOB])
+        self.optimizer.load_state_dict(torch.load(io.BytesIO(extra[OPTIMIZER_BLOB])))
+        # The dense optimizer's learning rate may change between runs.
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.dense_optimizer.lr
+        self.state = TrainingState.from_bytes(extra[STATE_BLOB])
+        # Pickle of our own numpy arrays and River detectors, written by this class.
+        self.metrics, self.drift = pickle.loads(extra[MONITOR_BLOB])
+        if self.state.positions:
+            self.stream.seek(self.state.positions)
+        log.info(
+            "restored checkpoint: %d examples trained, resuming at %s",
+            self.state.trained,
+            self.state.positions,
+        )
+
+    def checkpoint(self) -> None:
+        """Persist rows, dense weights, optimizer state, counters and positions atomically."""
+        started = time.perf_counter()
+        self.store.checkpoint(
+            {
+                CONFIG_BLOB: self.config.model_dump_json().encode(),
+                MODEL_BLOB: dense_state_bytes(self.model),
+                OPTIMIZER_BLOB: _torch_bytes(self.optimizer.state_dict()),
+                STATE_BLOB: self.state.to_bytes(),
+                MONITOR_BLOB: pickle.dumps((self.metrics, self.drift)),
+            }
+        )
+        self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
+
+    # -- one step ------------------------------------------------------------
+
+    def _lookups(self, batch: Batch, event_time: float) -> dict[str, TrainingLookup]:
+        return {
+            slot: self.store.lookup_for_training(slot, batch.fids[slot], event_time)
+            for slot in self._slot_names
+            if slot in batch.fids
+        }
+
+    def _unseen_shares(self, lookups: dict[str, TrainingLookup], stats: StoreStats) -> dict:
+        """Per slot, the share of this batch's lookups that found no row before it."""
+        before = self._stats
+        shares = {}
+        for slot, lookup in lookups.items():
+            if len(lookup.rows):
+                new = stats.admitted[slot] - before.admitted[slot]
+                held_back = stats.filtered[slot] - before.filtered[slot]
+                shares[slot] = (new + held_back) / len(lookup.rows)
+        return shares
+
+    def step(self, batch: Batch) -> StepResult:
+        """Score ``batch`` with the current parameters, then learn from it."""
+        started = time.perf_counter()
+        event_time = float(batch.ts.max())
+        lookups = self._lookups(batch, event_time)
+        vectors = {
+            slot: torch.from_numpy(lookup.values).requires_grad_()
+            for slot, lookup in lookups.items()
+        }
+        pooled = pool_embeddings(
+            batch, self._slot_names, vectors, self.config.model.pooling, self.config.dim
+        )
+        logits = self.model(pooled, torch.from_numpy(batch.dense))
+        labels = torch.from_numpy(batch.labels)
+        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        for slot, lookup in lookups.items():
+            self.store.apply_gradients(lookup, vectors[slot].grad.numpy())
+        probabilities = torch.sigmoid(logits.detach()).numpy()
+        self.metrics.update(probabilities, batch.labels)
+        stats = self.store.stats()
+        detections = self.drift.update(
+            float(loss.detach()),
+            float(batch.labels.mean()),
+            self._unseen_shares(lookups, stats),
+            event_time,
+        )
+        self._stats = stats
+        for detection in detections:
+            self.telemetry.drift.labels(detector=detection.detector, signal=detection.signal).inc()
+        self._expire(event_time)
+        self.state.trained += len(batch)
+        self.state.batches += 1
+        duration = time.perf_counter() - started
+        self.telemetry.examples.inc(len(batch))
+        self.telemetry.step_duration.observe(duration)
+        self.telemetry.last_event.set(event_time)
+        return StepResult(batch, probabilities, float(loss.detach()), duration)
+
+    def _expire(self, event_time: float) -> None:
+        """Run the store's expiry sweep once per ``expire_every`` seconds of event time."""
+        if self.state.next_expiry is None:
+            self.state.next_expiry = event_time + self.config.expire_every
+        elif event_time >= self.state.next_expiry:
+            removed = self.store.expire(event_time)
+            self.state.next_expiry = event_time + self.config.expire_every
+            if any(removed.values()):
+                log.info("expiry at event time %.0f removed %s rows", event_time, removed)
+
+    # -- the loop ------------------------------------------------------------
+
+    def _absorb_stream_counters(self) -> None:
+        """Fold this process's new stream counts into the persisted counters."""
+        records, dead = self._stream_seen
+        self.state.records += self.stream.records_read - records
+        for reason, count in self.stream.dead_letter_counts.items():
+            new = count - dead.get(reason, 0)
+            if new:
+                self.state.dead_letters[reason] = self.state.dead_letters.get(reason, 0) + new
+        self._stream_seen = (self.stream.records_read, dict(self.stream.dead_letter_counts))
+
+    def _refresh_gauges(self, with_lag: bool) -> None:
+        m, t = self.metrics, self.telemetry
+        t.evaluation(
+            m.auc(), m.logloss(), m.rolling_auc(), m.rolling_logloss(), m.rolling_label_rate()
+        )
+        t.store(self._stats)
+        t.ingest(self.stream.records_read, self.stream.dead_letter_counts)
+        lag = getattr(self.stream.source, "lag", None)
+        if with_lag and lag is not None:
+            self.lag = lag()
+            t.kafka_lag(self.lag)
+
+    def run(
+        self,
+        *,
+        max_events: int | None = None,
+        stop: threading.Event | None = None,
+        on_tick: Callable[[Trainer], None] | None = None,
+    ) -> Summary:
+        """Train until the source is exhausted, ``max_events`` records were read, or ``stop``.
+
+        The batch in progress always finishes, and a final checkpoint is
+        written before returning.
+
+        Parameters
+        ----------
+        max_events
+            Records to read in this run (dead letters included).
+        stop
+            Set it (e.g. from a signal handler) to stop after the current batch.
+        on_tick
+            Called about twice a second, e.g. to draw a progress line.
+        """
+        stop = stop or threading.Event()
+        started = time.monotonic()
+        last_checkpoint = (started, self.state.trained)
+        last_tick = last_lag = 0.0
+        cfg = self.config
+        first_records = self.stream.records_read
+        while not stop.is_set() and not self.stream.source.exhausted:
+            read = self.stream.records_read - first_records
+            if max_events is not None and read >= max_events:
+                break
+            want = cfg.batch_size if max_events is None else min(cfg.batch_size, max_events - read)
+            batch = self.stream.next_batch(want, timeout_s=0.2)
+            self._absorb_stream_counters()
+            if len(batch):
+                result = self.step(batch)
+                for hook in self.after_step:
+                    hook(self, result)
+            self.state.positions = dict(batch.positions)
+            now = time.monotonic()
+            due_s = cfg.checkpoint_every_s is not None and now - last_checkpoint[0] >= (
+                cfg.checkpoint_every_s
+            )
+            due_events = cfg.checkpoint_every_events is not None and (
+                self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events
+            )
+            if due_s or due_events:
+                self.checkpoint()
+                last_checkpoint = (now, self.state.trained)
+            if now - last_tick >= _TICK_S:
+                self._refresh_gauges(with_lag=now - last_lag >= _LAG_EVERY_S)
+                last_lag = now if now - last_lag >= _LAG_EVERY_S else last_lag
+                last_tick = now
+                if on_tick is not None:
+                    on_tick(self)
+        self.checkpoint()
+        self._refresh_gauges(with_lag=False)
+        return Summary(
+            events=self.stream.records_read - first_records,
+            trained=self.state.trained,
+            dead_letters=sum(self.state.dead_letters.values()),
+            auc=self.metrics.auc(),
+            logloss=self.metrics.logloss(),
+            rolling_auc=self.metrics.rolling_auc(),
+            rows=sum(self._stats.rows.values()),
+            seconds=time.monotonic() - started,
+        )
+
+    def close(self) -> None:
+        """Close the stream and the store (without a checkpoint: :meth:`run` writes one)."""
+        try:
+            self.stream.close()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,196 @@
+"""Sources named by URL, and a Kafka reader whose batches depend on positions alone.
+
+``kafka://HOST:PORT/TOPIC``, ``file://PATH`` (``.jsonl`` or ``.jsonl.gz``) or
+``synthetic://?events=N&seed=S``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from urllib.parse import parse_qs, urlsplit
+
+from headrace.stream import (
+    FileSource,
+    KafkaSource,
+    KafkaSourceConfig,
+    Positions,
+    Record,
+    Source,
+    SyntheticConfig,
+    SyntheticSource,
+    parse_kafka_url,
+)
+
+__all__ = ["OrderedKafkaReader", "SourceUrlError", "open_source"]
+
+_USAGE = "kafka://HOST:PORT/TOPIC, file://PATH or synthetic://?events=N&seed=S"
+
+
+class SourceUrlError(ValueError):
+    """A source URL is malformed; the message shows the accepted forms."""
+
+
+class OrderedKafkaReader:
+    """Reads a Kafka topic, optionally to its end, optionally in a fixed order.
+
+    kafka-python returns whichever partitions' fetches arrived first, so
+    batches differ from run to run. With ``ordered`` this reader deals
+    records round-robin, one per partition in key order, skipping partitions
+    at their end, and waits for a partition that has records it has not
+    fetched yet. From given positions it then returns the same records in the
+    same order, so training is reproducible.
+
+    A partition's end is its high watermark as reported by fetch responses.
+    ``KafkaConsumer.end_offsets`` is not used: the Tansu test broker answers
+    ListOffsets(latest) with a stale offset.
+
+    Parameters
+    ----------
+    source
+        A source with manually assigned partitions.
+    until_end
+        :attr:`exhausted` turns true once every partition is read up to its
+        high watermark; otherwise reading goes on as the topic grows.
+    ordered
+        Deal records round-robin as described (for ``--deterministic``);
+        otherwise pass records through in arrival order.
+    """
+
+    def __init__(self, source: KafkaSource, *, until_end: bool, ordered: bool) -> None:
+        self.source = source
+        self.until_end = until_end
+        self.ordered = ordered
+        self._buffers: dict[str, deque[Record]] = {}
+        self._next: Positions = dict(source.positions())
+        self._partitions = {f"{tp.topic}:{tp.partition}": tp for tp in source.assignment()}
+
+    def _end(self, key: str) -> int | None:
+        """The partition's high watermark from the last fetch; None before one."""
+        return self.source.consumer.highwater(self._partitions[key])
+
+    def _at_end(self, key: str) -> bool:
+        end = self._end(key)
+        return end is not None and self._next[key] >= end
+
+    @property
+    def exhausted(self) -> bool:
+        """True when ``until_end`` and every partition is read to its end."""
+        return self.until_end and all(map(self._at_end, self._next))
+
+    def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
+        """Up to ``max_records`` records; with ``ordered``, none rather than a partial deal."""
+        if not self.ordered:
+            records = self.source.poll(max_records, timeout_s)
+            for record in records:
+                self._next[record.partition] = record.offset + 1
+            return records
+        deadline = time.monotonic() + timeout_s
+        taken: list[Record] = []
+        keys = sorted(self._next)
+        while len(taken) < max_records and not self.exhausted:
+            for key in keys:
+                if len(taken) == max_records:
+                    break
+                buffer = self._buffers.setdefault(key, deque())
+                if not buffer and not self._fill(key, deadline):
+                    self._give_back(taken)
+                    return []
+                if buffer:
+                    record = buffer.popleft()
+                    self._next[key] = record.offset + 1
+                    taken.append(record)
+        return taken
+
+    def _fill(self, key: str, deadline: float) -> bool:
+        """Fetch until ``key`` has a record or is at its end; False if the deadline passed."""
+        buffer = self._buffers[key]
+        while not buffer and not (self.until_end and self._at_end(key)):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            for record in self.source.poll(1 << 16, min(remaining, 0.5)):
+                # A fetch in flight before a seek may still deliver older records.
+                if record.offset >= self._next[record.partition]:
+                    self._buffers.setdefault(record.partition, deque()).append(record)
+        return True
+
+    def _give_back(self, taken: list[Record]) -> None:
+        for record in reversed(taken):
+            self._buffers[record.partition].appendleft(record)
+            self._next[record.partition] = record.offset
+
+    def positions(self) -> Positions:
+        """Offsets after the last record returned (buffered records do not count)."""
+        return dict(self._next)
+
+    def seek(self, positions: Positions) -> None:
+        """Resume at saved positions; buffered records are dropped."""
+        self._buffers.clear()
+        known = {k: v for k, v in positions.items() if k in self._next}
+        self.source.seek(known)
+        self._next.update(known)
+
+    def lag(self) -> dict[str, int]:
+        """Records between each partition's position and its last known end."""
+        ends = {key: self._end(key) for key in self._next}
+        return {key: max(0, end - self._next[key]) for key, end in ends.items() if end is not None}
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def _query_int(query: dict[str, list[str]], name: str, default: int | None) -> int | None:
+    if name not in query:
+        return default
+    try:
+        return int(query[name][-1])
+    except ValueError:
+        raise SourceUrlError(f"{name}={query[name][-1]!r} must be an integer") from None
+
+
+def open_source(url: str, *, until_end: bool = False, deterministic: bool = False) -> Source:
+    """Open the source a URL names.
+
+    Parameters
+    ----------
+    url
+        ``kafka://HOST:PORT/TOPIC``, ``file://PATH`` or ``synthetic://?events=N&seed=S``
+        (``events`` omitted: endless).
+    until_end
+        Kafka only: stop once every partition is read to its end, so a topic
+        written before the run is a finite source.
+    deterministic
+        Kafka only: read with :class:`OrderedKafkaReader`'s fixed order.
+
+    Raises
+    ------
+    SourceUrlError
+        For a malformed URL or an unknown scheme.
+    headrace.stream.BrokerUnavailable
+        When no Kafka broker answers.
+    """
+    parts = urlsplit(url)
+    if parts.scheme == "kafka":
+        try:
+            bootstrap, topic = parse_kafka_url(url)
+        except ValueError as exc:
+            raise SourceUrlError(str(exc)) from None
+        source = KafkaSource(KafkaSourceConfig(bootstrap, topic))
+        return OrderedKafkaReader(source, until_end=until_end, ordered=deterministic)
+    if parts.scheme == "file":
+        path = parts.netloc + parts.path
+        if not path:
+            raise SourceUrlError(f"expected file://PATH, got {url!r}")
+        return FileSource(path)
+    if parts.scheme == "synthetic":
+        query = parse_qs(parts.query)
+        unknown = sorted(query.keys() - {"events", "seed"})
+        if unknown:
+            raise SourceUrlError(f"synthetic:// takes events= and seed=, not {unknown}")
+        events = _query_int(query, "events", None)
+        if events is not None and events < 1:
+            raise SourceUrlError(f"events={events} must be at least 1")
+        seed = _query_int(query, "seed", 0)
+        return SyntheticSource(SyntheticConfig(seed=seed or 0), limit=events)
+    raise SourceUrlError(f"unknown source {url!r}; expected {_USAGE}")
