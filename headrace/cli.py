@@ -19,8 +19,10 @@ from rich.console import Console
 from headrace import __version__
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
     from rich.progress import Progress
 
+    from headrace.serving import ParameterPublisher
     from headrace.stream import KafkaSink
     from headrace.trainer import Trainer
 
@@ -259,6 +261,19 @@ def train(
         bool,
         typer.Option(help="Kafka: stop once every partition is read to its end."),
     ] = False,
+    publish: Annotated[
+        str | None,
+        typer.Option(help="Sync parameters to serving: dir://PATH or kafka://HOST:PORT/TOPIC."),
+    ] = None,
+    sync_interval: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between deltas of changed rows.")
+    ] = 1.0,
+    dense_sync_interval: Annotated[
+        float, typer.Option(min=0.0, help="Seconds between publishing dense weights.")
+    ] = 30.0,
+    snapshot_interval: Annotated[
+        float, typer.Option(min=1.0, help="Seconds between full snapshots.")
+    ] = 600.0,
 ) -> None:
     """Train a model online from a stream; rerun on the same --data-dir to resume exactly.
 
@@ -299,6 +314,11 @@ def train(
         raise _fail(str(exc)) from exc
     if metrics_port is not None:
         start_http_server(metrics_port, registry=registry)
+    publisher = None
+    if publish is not None:
+        publisher = _attach_publisher(
+            trainer, publish, registry, sync_interval, dense_sync_interval, snapshot_interval
+        )
     stop = threading.Event()
     _stop_on_signals(stop)
     started, first_records = time.monotonic(), trainer.stream.records_read
@@ -309,11 +329,82 @@ def train(
             on_tick=lambda t: live.update(_progress_line(t, started, first_records)),
         )
         live.update(_progress_line(trainer, started, first_records))
+        if publisher is not None and trainer.state.batches:
+            # What the last steps changed reaches serving before we exit.
+            publisher.publish_delta(publisher.event_time)
     report = summary.to_json()
     bayes = getattr(events, "bayes_auc", None)
     if bayes is not None and bayes.count:
         report["bayes_auc"] = round(bayes.value(), 6)
     typer.echo(json.dumps(report))
+
+
+def _attach_publisher(
+    trainer: Trainer,
+    url: str,
+    registry: CollectorRegistry,
+    sync_interval: float,
+    dense_sync_interval: float,
+    snapshot_interval: float,
+) -> ParameterPublisher:
+    """A parameter publisher called after every training step."""
+    from headrace.serving import ParameterPublisher, model_meta, open_writer
+    from headrace.trainer import dense_state_bytes
+
+    try:
+        writer = open_writer(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--publish") from exc
+    publisher = ParameterPublisher(
+        trainer.store,
+        writer,
+        lambda: dense_state_bytes(trainer.model),
+        model_meta(trainer.config),
+        sync_interval=sync_interval,
+        dense_sync_interval=dense_sync_interval,
+        snapshot_interval=snapshot_interval,
+        first_version=writer.latest_version() + 1,
+        registry=registry,
+    )
+    trainer.after_step.append(lambda _, step: publisher(float(step.batch.ts.max())))
+    return publisher
+
+
+@app.command()
+def serve(
+    params: Annotated[
+        str,
+        typer.Option(help="Where the trainer publishes: dir://PATH or kafka://HOST:PORT/TOPIC."),
+    ],
+    port: Annotated[
+        int, typer.Option(min=1, max=65535, help="HTTP port of the first worker.")
+    ] = 8000,
+    workers: Annotated[
+        int, typer.Option(min=1, max=64, help="Worker processes, on ports PORT, PORT+1, ...")
+    ] = 1,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 for all).")
+    ] = "127.0.0.1",
+    poll_interval: Annotated[
+        float, typer.Option(min=0.01, help="Seconds between looks for new parameters.")
+    ] = 0.1,
+) -> None:
+    """Serve predictions over HTTP from parameters synced from a trainer.
+
+    Each worker bootstraps from the newest complete snapshot, then applies
+    deltas in version order; POST /v1/predict, GET /healthz, /readyz,
+    /v1/version, /metrics and /docs (OpenAPI).
+    """
+    from headrace.serving import parse_location, run_workers
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        parse_location(params)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--params") from exc
+    raise typer.Exit(run_workers(params, host, range(port, port + workers), poll_interval))
 
 
 def main() -> None:

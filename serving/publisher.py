@@ -71,6 +71,7 @@ class ParameterPublisher:
         self.snapshot_interval = snapshot_interval
         self.max_delta_rows = max_delta_rows
         self.version = first_version - 1
+        self.event_time = 0.0  # of the newest step seen
         self.clock = clock
         self._last_sync = self._last_dense = self._last_snapshot = -float("inf")
         registry = registry if registry is not None else CollectorRegistry()
@@ -91,6 +92,7 @@ class ParameterPublisher:
 
     def __call__(self, event_time: float) -> Update | None:
         """Publish if an interval has passed; returns the update published, if any."""
+        self.event_time = max(self.event_time, event_time)
         now = self.clock()
         if now - self._last_snapshot >= self.snapshot_interval:
             return self.publish_snapshot(event_time)

@@ -26,6 +26,7 @@ __all__ = [
     "UpdateWriter",
     "open_reader",
     "open_writer",
+    "parse_location",
 ]
 
 log = logging.getLogger(__name__)
@@ -247,7 +248,8 @@ def _starts_snapshot(frame: bytes | None) -> bool:
 # -- URLs ----------------------------------------------------------------------
 
 
-def _parse(url: str) -> tuple[str, str, str]:
+def parse_location(url: str) -> tuple[str, str, str]:
+    """``(kind, bootstrap servers, path or topic)`` of a parameter location URL."""
     parsed = urlparse(url)
     if parsed.scheme == "dir":
         return "dir", "", (parsed.netloc + parsed.path) or "."
@@ -260,11 +262,11 @@ def _parse(url: str) -> tuple[str, str, str]:
 
 def open_writer(url: str) -> UpdateWriter:
     """A writer for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``."""
-    kind, servers, where = _parse(url)
+    kind, servers, where = parse_location(url)
     return DirectoryWriter(where) if kind == "dir" else KafkaWriter(servers, where)
 
 
 def open_reader(url: str) -> UpdateReader:
     """A reader for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``."""
-    kind, servers, where = _parse(url)
+    kind, servers, where = parse_location(url)
     return DirectoryReader(where) if kind == "dir" else KafkaReader(servers, where)

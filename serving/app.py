@@ -1,0 +1,126 @@
+"""The HTTP API of a serving worker (FastAPI)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
+from pydantic import BaseModel, Field
+
+from headrace.serving.params import ParameterState
+from headrace.serving.scorer import Scorer
+from headrace.stream import Batch, Record
+
+__all__ = ["PredictRequest", "PredictResponse", "create_app"]
+
+MAX_EVENTS = 10_000
+
+
+class PredictRequest(BaseModel):
+    """Events in the event schema; ``label`` is not needed."""
+
+    events: list[dict[str, Any]] = Field(min_length=1, max_length=MAX_EVENTS)
+
+
+class PredictResponse(BaseModel):
+    """Click probabilities, one per event, all computed at ``version``."""
+
+    version: int
+    scores: list[float]
+
+
+class VersionResponse(BaseModel):
+    version: int | None
+    event_time: float
+    rows: dict[str, int]
+
+
+def create_app(state: ParameterState[Scorer], registry: CollectorRegistry) -> FastAPI:
+    """The worker's API over ``state``, with its metrics in ``registry``."""
+    app = FastAPI(
+        title="headrace serving",
+        summary="Scores events with the newest parameters synced from the trainer.",
+    )
+    requests = Counter(
+        "headrace_serving_requests", "HTTP requests by status code.", ["code"], registry=registry
+    )
+    duration = Histogram(
+        "headrace_serving_request_duration_seconds",
+        "Time to answer an HTTP request.",
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+        registry=registry,
+    )
+
+    @app.middleware("http")
+    async def measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        requests.labels(str(response.status_code)).inc()
+        duration.observe(time.perf_counter() - started)
+        return response
+
+    @app.post("/v1/predict", response_model=PredictResponse)
+    def predict(body: PredictRequest) -> PredictResponse:
+        """Score events against one parameter version, named in the response."""
+        if not state.ready:
+            raise HTTPException(503, "no parameters yet: waiting for the first snapshot")
+        with state.read() as view:
+            scorer = view.model
+            batch = _parse(scorer, body.events)
+            pooled = scorer.embed(batch, view.lookup)
+            version = view.version
+        scores = scorer.predict(pooled, batch)
+        return PredictResponse(version=version, scores=np.asarray(scores).tolist())
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        """The process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz(response: Response) -> dict[str, Any]:
+        """Ready once a snapshot has been applied."""
+        if not state.ready:
+            response.status_code = 503
+        return {"ready": state.ready, "version": state.version}
+
+    @app.get("/v1/version", response_model=VersionResponse)
+    def version() -> VersionResponse:
+        """The version served, the event time it reaches and its rows per slot."""
+        return VersionResponse(
+            version=state.version, event_time=state.event_time, rows=state.rows()
+        )
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _parse(scorer: Scorer, events: list[dict[str, Any]]) -> Batch:
+    """A batch of the request's events, or a 422 naming every bad one."""
+    records = [Record("request", i, json.dumps(e).encode()) for i, e in enumerate(events)]
+    result = scorer.parser.parse(records, {})
+    if result.dead_letters:
+        problems = [
+            {"event": letter.offset, "reason": str(letter.reason), "detail": letter.detail}
+            for letter in result.dead_letters
+        ]
+        raise HTTPException(
+            422, {"message": "some events break the event schema", "errors": problems}
+        )
+    return result.batch
