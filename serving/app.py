@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import FastAPI, HTTPException, Request, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -113,7 +113,10 @@ def create_app(state: ParameterState[Scorer], registry: CollectorRegistry) -> Fa
 
 def _parse(scorer: Scorer, events: list[dict[str, Any]]) -> Batch:
     """A batch of the request's events, or a 422 naming every bad one."""
-    records = [Record("request", i, json.dumps(e).encode()) for i, e in enumerate(events)]
+    try:
+        records = [Record("request", i, orjson.dumps(e)) for i, e in enumerate(events)]
+    except orjson.JSONEncodeError as exc:  # e.g. an integer beyond 64 bits
+        raise HTTPException(422, {"message": f"an event cannot be encoded: {exc}"}) from exc
     result = scorer.parser.parse(records, {})
     if result.dead_letters:
         problems = [

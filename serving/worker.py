@@ -8,6 +8,7 @@ import os
 import signal
 from collections.abc import Sequence
 
+import torch
 import uvicorn
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
@@ -33,6 +34,9 @@ def build_worker(params: str, poll_interval: float = 0.1) -> tuple[FastAPI, Sync
 
 def run_worker(params: str, host: str, port: int, poll_interval: float = 0.1) -> None:
     """Serve on ``host:port`` until SIGTERM or SIGINT, syncing from ``params``."""
+    # Requests are small: one torch thread per worker avoids threads
+    # waiting on each other across workers on a small machine.
+    torch.set_num_threads(1)
     app, sync = build_worker(params, poll_interval)
     sync.start()
     log.info("serving worker on http://%s:%d, parameters from %s", host, port, params)

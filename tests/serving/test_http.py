@@ -149,6 +149,8 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(tmp_path):
     assert bad.status_code == 422
     assert bad.json()["detail"]["errors"][0]["event"] == 1
     assert "ts" in json.dumps(bad.json()["detail"]["errors"][0])
+    huge = dict(PROBE[0], sparse={"user_id": 2**70})
+    assert client.post("/v1/predict", json={"events": [huge]}).status_code == 422
     # An id never seen in training scores with zero vectors, like in training.
     unknown = dict(PROBE[0], sparse={"user_id": "never-seen", "item_id": "never-seen"})
     ok = client.post("/v1/predict", json={"events": [unknown]})
@@ -156,7 +158,7 @@ def test_bad_requests_get_a_4xx_that_says_what_is_wrong(tmp_path):
     assert client.get("/v1/version").json()["version"] == publisher.version
     assert client.get("/healthz").json() == {"status": "ok"}
     metrics = client.get("/metrics").text
-    assert 'headrace_serving_requests_total{code="422"} 3.0' in metrics
+    assert 'headrace_serving_requests_total{code="422"} 4.0' in metrics
     assert "headrace_serving_request_duration_seconds_bucket" in metrics
     assert f"headrace_serving_version {float(publisher.version)}" in metrics
     assert "openapi" in client.get("/openapi.json").json()
