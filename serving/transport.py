@@ -197,7 +197,15 @@ class KafkaReader:
     def __init__(self, bootstrap_servers: str, topic: str, window: int = 256) -> None:
         ensure_topic(bootstrap_servers, topic, partitions=1)
         self._source = KafkaSource(
-            KafkaSourceConfig(bootstrap_servers, topic, partitions=(0,), start="earliest")
+            KafkaSourceConfig(
+                bootstrap_servers,
+                topic,
+                partitions=(0,),
+                start="earliest",
+                # Updates are few and should arrive at once: do not let the
+                # broker hold an empty fetch for long.
+                options={"fetch_max_wait_ms": 20},
+            )
         )
         self._key = f"{topic}:0"
         self._window = window
