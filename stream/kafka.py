@@ -258,10 +258,32 @@ class KafkaSource:
                 self._positions[key] = offset
 
     def lag(self) -> dict[str, int]:
-        """Records between each assigned partition's position and its end."""
+        """Records between each assigned partition's position and its end.
+
+        The end is the largest of three readings, each of which can only be
+        too low: the broker's answer to a ListOffsets request
+        (``end_offsets``), the high watermark of the last fetch response, and
+        this source's own position. So the lag is never negative, and once a
+        partition has been fetched from it is right to within the records
+        produced since. Tansu answers ListOffsets with the base offset of the
+        partition's last record batch rather than the end: 6462 for a
+        partition holding 6667 records, however long after the produce it is
+        asked. Before the first fetch of a partition the lag on Tansu is
+        therefore short by up to one producer batch.
+
+        Returns
+        -------
+        dict[str, int]
+            Partition key -> records not yet read.
+        """
         ends = self.consumer.end_offsets(self.assignment())
         positions = self.positions()
-        return {self._key(tp): max(0, end - positions[self._key(tp)]) for tp, end in ends.items()}
+        lag: dict[str, int] = {}
+        for tp, end in ends.items():
+            key = self._key(tp)
+            end = max(end, self.consumer.highwater(tp) or 0, positions[key])
+            lag[key] = end - positions[key]
+        return lag
 
     def pause(self, keys: Iterable[str] | None = None) -> None:
         """Stop fetching the given partitions (all when ``None``), for backpressure."""

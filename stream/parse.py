@@ -5,11 +5,21 @@ from __future__ import annotations
 import gc
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
+from operator import attrgetter
 
 import numpy as np
 import orjson
 
-from headrace.schema import FidHasher, Reason, SchemaError, ValidEvent, validate_event
+from headrace.schema import (
+    FastEvent,
+    FidHasher,
+    Reason,
+    SchemaError,
+    ValidEvent,
+    event_decoder,
+    validate_event,
+)
 
 from .batch import Batch, Positions, Record
 from .deadletter import DeadLetter
@@ -17,6 +27,9 @@ from .deadletter import DeadLetter
 __all__ = ["EventParser", "ParseResult", "ParserConfig"]
 
 _SCALARS = {str, int}
+_TS, _LABEL, _SPARSE, _DENSE, _REQUEST_ID = map(
+    attrgetter, ("ts", "label", "sparse", "dense", "request_id")
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +79,7 @@ class EventParser:
     def __init__(self, config: ParserConfig | None = None) -> None:
         self.config = config or ParserConfig()
         self._hasher = FidHasher(self.config.fid_cache_entries)
+        self._decode = event_decoder(require_label=self.config.require_label)
 
     def parse(self, records: Sequence[Record], positions: Positions) -> ParseResult:
         """Parse a chunk of records.
@@ -95,62 +109,88 @@ class EventParser:
                 gc.enable()
 
     def _parse(self, records: Sequence[Record], positions: Positions) -> ParseResult:
-        config = self.config
-        max_bytes = config.max_message_bytes
-        require_label = config.require_label
-        loads = orjson.loads
+        max_bytes = self.config.max_message_bytes
+        decode = self._decode
         dead: list[DeadLetter] = []
-        events: list[ValidEvent] = []
+        events: list[FastEvent | ValidEvent] = []
         for record in records:
             raw = record.value
-            try:
-                if raw is None:
-                    raise SchemaError(Reason.NOT_JSON, "empty message (a tombstone?)")
-                if len(raw) > max_bytes:
-                    raise SchemaError(
-                        Reason.TOO_LARGE, f"{len(raw)} bytes, the limit is {max_bytes}"
-                    )
+            if raw is not None and len(raw) <= max_bytes:
                 try:
-                    decoded = loads(raw)
-                except orjson.JSONDecodeError as exc:
-                    raise SchemaError(Reason.NOT_JSON, str(exc)) from None
-                events.append(validate_event(decoded, require_label=require_label))
+                    events.append(decode(raw))
+                    continue
+                except Exception:
+                    # Not a verdict: whatever the fast path refuses, for any
+                    # reason, gets the full check, whose only error is a
+                    # SchemaError with the reason.
+                    pass
+            try:
+                events.append(self._check(raw))
             except SchemaError as exc:
                 dead.append(
                     DeadLetter(exc.reason, exc.detail, record.partition, record.offset, raw or b"")
                 )
-        # Columns are built slot by slot over all events rather than event by
-        # event: list comprehensions and C-level set unions instead of a
-        # Python-level append per value, which halves the cost of a batch.
-        sparse = [event.sparse for event in events]
         fids: dict[str, np.ndarray] = {}
         offsets: dict[str, np.ndarray] = {}
-        for slot in sorted(set().union(*sparse)):
-            fids[slot], offsets[slot] = self._slot_column(slot, [s.get(slot) for s in sparse])
-        dense_matrix, dense_names = self._dense_matrix([event.dense for event in events])
+        for slot, values in sorted(self._sparse_columns(list(map(_SPARSE, events))).items()):
+            fids[slot], offsets[slot] = self._slot_column(slot, values)
+        dense_matrix, dense_names = self._dense_matrix(list(map(_DENSE, events)))
         batch = Batch(
             fids=fids,
             offsets=offsets,
             dense=dense_matrix,
             dense_names=dense_names,
-            labels=np.array([event.label for event in events], dtype=np.float32),
-            ts=np.array([event.ts for event in events], dtype=np.float64),
-            request_ids=tuple(event.request_id for event in events),
+            # A bool label from the fast path converts like float(label).
+            labels=np.array(list(map(_LABEL, events)), dtype=np.float32),
+            ts=np.array(list(map(_TS, events)), dtype=np.float64),
+            request_ids=tuple(map(_REQUEST_ID, events)),
             positions=dict(positions),
         )
         return ParseResult(batch, dead)
 
+    def _check(self, raw: bytes | None) -> ValidEvent:
+        """The full check of one message; raises :class:`SchemaError` with the reason."""
+        if raw is None:
+            raise SchemaError(Reason.NOT_JSON, "empty message (a tombstone?)")
+        max_bytes = self.config.max_message_bytes
+        if len(raw) > max_bytes:
+            raise SchemaError(Reason.TOO_LARGE, f"{len(raw)} bytes, the limit is {max_bytes}")
+        try:
+            decoded = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise SchemaError(Reason.NOT_JSON, str(exc)) from None
+        return validate_event(decoded, require_label=self.config.require_label)
+
+    @staticmethod
+    def _sparse_columns(
+        sparse: list[Mapping[str, str | int | list[str | int]]],
+    ) -> dict[str, Sequence[str | int | list[str | int] | None]]:
+        """Slot -> each event's value (``None`` where an event lacks the slot).
+
+        Columns are built slot by slot over all events rather than event by
+        event: C-level iteration instead of a Python-level append per value.
+        """
+        key_orders = set(map(tuple, sparse))
+        if len(key_orders) == 1:
+            # Producers mostly write every event's slots in the same order;
+            # then the columns are a transposition of the values.
+            [slots] = key_orders
+            return dict(zip(slots, zip(*map(dict.values, sparse), strict=True), strict=True))
+        return {slot: [s.get(slot) for s in sparse] for slot in set().union(*sparse)}
+
     def _slot_column(
-        self, slot: str, values: list[str | int | list[str | int] | None]
+        self, slot: str, values: Sequence[str | int | list[str | int] | None]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fids and offsets of one slot from each event's value (``None``: absent)."""
         kinds = set(map(type, values))
         if kinds <= _SCALARS:  # the common case: one value per event
-            flat = values
-            counts = np.ones(len(values), dtype=np.int64)
+            return self._hasher.array(slot, values), np.arange(len(values) + 1, dtype=np.int64)  # type: ignore[arg-type]
+        if kinds == {list}:  # multi-valued in every event
+            flat = list(chain.from_iterable(values))  # type: ignore[arg-type]
+            counts = list(map(len, values))  # type: ignore[arg-type]
         else:
             flat = []
-            counts = np.zeros(len(values), dtype=np.int64)
+            counts = [0] * len(values)
             for i, value in enumerate(values):
                 if type(value) is list:
                     flat.extend(value)
@@ -160,7 +200,7 @@ class EventParser:
                     counts[i] = 1
         bounds = np.zeros(len(values) + 1, dtype=np.int64)
         np.cumsum(counts, out=bounds[1:])
-        return np.array(self._hasher.many(slot, flat), dtype=np.int64), bounds  # type: ignore[arg-type]
+        return self._hasher.array(slot, flat), bounds
 
     def _dense_matrix(self, dense: list[Mapping[str, float]]) -> tuple[np.ndarray, tuple[str, ...]]:
         names = self.config.dense_names

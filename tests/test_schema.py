@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
 
+import msgspec
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from headrace.schema import FidHasher, Reason, SchemaError, fid, validate_event
+from headrace.schema import FidHasher, Reason, SchemaError, event_decoder, fid, validate_event
 
 GOOD = {
     "ts": 1700000000.5,
@@ -115,3 +118,103 @@ def test_cached_hasher_equals_fid(slot, values):
     hasher = FidHasher(max_entries=4)  # tiny, so the cache empties and refills
     assert hasher.many(slot, values) == [fid(slot, v) for v in values]
     assert all(hasher(slot, v) == fid(slot, v) for v in values)
+    twice = FidHasher(max_entries=4)  # the array path: first all misses, then some hits
+    for _ in range(2):
+        assert twice.array(slot, values).tolist() == [fid(slot, v) for v in values]
+
+
+# JSON values near every edge the two checks must agree on: bools that are not
+# numbers, ints past int64 and uint64, floats that overflow, nulls, nesting.
+_EDGE_NUMBERS = st.sampled_from(
+    [
+        0,
+        1,
+        -1,
+        2,
+        0.5,
+        1.5,
+        -0.0,
+        1e308,
+        1e309,
+        -1e309,
+        2**63 - 1,
+        2**63,
+        2**64 - 1,
+        2**64,
+        -(2**63) - 1,
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    _EDGE_NUMBERS,
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+)
+_VALUES = st.recursive(
+    _SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+_SPARSE_VALUES = st.one_of(
+    st.text(max_size=3),
+    st.integers(),
+    _EDGE_NUMBERS,
+    st.lists(st.text(max_size=2) | st.integers(), max_size=3),
+)
+# Each field is mostly valid, so that many events pass the fast path and
+# their values are compared, and otherwise broken in one of many ways.
+_EVENTS = st.fixed_dictionaries(
+    {
+        "ts": st.one_of(_EDGE_NUMBERS, st.floats(allow_nan=False), _VALUES),
+        "sparse": st.dictionaries(
+            st.sampled_from(["u", "i", "t"]),
+            st.one_of(_SPARSE_VALUES, _SPARSE_VALUES, _SPARSE_VALUES, _VALUES),
+            max_size=3,
+        ),
+    },
+    optional={
+        "label": st.one_of(st.sampled_from([0, 1, True, False, 0.25]), _VALUES),
+        "dense": st.dictionaries(
+            st.sampled_from(["p", "q"]), st.one_of(_EDGE_NUMBERS, _EDGE_NUMBERS, _VALUES)
+        )
+        | _VALUES,
+        "request_id": st.one_of(st.text(max_size=3), _VALUES),
+        "extra": _VALUES,
+    },
+)
+_DECODERS = {required: event_decoder(require_label=required) for required in (True, False)}
+
+
+@settings(max_examples=300)
+@given(event=_EVENTS, require_label=st.booleans())
+def test_fast_path_accepts_only_what_the_full_check_accepts_with_the_same_values(
+    event, require_label
+):
+    raw = json.dumps(event).encode()  # json, unlike orjson, writes ints past 64 bits and 1e309
+    try:
+        fast = _DECODERS[require_label](raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return  # the full check decides; test_stream_parse covers that it does
+    full = validate_event(orjson.loads(raw), require_label=require_label)
+    assert fast.ts == full.ts
+    assert float(fast.label) == full.label or (math.isnan(full.label) and math.isnan(fast.label))
+    assert fast.sparse == full.sparse
+    assert fast.dense == full.dense
+    assert fast.request_id == full.request_id
+
+
+def test_fast_path_turns_down_valid_events_it_cannot_type():
+    # Not errors: the parser sends these to the full check, which accepts them.
+    decode = event_decoder()
+    for event in [
+        GOOD | {"dense": None},
+        GOOD | {"sparse": {"u": 2**64 - 1}},
+    ]:
+        raw = json.dumps(event).encode()
+        with pytest.raises(msgspec.DecodeError):
+            decode(raw)
+        assert validate_event(orjson.loads(raw)).sparse == event["sparse"]

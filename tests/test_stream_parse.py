@@ -134,3 +134,37 @@ def test_stream_counts_dead_letters_per_reason_and_delivers_the_rest():
     assert sink.counts == stream.dead_letter_counts
     assert [letter.offset for letter in sink.letters] == [3, 7, 8]
     assert stream.records_read == 10 and stream.events_ingested == 7
+
+
+def test_events_the_fast_path_turns_down_are_parsed_in_place_by_the_full_check():
+    # A null dense and a uint64 sparse value are valid, but only the full check takes them.
+    events = [
+        _event(0),
+        _event(1, dense=None),
+        _event(2, sparse={"u": 2**64 - 1}),
+        _event(3, label=True),
+    ]
+    batch = EventParser().parse([_record(i, e) for i, e in enumerate(events)], {}).batch
+    assert batch.ts.tolist() == [1000.0, 1001.0, 1002.0, 1003.0]
+    assert batch.fids["u"].tolist() == [
+        fid("u", "u0"),
+        fid("u", "u1"),
+        fid("u", 2**64 - 1),
+        fid("u", "u3"),
+    ]
+    assert batch.labels.tolist() == [0.0, 1.0, 0.0, 1.0]
+
+
+def test_slot_order_within_events_does_not_change_the_columns():
+    # Events whose slots all come in one order take a faster path than mixed orders.
+    events = [{"ts": i, "label": 0, "sparse": {"a": f"a{i}", "b": [i, i + 1]}} for i in range(4)]
+    same = EventParser().parse([_record(i, e) for i, e in enumerate(events)], {}).batch
+    for event in events[::2]:
+        event["sparse"] = dict(reversed(event["sparse"].items()))
+    mixed = EventParser().parse([_record(i, e) for i, e in enumerate(events)], {}).batch
+    assert same.slots == mixed.slots == ("a", "b")
+    for slot in ("a", "b"):
+        assert same.fids[slot].tolist() == mixed.fids[slot].tolist()
+        assert same.offsets[slot].tolist() == mixed.offsets[slot].tolist()
+    assert same.fids["b"].tolist() == [fid("b", v) for i in range(4) for v in (i, i + 1)]
+    assert same.offsets["b"].tolist() == [0, 2, 4, 6, 8]
