@@ -36,6 +36,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, NamedTuple
 
@@ -92,7 +93,14 @@ class ValidEvent(NamedTuple):
 def _is_number(value: object) -> bool:
     # bool is a subclass of int, but true/false is never a timestamp or a price.
     kind = type(value)
-    return (kind is float or kind is int) and math.isfinite(value)  # type: ignore[arg-type]
+    if kind is int:
+        # Beyond float range an int has no finite float value (isfinite
+        # would raise OverflowError on it).
+        return abs(value) <= _FLOAT_MAX_INT  # type: ignore[arg-type]
+    return kind is float and math.isfinite(value)  # type: ignore[arg-type]
+
+
+_FLOAT_MAX_INT = int(sys.float_info.max)
 
 
 def _check_label(label: object) -> float:
@@ -137,7 +145,8 @@ def _check_dense(dense: object) -> Mapping[str, float]:
             raise SchemaError(
                 Reason.BAD_DENSE, f"dense[{name!r}] must be a finite number, not {value!r}"
             )
-    return dense
+    # Floats, like the fast path gives and the float32 matrix will hold.
+    return {name: float(value) for name, value in dense.items()}
 
 
 def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from headrace.schema import Reason, fid
+from headrace.schema import Reason, SchemaError, fid, validate_event
 from headrace.stream import EventParser, EventStream, ListDeadLetterSink, ParserConfig, Record
 
 
@@ -55,6 +55,33 @@ def test_bad_input_becomes_a_dead_letter_and_good_neighbours_survive(raw, reason
         raw if isinstance(raw, bytes) else b"" if raw is None else json.dumps(raw).encode()
     )
     assert result.batch.positions == {"t:0": 3}
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"ts": 1, "label": 1, "sparse": {}, "dense": {"p": 1' + b"0" * 320 + b"}}",
+        b'{"ts": 1' + b"0" * 320 + b', "label": 1, "sparse": {}}',
+    ],
+)
+def test_integers_beyond_float_range_are_dead_letters_not_crashes(raw):
+    result = EventParser().parse([_record(0, raw), _record(1, _event(1))], {"t:0": 2})
+    # The JSON decoders refuse integers beyond 64 bits.
+    assert [letter.reason.value for letter in result.dead_letters] == ["not_json"]
+    assert len(result.batch) == 1
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        ({"ts": 1, "label": 1, "sparse": {}, "dense": {"p": 10**400}}, Reason.BAD_DENSE),
+        ({"ts": 10**400, "label": 1, "sparse": {}}, Reason.BAD_TS),
+    ],
+)
+def test_validation_refuses_integers_without_a_finite_float_value(event, reason):
+    with pytest.raises(SchemaError) as caught:
+        validate_event(event)
+    assert caught.value.reason is reason
 
 
 def test_columns_hold_fids_offsets_dense_labels_and_ids():
