@@ -1,10 +1,10 @@
-# `make test` and `make bench` set up .venv by themselves on a fresh clone.
+# `make test`, `make demo` and `make bench` set up .venv by themselves on a fresh clone.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: test bench lint format
+.PHONY: test demo bench lint format
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(INSTALLED): pyproject.toml constraints.txt | $(PY)
 
 test: $(INSTALLED)
 	$(PY) -m pytest
+
+# Broker, event generator, trainer and two serving workers; Ctrl-C stops them.
+# Flags go in DEMO_ARGS, e.g. make demo DEMO_ARGS="--duration 120 --rate 5000".
+demo: $(INSTALLED)
+	$(VENV)/bin/headrace demo $(DEMO_ARGS)
 
 # Every benchmark in bench/, each printing one JSON object.
 bench: $(INSTALLED)

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from headrace.serving import ParameterPublisher
     from headrace.stream import KafkaSink
     from headrace.trainer import Trainer
+    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
 
 app = typer.Typer(
     help="headrace: online training of recommendation/CTR models from event streams.",
@@ -248,7 +249,22 @@ def train(
         typer.Option(help="Trainer config (TOML); HEADRACE_TRAINER__* variables override it."),
     ] = None,
     metrics_port: Annotated[
-        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port.")
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Serve Prometheus /metrics, the drift /dashboard and /api/history on this port.",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface of the --metrics-port server (0.0.0.0 for all).")
+    ] = "0.0.0.0",
+    serving_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A serving worker's base URL (repeatable); the dashboard shows its version "
+            "and sync lag."
+        ),
     ] = None,
     max_events: Annotated[
         int | None, typer.Option(min=1, help="Stop after reading this many records in this run.")
@@ -279,7 +295,7 @@ def train(
 
     Prints a progress line on stderr and, last, one JSON summary on stdout.
     """
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
     from rich.live import Live
 
     from headrace.config import ConfigError
@@ -295,6 +311,11 @@ def train(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for url in serving_url or []:
+        if not url.startswith(("http://", "https://")):
+            raise typer.BadParameter(
+                f"{url!r} is not a URL; give http://HOST:PORT", param_hint="--serving-url"
+            )
     try:
         trainer_config = load_trainer_config(config)
     except ConfigError as exc:
@@ -312,12 +333,15 @@ def train(
         )
     except TrainerError as exc:
         raise _fail(str(exc)) from exc
-    if metrics_port is not None:
-        start_http_server(metrics_port, registry=registry)
     publisher = None
     if publish is not None:
         publisher = _attach_publisher(
             trainer, publish, registry, sync_interval, dense_sync_interval, snapshot_interval
+        )
+    dashboard = None
+    if metrics_port is not None:
+        dashboard = _start_dashboard(
+            trainer, registry, publisher, metrics_host, metrics_port, serving_url or []
         )
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -332,11 +356,66 @@ def train(
         if publisher is not None and trainer.state.batches:
             # What the last steps changed reaches serving before we exit.
             publisher.publish_delta(publisher.event_time)
+    if dashboard is not None:
+        dashboard.close()
     report = summary.to_json()
     bayes = getattr(events, "bayes_auc", None)
     if bayes is not None and bayes.count:
         report["bayes_auc"] = round(bayes.value(), 6)
     typer.echo(json.dumps(report))
+
+
+class _Dashboard:
+    """The trainer's HTTP server and the poller of serving workers behind it."""
+
+    def __init__(self, server: DashboardServer, poller: WorkerPoller | None) -> None:
+        self.server = server
+        self.poller = poller
+
+    def close(self) -> None:
+        self.server.close()
+        if self.poller is not None:
+            self.poller.stop()
+
+
+def _start_dashboard(
+    trainer: Trainer,
+    registry: CollectorRegistry,
+    publisher: ParameterPublisher | None,
+    host: str,
+    port: int,
+    serving_urls: list[str],
+) -> _Dashboard:
+    """Serve /metrics, /dashboard and /api/history; sample the trainer after each step."""
+    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.history import TrainingHistory
+
+    poller = WorkerPoller(serving_urls) if serving_urls else None
+    history = TrainingHistory(
+        sync_version=(lambda: publisher.version) if publisher is not None else None,
+        workers=poller.status if poller is not None else None,
+    )
+    # After the publisher's hook, so each sample sees the version just published.
+    history.attach(trainer)
+    try:
+        server = DashboardServer(registry, history, host, port)
+    except OSError as exc:
+        trainer.close()
+        raise _fail(
+            f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
+            "pick a free --metrics-port"
+        ) from exc
+    server.start()
+    if poller is not None:
+        poller.start()
+    logging.getLogger("headrace").info(
+        "metrics on http://%s:%d/metrics, drift dashboard on http://%s:%d/dashboard",
+        host,
+        server.port,
+        host,
+        server.port,
+    )
+    return _Dashboard(server, poller)
 
 
 def _attach_publisher(
@@ -405,6 +484,91 @@ def serve(
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--params") from exc
     raise typer.Exit(run_workers(params, host, range(port, port + workers), poll_interval))
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[
+        Path, typer.Option(help="Trainer store, checkpoints, logs; a second run resumes here.")
+    ] = Path("headrace-data"),
+    bootstrap_servers: Annotated[
+        str | None,
+        typer.Option(
+            help="HOST:PORT of an existing Kafka cluster; by default the demo starts Tansu."
+        ),
+    ] = None,
+    rate: Annotated[
+        float, typer.Option(min=1.0, help="Synthetic events produced per second.")
+    ] = 2000.0,
+    duration: Annotated[
+        float | None, typer.Option(min=1.0, help="Stop after this many seconds (default: Ctrl-C).")
+    ] = None,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the synthetic world.")] = 0,
+    drift_every: Annotated[
+        int, typer.Option(min=1000, help="Events between scheduled drifts of the world.")
+    ] = 100_000,
+    publish: Annotated[
+        str | None,
+        typer.Option(
+            help="Where parameters go: dir://PATH or kafka://HOST:PORT/TOPIC "
+            "(default: a params topic on the demo's broker)."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="Trainer config (TOML); by default the demo writes one with short expiry."
+        ),
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(
+            min=1, max=65535, help="Trainer's HTTP port (dashboard, metrics); default free."
+        ),
+    ] = None,
+    serving_port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65534, help="Ports of the two serving workers: this and the next."),
+    ] = None,
+    topic: Annotated[str, typer.Option(help="Events topic.")] = "headrace-events",
+    params_topic: Annotated[str, typer.Option(help="Parameters topic.")] = "headrace-params",
+) -> None:
+    """Run everything locally: broker, event generator with drift, trainer, two serving workers.
+
+    Prints the dashboard, metrics and predict URLs and a live status line;
+    Ctrl-C (or --duration) stops every process it started and prints a
+    summary, last as one JSON line on stdout. Run it again to resume.
+    """
+    from headrace.demo import DemoError, DemoOptions, run_demo
+
+    if config is not None and not config.is_file():
+        raise typer.BadParameter(f"no config file at {config}", param_hint="--config")
+    if publish is not None:
+        from headrace.serving import parse_location
+
+        try:
+            parse_location(publish)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--publish") from exc
+    options = DemoOptions(
+        data_dir=data_dir,
+        bootstrap_servers=bootstrap_servers,
+        rate=rate,
+        duration=duration,
+        seed=seed,
+        drift_every=drift_every,
+        publish=publish,
+        config=config,
+        port=port,
+        serving_port=serving_port,
+        topic=topic,
+        params_topic=params_topic,
+    )
+    try:
+        summary = run_demo(options)
+    except DemoError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(summary))
 
 
 def main() -> None:

@@ -99,9 +99,12 @@ class TrainerTelemetry:
 
     def _advance(self, counter: Counter, key: str, total: int, **labels: str) -> None:
         """Move a counter to a cumulative figure read elsewhere (never backwards)."""
+        # The child exists from the first call, at 0: a series that appears only
+        # with its first increment hides that increment from rate() and increase().
+        child = counter.labels(**labels) if labels else counter
         delta = total - self._seen.get(key, 0)
         if delta > 0:
-            (counter.labels(**labels) if labels else counter).inc(delta)
+            child.inc(delta)
             self._seen[key] = total
 
     def store(self, stats: StoreStats) -> None:

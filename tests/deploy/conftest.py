@@ -40,15 +40,20 @@ def prometheus_required() -> bool:
     return bool(os.environ.get("CI")) or os.environ.get("HEADRACE_REQUIRE_PROMETHEUS") == "1"
 
 
-def find_promtool() -> Path:
-    """The promtool binary; skips the test without it, or fails it under CI."""
-    found = shutil.which("promtool")
+def find_prometheus_binary(name: str) -> Path:
+    """``promtool`` or ``prometheus``; skips the test without it, or fails it under CI."""
+    found = shutil.which(name)
     if found is None:
-        reason = "promtool not on PATH (Debian: apt-get install prometheus)"
+        reason = f"{name} not on PATH (Debian: apt-get install prometheus)"
         if prometheus_required():
             pytest.fail(f"CI or HEADRACE_REQUIRE_PROMETHEUS=1 but {reason}")
         pytest.skip(reason)
     return Path(found)
+
+
+def find_promtool() -> Path:
+    """The promtool binary; skips the test without it, or fails it under CI."""
+    return find_prometheus_binary("promtool")
 
 
 @pytest.fixture(scope="session")
