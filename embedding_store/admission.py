@@ -87,7 +87,7 @@ class CountingFilter:
         new = np.flatnonzero(~found)
         totals[new] = np.minimum(added[new], _COUNT_MAX)
         self._insert(buckets[new], fingerprints[new], totals[new])
-        self._dirty[np.unique(buckets // CHUNK_BUCKETS)] = True
+        self._dirty[buckets // CHUNK_BUCKETS] = True
         return totals[inverse]
 
     def _insert(self, buckets: np.ndarray, fingerprints: np.ndarray, counts: np.ndarray) -> None:
@@ -112,7 +112,7 @@ class CountingFilter:
         rows, columns = np.nonzero(match)
         self._fingerprints[buckets[rows], columns] = 0
         self._counts[buckets[rows], columns] = 0
-        self._dirty[np.unique(buckets // CHUNK_BUCKETS)] = True
+        self._dirty[buckets // CHUNK_BUCKETS] = True
 
     def dirty_chunks(self) -> Iterator[tuple[int, bytes]]:
         """(chunk number, bytes) of each chunk changed since :meth:`clear_dirty`."""

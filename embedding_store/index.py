@@ -20,6 +20,7 @@ _TOMBSTONE = -2
 _MAX_LOAD = 0.7
 _REHASH_LOAD = 0.5
 _HASH_SALT = 0x5EED_1D5
+_PLACE_WINDOW = 8
 
 
 class FidIndex:
@@ -92,20 +93,27 @@ class FidIndex:
         pending = np.arange(len(fids))
         pos = self._home(fids)
         mask = int(self._mask)
+        window = np.arange(_PLACE_WINDOW)
         while len(pending):
-            free = self._rows[pos] < 0
-            # Several new keys may claim the same free position in one round:
-            # the first takes it, the others probe on.
-            free_idx = np.flatnonzero(free)
-            claimed, first = np.unique(pos[free_idx], return_index=True)
-            winners = pending[free_idx[first]]
+            # Each key looks for the first free position in a window of its
+            # chain; every position before it is taken, so no empty position
+            # ever separates a key from its home.
+            where = (pos[:, None] + window) & mask
+            free = self._rows[where] < 0
+            has_free = np.flatnonzero(free.any(axis=1))
+            target = where[has_free, free[has_free].argmax(axis=1)]
+            # Several keys may want the same position: the first takes it,
+            # the others look on from there in the next round.
+            claimed, first = np.unique(target, return_index=True)
+            winners = pending[has_free[first]]
             self._used += int(np.count_nonzero(self._rows[claimed] == _EMPTY))
             self._keys[claimed] = fids[winners]
             self._rows[claimed] = rows[winners]
+            pos[has_free] = target
+            pos = np.where(free.any(axis=1), pos, (pos + _PLACE_WINDOW) & mask)
             placed = np.zeros(len(pending), dtype=bool)
-            placed[free_idx[first]] = True
-            pending = pending[~placed]
-            pos = (pos[~placed] + 1) & mask
+            placed[has_free[first]] = True
+            pending, pos = pending[~placed], pos[~placed]
         self._live += len(fids)
 
     def remove(self, fids: np.ndarray) -> np.ndarray:
