@@ -6,6 +6,8 @@ results are the same in every process and on every machine.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -35,8 +37,13 @@ def as_uint64(fids: np.ndarray) -> np.ndarray:
 
 def salted(fids: np.ndarray, salt: int) -> np.ndarray:
     """Hash of ``(salt, fid)``; distinct salts give independent hash families."""
-    salt_bits = np.asarray([salt & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64)
-    return mix64(as_uint64(fids) ^ mix64(salt_bits))
+    return mix64(as_uint64(fids) ^ _mixed_salt(salt & 0xFFFF_FFFF_FFFF_FFFF))
+
+
+@functools.lru_cache(maxsize=1024)
+def _mixed_salt(salt: int) -> np.uint64:
+    # A handful of salts recur on every call of the hot path.
+    return mix64(np.asarray([salt], dtype=np.uint64))[0]
 
 
 def unit_uniform(bits: np.ndarray) -> np.ndarray:
