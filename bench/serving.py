@@ -40,9 +40,9 @@ from headrace.serving import (
     open_writer,
 )
 from headrace.stream import CtrGenerator, SyntheticConfig, SyntheticSource
+from headrace.tansu import kafka_bootstrap
 from headrace.trainer import Trainer, TrainerConfig, dense_state_bytes
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIG = TrainerConfig(batch_size=256, checkpoint_every_s=None)
 PROBE = [
     {k: v for k, v in e.items() if k != "label"}
@@ -249,8 +249,7 @@ def main() -> None:
     figures: dict[str, object] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp_path = Path(tmp)
-        bootstrap, broker = _kafka()
-        try:
+        with kafka_bootstrap() as bootstrap:
             transports = {
                 "dir": f"dir://{tmp_path}/params",
                 "kafka": f"kafka://{bootstrap}/bench-params-{os.getpid()}",
@@ -285,26 +284,8 @@ def main() -> None:
                 best = rate
             figures["max_rps_p99_under_50ms"] = best
             worker.stop()
-        finally:
-            if broker is not None:
-                broker.stop()
     json.dump(figures, sys.stdout)
     print()
-
-
-def _kafka() -> tuple[str, object | None]:
-    """A bootstrap address, starting the test suite's Tansu broker if none is given."""
-    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return servers, None
-    sys.path.insert(0, str(ROOT))
-    from tests.tansu import TansuBroker, find_tansu  # the broker the Kafka tests use
-
-    binary = find_tansu()
-    if binary is None:
-        raise SystemExit("no Kafka: set KAFKA_BOOTSTRAP_SERVERS or install the test extras")
-    broker = TansuBroker(binary)
-    broker.start()
-    return broker.bootstrap, broker
 
 
 if __name__ == "__main__":

