@@ -6,7 +6,9 @@ through the embedding store's optimizers, dense weights through torch. A
 checkpoint writes the rows, dense weights, optimizer state, counters and the
 source positions after the last trained batch in one atomic write; on start
 the trainer restores it and seeks the source there, so after a crash no event
-is lost and none is trained twice.
+is lost and none is trained twice. A :class:`BatchPrefetcher` thread polls
+and parses the next batches meanwhile; what it read ahead is never counted
+or checkpointed, and is rewound when :meth:`Trainer.run` returns.
 """
 
 from __future__ import annotations
