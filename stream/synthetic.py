@@ -4,14 +4,19 @@ Every random draw is a hash of (seed, event index, purpose), not a step of a
 sequential generator, so event ``i`` is the same however the stream is cut
 into chunks or resumed: the synthetic source seeks in constant time.
 
-The hidden model: users and items have latent taste vectors; the click
-probability is ``sigmoid(bias + <user, item> + item bias + device, position
-and hour effects)``; the label is a Bernoulli draw of it. Users and items are
-drawn Zipf-popular from universes that grow over time (new ids appear), and
-scheduled :class:`Drift` points change a share of users' tastes and rotate
-item popularity. Because the probabilities are known, the generator reports
-the Bayes-optimal AUC of the labels it drew: the bar a trained model is
-measured against.
+The hidden model: the click probability is ``sigmoid(bias + taste + item
+bias + device, position and hour effects)``; the label is a Bernoulli draw of
+it. The taste mixes a shared part, ``<segment, category>`` of latent vectors
+of the user's segment (an event feature, like a demographic bucket) and the
+item's category, with a personal part ``<user, item>`` of per-id vectors.
+The shared part recurs often enough to be learned online within the stream;
+the personal part, for all but the heaviest users, does not (in 200k events a
+quarter of the events come from users seen fewer than ten times before).
+Users and items are drawn Zipf-popular from universes that grow over time
+(new ids appear), and scheduled :class:`Drift` points redraw the tastes of a
+share of segments and rotate item popularity. Because the probabilities are
+known, the generator reports the Bayes-optimal AUC of the labels it drew:
+the bar a trained model is measured against.
 """
 
 from __future__ import annotations
@@ -51,7 +56,8 @@ class Drift:
     at
         Event index from which the change holds.
     taste_share
-        Share of users whose latent taste is redrawn.
+        Share of user segments whose latent tastes (the segment's and its
+        users' personal ones) are redrawn.
     popularity_shift
         Whether item popularity ranks rotate, so other items become popular.
     """
@@ -80,13 +86,18 @@ class SyntheticConfig:
         appear per thousand events.
     user_zipf, item_zipf
         Zipf exponents of popularity (> 0, not 1).
+    segments
+        Number of user segments (the ``segment`` feature).
     latent_dim
         Size of the hidden taste vectors.
     taste_scale
-        Weight of the user-item affinity in the logit: the larger, the more
-        a model can learn (and the higher the Bayes AUC).
+        Weight of the taste in the logit: the larger, the more a model can
+        learn (and the higher the Bayes AUC).
+    personal_share
+        Share of the taste's variance that is personal (user x item) rather
+        than shared (segment x category).
     base_logit
-        Sets the click-through rate (about 8% by default).
+        Sets the click-through rate (about 10% by default).
     start_ts, events_per_s
         Event ``i`` has ``ts = start_ts + i / events_per_s``.
     drifts
@@ -100,16 +111,20 @@ class SyntheticConfig:
     new_items_per_1k: float = 2.0
     user_zipf: float = 1.1
     item_zipf: float = 1.2
+    segments: int = 8
     latent_dim: int = 8
-    taste_scale: float = 1.6
+    taste_scale: float = 2.0
+    personal_share: float = 0.1
     base_logit: float = -2.8
     start_ts: float = 1_700_000_000.0
     events_per_s: float = 50.0
     drifts: tuple[Drift, ...] = field(default=(Drift(at=200_000),))
 
     def __post_init__(self) -> None:
-        if self.users < 1 or self.items < 1:
-            raise ValueError("users and items must be at least 1")
+        if self.users < 1 or self.items < 1 or self.segments < 1:
+            raise ValueError("users, items and segments must be at least 1")
+        if not 0.0 <= self.personal_share <= 1.0:
+            raise ValueError(f"personal_share must be in [0, 1], not {self.personal_share}")
         if self.events_per_s <= 0:
             raise ValueError(f"events_per_s must be positive, not {self.events_per_s}")
         for name in ("user_zipf", "item_zipf"):
@@ -161,6 +176,12 @@ class _Draws:
 # Purposes of draws; normal() uses purpose and purpose + 1.
 _USER_RANK, _ITEM_RANK, _DEVICE, _POSITION, _LABEL, _NOISE = 1, 2, 3, 4, 5, 6
 _USER_VEC, _ITEM_VEC, _ITEM_BIAS, _PRICE, _TAGS, _TASTE_CHANGE, _SHIFT = 10, 12, 14, 16, 18, 19, 20
+_SEGMENT, _SEGMENT_VEC, _CATEGORY_VEC = 21, 22, 24
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise dot products of standard normal vectors, scaled to unit variance."""
+    return (a * b).sum(axis=1) / math.sqrt(a.shape[1])
 
 
 def _zipf_ranks(u: np.ndarray, size: np.ndarray, exponent: float) -> np.ndarray:
@@ -207,12 +228,24 @@ class CtrGenerator:
         users = _zipf_ranks(draws.uniform(_USER_RANK, index), n_users, cfg.user_zipf)
         item_ranks = _zipf_ranks(draws.uniform(_ITEM_RANK, index), n_items, cfg.item_zipf)
         items = (item_ranks + self._popularity_offset(index)) % n_items
-        taste_version = self._taste_version(users, index)
+        segments = (draws.bits(_SEGMENT, users) % np.uint64(cfg.segments)).astype(np.int64)
+        categories = items % _N_CATEGORIES
+        taste_version = self._taste_version(segments, index)
 
         dims = np.arange(cfg.latent_dim)[None, :]
-        user_vec = draws.normal(_USER_VEC, users[:, None], taste_version[:, None], dims)
-        item_vec = draws.normal(_ITEM_VEC, items[:, None], dims)
-        affinity = (user_vec * item_vec).sum(axis=1) / math.sqrt(cfg.latent_dim)
+        version = taste_version[:, None]
+        shared = _dot(
+            draws.normal(_SEGMENT_VEC, segments[:, None], version, dims),
+            draws.normal(_CATEGORY_VEC, categories[:, None], dims),
+        )
+        personal = _dot(
+            draws.normal(_USER_VEC, users[:, None], version, dims),
+            draws.normal(_ITEM_VEC, items[:, None], dims),
+        )
+        # Both parts have unit variance, so the taste has too.
+        affinity = (
+            math.sqrt(1.0 - cfg.personal_share) * shared + math.sqrt(cfg.personal_share) * personal
+        )
         item_bias = 0.5 * draws.normal(_ITEM_BIAS, items)
         device = (draws.uniform(_DEVICE, index) * len(_DEVICES)).astype(np.int64)
         position = (draws.uniform(_POSITION, index) * _N_POSITIONS).astype(np.int64)
@@ -240,7 +273,8 @@ class CtrGenerator:
                 "sparse": {
                     "user_id": f"u{users[k]}",
                     "item_id": int(items[k]),
-                    "category": f"c{items[k] % _N_CATEGORIES}",
+                    "segment": f"s{segments[k]}",
+                    "category": f"c{categories[k]}",
                     "tags": [f"t{t}" for t in tags[k, : n_tags[k]].tolist()],
                     "device": _DEVICES[device[k]],
                     "position": int(position[k]),
@@ -265,12 +299,17 @@ class CtrGenerator:
                 offset = np.where(index >= drift.at, shift, offset)
         return offset
 
-    def _taste_version(self, users: np.ndarray, index: np.ndarray) -> np.ndarray:
-        """How many times each user's taste has been redrawn by each event."""
-        version = np.zeros(len(users), dtype=np.int64)
+    def _taste_version(self, segments: np.ndarray, index: np.ndarray) -> np.ndarray:
+        """How many times the tastes of each event's segment have been redrawn by then."""
+        version = np.zeros(len(segments), dtype=np.int64)
+        n = self.config.segments
         for k, drift in enumerate(self._drifts):
-            changed = self._draws.uniform(_TASTE_CHANGE, users, k) < drift.taste_share
-            version += (changed & (index >= drift.at)).astype(np.int64)
+            # Exactly round(share * n) segments change, chosen by a seeded shuffle:
+            # with few segments an independent draw per segment could change none.
+            order = np.argsort(self._draws.uniform(_TASTE_CHANGE, np.arange(n), k))
+            changed = np.zeros(n, dtype=bool)
+            changed[order[: round(drift.taste_share * n)]] = True
+            version += (changed[segments] & (index >= drift.at)).astype(np.int64)
         return version
 
 

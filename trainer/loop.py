@@ -6,7 +6,9 @@ through the embedding store's optimizers, dense weights through torch. A
 checkpoint writes the rows, dense weights, optimizer state, counters and the
 source positions after the last trained batch in one atomic write; on start
 the trainer restores it and seeks the source there, so after a crash no event
-is lost and none is trained twice.
+is lost and none is trained twice. A :class:`BatchPrefetcher` thread polls
+and parses the next batches meanwhile; what it read ahead is never counted
+or checkpointed, and is rewound when :meth:`Trainer.run` returns.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ from headrace.trainer.models import (
     load_dense_state,
     pool_embeddings,
 )
+from headrace.trainer.prefetch import BatchPrefetcher, Fetched
 from headrace.trainer.telemetry import TrainerTelemetry
 
 __all__ = ["StepResult", "Summary", "Trainer", "TrainerError"]
@@ -338,15 +341,15 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------
 
-    def _absorb_stream_counters(self) -> None:
-        """Fold this process's new stream counts into the persisted counters."""
+    def _absorb_stream_counters(self, fetched: Fetched) -> None:
+        """Fold the stream counts up to a taken batch into the persisted counters."""
         records, dead = self._stream_seen
-        self.state.records += self.stream.records_read - records
-        for reason, count in self.stream.dead_letter_counts.items():
+        self.state.records += fetched.records_read - records
+        for reason, count in fetched.dead_letters.items():
             new = count - dead.get(reason, 0)
             if new:
                 self.state.dead_letters[reason] = self.state.dead_letters.get(reason, 0) + new
-        self._stream_seen = (self.stream.records_read, dict(self.stream.dead_letter_counts))
+        self._stream_seen = (fetched.records_read, fetched.dead_letters)
 
     def _refresh_gauges(self, with_lag: bool) -> None:
         m, t = self.metrics, self.telemetry
@@ -354,7 +357,8 @@ class Trainer:
             m.auc(), m.logloss(), m.rolling_auc(), m.rolling_logloss(), m.rolling_label_rate()
         )
         t.store(self._stats)
-        t.ingest(self.stream.records_read, self.stream.dead_letter_counts)
+        # The counters as of the last batch taken: the reader thread moves the stream's own.
+        t.ingest(*self._stream_seen)
         lag = getattr(self.stream.source, "lag", None)
         if with_lag and lag is not None:
             self.lag = lag()
@@ -386,39 +390,46 @@ class Trainer:
         last_checkpoint = (started, self.state.trained)
         last_tick = last_lag = 0.0
         cfg = self.config
-        first_records = self.stream.records_read
-        while not stop.is_set() and not self.stream.source.exhausted:
-            read = self.stream.records_read - first_records
-            if max_events is not None and read >= max_events:
-                break
-            want = cfg.batch_size if max_events is None else min(cfg.batch_size, max_events - read)
-            batch = self.stream.next_batch(want, timeout_s=0.2)
-            self._absorb_stream_counters()
-            if len(batch):
-                result = self.step(batch)
-                for hook in self.after_step:
-                    hook(self, result)
-            self.state.positions = dict(batch.positions)
-            now = time.monotonic()
-            due_s = cfg.checkpoint_every_s is not None and now - last_checkpoint[0] >= (
-                cfg.checkpoint_every_s
-            )
-            due_events = cfg.checkpoint_every_events is not None and (
-                self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events
-            )
-            if due_s or due_events:
-                self.checkpoint()
-                last_checkpoint = (now, self.state.trained)
-            if now - last_tick >= _TICK_S:
-                self._refresh_gauges(with_lag=now - last_lag >= _LAG_EVERY_S)
-                last_lag = now if now - last_lag >= _LAG_EVERY_S else last_lag
-                last_tick = now
-                if on_tick is not None:
-                    on_tick(self)
+        first_records = last_records = self.stream.records_read
+        with BatchPrefetcher(self.stream, cfg.batch_size, max_events) as prefetcher:
+            while not stop.is_set():
+                try:
+                    fetched = prefetcher.get()
+                except TimeoutError:
+                    continue
+                if fetched is None:
+                    break
+                self._absorb_stream_counters(fetched)
+                last_records = fetched.records_read
+                batch = fetched.batch
+                if len(batch):
+                    result = self.step(batch)
+                    for hook in self.after_step:
+                        hook(self, result)
+                self.state.positions = dict(batch.positions)
+                now = time.monotonic()
+                due_s = cfg.checkpoint_every_s is not None and now - last_checkpoint[0] >= (
+                    cfg.checkpoint_every_s
+                )
+                due_events = cfg.checkpoint_every_events is not None and (
+                    self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events
+                )
+                if due_s or due_events:
+                    self.checkpoint()
+                    last_checkpoint = (now, self.state.trained)
+                if now - last_tick >= _TICK_S:
+                    self._refresh_gauges(with_lag=now - last_lag >= _LAG_EVERY_S)
+                    last_lag = now if now - last_lag >= _LAG_EVERY_S else last_lag
+                    last_tick = now
+                    if on_tick is not None:
+                        on_tick(self)
+        events = last_records - first_records
+        # Records read ahead were rewound: the stream's counters will count them again.
+        self._stream_seen = (self.stream.records_read, dict(self.stream.dead_letter_counts))
         self.checkpoint()
         self._refresh_gauges(with_lag=False)
         return Summary(
-            events=self.stream.records_read - first_records,
+            events=events,
             trained=self.state.trained,
             dead_letters=sum(self.state.dead_letters.values()),
             auc=self.metrics.auc(),

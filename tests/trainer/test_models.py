@@ -100,3 +100,15 @@ def test_dense_weights_round_trip_through_bytes():
     assert not torch.equal(trained(pooled, dense), fresh(pooled, dense))
     load_dense_state(fresh, dense_state_bytes(trained))
     assert torch.equal(trained(pooled, dense), fresh(pooled, dense))
+
+
+def test_id_bias_is_column_zero_added_as_is():
+    model = CtrModel("fm", n_slots=2, dim=3, n_dense=1, id_bias=True)
+    torch.nn.init.zeros_(model.linear.weight)
+    torch.nn.init.constant_(model.linear.bias, 0.5)
+    # Biases 1.5 and -4; vectors (1, 2) and (3, -1) interact: 1*3 + 2*-1 = 1.
+    pooled = torch.tensor([[[1.5, 1.0, 2.0], [-4.0, 3.0, -1.0]]])
+    assert model(pooled, torch.ones(1, 1)).item() == pytest.approx(0.5 + 1.5 - 4.0 + 1.0)
+    assert model.linear.in_features == 1  # the dense features only
+    with pytest.raises(ValueError, match="dim >= 2"):
+        CtrModel("lr", n_slots=2, dim=1, n_dense=1, id_bias=True)

@@ -1,0 +1,92 @@
+"""The reader thread: the same batches as reading inline, exact positions, errors passed on."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from headrace.stream import (
+    EventStream,
+    FileSource,
+    ListDeadLetterSink,
+    SyntheticConfig,
+    SyntheticSource,
+)
+from headrace.trainer import Trainer, load_trainer_config
+from headrace.trainer.prefetch import BatchPrefetcher
+from tests.trainer.conftest import write_log
+
+
+def _stream(log) -> EventStream:
+    return EventStream(FileSource(log), ListDeadLetterSink())
+
+
+def _drain(prefetcher: BatchPrefetcher) -> list:
+    taken = []
+    while (fetched := prefetcher.get(timeout_s=10)) is not None:
+        taken.append(fetched)
+    return taken
+
+
+def test_batches_equal_those_read_inline(tmp_path):
+    log = tmp_path / "events.jsonl"
+    write_log(log, 1000, bad_every=90)
+    inline, stream = _stream(log), _stream(log)
+    expected = []
+    while inline.records_read < 700:
+        expected.append(inline.next_batch(min(64, 700 - inline.records_read)))
+    with BatchPrefetcher(stream, 64, max_events=700) as prefetcher:
+        taken = _drain(prefetcher)
+    assert [len(f.batch) for f in taken] == [len(b) for b in expected]
+    for fetched, batch in zip(taken, expected, strict=True):
+        assert fetched.batch.positions == batch.positions
+        assert np.array_equal(fetched.batch.fids["user_id"], batch.fids["user_id"])
+    # Each batch carries the counters as of its own end, not the thread's.
+    assert taken[-1].records_read == 700
+    assert taken[-1].dead_letters == dict(inline.dead_letter_counts) == {"bad_ts": 8}
+
+
+def test_close_rewinds_what_was_read_ahead(tmp_path):
+    log = tmp_path / "events.jsonl"
+    write_log(log, 2000)
+    stream = _stream(log)
+    with BatchPrefetcher(stream, 100, max_events=None, depth=3) as prefetcher:
+        first = prefetcher.get(timeout_s=10)
+        # The thread reads ahead until three batches wait in the queue and it
+        # holds a fourth; then it waits.
+        deadline = time.monotonic() + 10
+        while stream.records_read < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        assert stream.records_read == 500
+    assert stream.positions() == first.batch.positions
+    assert stream.next_batch(100).positions == {FileSource(log).key: 200}
+
+
+def test_a_reader_error_reaches_the_training_thread(tmp_path):
+    class Broken(SyntheticSource):
+        def poll(self, max_records, timeout_s=0.0):
+            raise OSError("disk gone")
+
+    stream = EventStream(Broken(limit=10), ListDeadLetterSink())
+    with BatchPrefetcher(stream, 4, max_events=None) as prefetcher:
+        with pytest.raises(OSError, match="disk gone"):
+            prefetcher.get(timeout_s=10)
+        assert prefetcher.get() is None
+
+
+def test_a_stopped_run_resumes_in_process_without_loss_or_repeat(tmp_path, small_config):
+    config = load_trainer_config(small_config)
+    stop = threading.Event()
+    source = SyntheticSource(SyntheticConfig(seed=3), limit=1000)
+    with Trainer.open(config, tmp_path, source) as trainer:
+        trainer.after_step.append(lambda t, r: stop.set() if t.state.batches == 3 else None)
+        first = trainer.run(stop=stop)
+        assert (first.events, first.trained) == (96, 96)
+        assert trainer.stream.positions() == {"synthetic:3": 96}
+        second = trainer.run()
+    assert (second.events, second.trained) == (904, 1000)
+    assert trainer.state.records == 1000

@@ -1,0 +1,145 @@
+"""Read and parse the next batches on a thread while the current one trains.
+
+Polling Kafka and parsing JSON cost about as much per event as a training
+step on small batches; on one thread they add up, on two they overlap (the
+torch kernels and much of the parsing and socket I/O release the GIL). The
+batches are the ones :meth:`EventStream.next_batch` forms, asked for with
+the same sizes in the same order as without the thread, so ``--deterministic``
+runs train on identical batches.
+
+The thread reads ahead of training by at most ``depth + 1`` batches (``depth``
+queued, one waiting to be queued). Each batch
+travels with the stream's counters as of its own end, so the trainer counts
+and checkpoints exactly what it trained; :meth:`BatchPrefetcher.close` seeks
+the source back to the end of the last batch taken, so records read ahead
+but not trained are read again by the next run (or after a crash, from the
+checkpoint, as before).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+
+from headrace.stream import Batch, EventStream, Positions
+
+__all__ = ["BatchPrefetcher", "Fetched"]
+
+#: How long a poll waits for records, and how often the thread checks for close.
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """A batch and the stream's cumulative counters right after it was read."""
+
+    batch: Batch
+    records_read: int
+    dead_letters: dict[str, int]
+
+
+class _End:
+    """The source is exhausted or ``max_events`` records were read."""
+
+
+@dataclass(frozen=True)
+class _Failed:
+    error: BaseException
+
+
+class BatchPrefetcher:
+    """A reader thread that keeps up to ``depth`` parsed batches queued.
+
+    Use as a context manager: entering starts the thread, leaving stops it
+    and rewinds the source to the end of the last batch :meth:`get` returned.
+
+    Parameters
+    ----------
+    stream
+        The events; only this object's thread reads it until :meth:`close`.
+    batch_size
+        Records asked for per batch.
+    max_events
+        Stop after this many records (``None``: until the source is exhausted).
+    depth
+        Batches queued ahead of the one training.
+    """
+
+    def __init__(
+        self, stream: EventStream, batch_size: int, max_events: int | None, depth: int = 2
+    ) -> None:
+        self.stream = stream
+        self.batch_size = batch_size
+        self.max_events = max_events
+        self._queue: queue.Queue[Fetched | _End | _Failed] = queue.Queue(maxsize=depth)
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="batch-prefetch", daemon=True)
+        self._taken: Positions = stream.positions()
+        self._ended = False
+
+    def __enter__(self) -> BatchPrefetcher:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        stream, first = self.stream, self.stream.records_read
+        try:
+            while not self._closing.is_set():
+                read = stream.records_read - first
+                if stream.source.exhausted or (
+                    self.max_events is not None and read >= self.max_events
+                ):
+                    self._put(_End())
+                    return
+                want = self.batch_size
+                if self.max_events is not None:
+                    want = min(want, self.max_events - read)
+                batch = stream.next_batch(want, timeout_s=_POLL_S)
+                self._put(Fetched(batch, stream.records_read, dict(stream.dead_letter_counts)))
+        except BaseException as exc:  # handed to the training thread, which raises it
+            self._put(_Failed(exc))
+
+    def _put(self, item: Fetched | _End | _Failed) -> None:
+        while not self._closing.is_set():
+            try:
+                self._queue.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, timeout_s: float = _POLL_S) -> Fetched | None:
+        """The next batch; ``None`` once the stream has ended.
+
+        Raises
+        ------
+        TimeoutError
+            When no batch is ready within ``timeout_s`` (ask again).
+        BaseException
+            Whatever the reader thread raised.
+        """
+        if self._ended:
+            return None
+        try:
+            item = self._queue.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError("no batch ready yet") from None
+        if isinstance(item, _Failed):
+            self._ended = True
+            raise item.error
+        if isinstance(item, _End):
+            self._ended = True
+            return None
+        self._taken = item.batch.positions
+        return item
+
+    def close(self) -> None:
+        """Stop the thread and rewind the source to the end of the last batch taken."""
+        self._closing.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        if self.stream.positions() != self._taken:
+            self.stream.seek(self._taken)
