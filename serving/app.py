@@ -73,8 +73,11 @@ def create_app(state: ParameterState[Scorer], registry: CollectorRegistry) -> Fa
         return response
 
     @app.post("/v1/predict", response_model=PredictResponse)
-    def predict(body: PredictRequest) -> PredictResponse:
+    async def predict(body: PredictRequest) -> PredictResponse:
         """Score events against one parameter version, named in the response."""
+        # Scoring takes about a millisecond, so it runs on the event loop:
+        # a thread pool would only add thread start-ups and lock contention
+        # in a process whose Python code runs on one core anyway.
         if not state.ready:
             raise HTTPException(503, "no parameters yet: waiting for the first snapshot")
         with state.read() as view:
