@@ -9,7 +9,7 @@ the same run:
 - seconds to checkpoint 1M dirty rows to RocksDB and to reopen them;
 - bytes in memory per row against the raw bytes (vector + optimizer state);
 - the counting filter's false-admission rate, with its default size and
-  overloaded 60-fold.
+  overloaded 30-fold.
 
 Run: ``python bench/embedding_store.py [--quick]``.
 """
