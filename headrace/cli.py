@@ -316,6 +316,8 @@ def train(
             raise typer.BadParameter(
                 f"{url!r} is not a URL; give http://HOST:PORT", param_hint="--serving-url"
             )
+    if publish is not None:
+        _check_params_location(publish, "--publish")
     try:
         trainer_config = load_trainer_config(config)
     except ConfigError as exc:
@@ -418,6 +420,16 @@ def _start_dashboard(
     return _Dashboard(server, poller)
 
 
+def _check_params_location(url: str, option: str) -> None:
+    """Fail at start, naming ``option``, unless ``url`` is dir://PATH or kafka://HOST:PORT/TOPIC."""
+    from headrace.serving import parse_location
+
+    try:
+        parse_location(url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from exc
+
+
 def _attach_publisher(
     trainer: Trainer,
     url: str,
@@ -430,10 +442,7 @@ def _attach_publisher(
     from headrace.serving import ParameterPublisher, model_meta, open_writer
     from headrace.trainer import dense_state_bytes
 
-    try:
-        writer = open_writer(url)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--publish") from exc
+    writer = open_writer(url)
     publisher = ParameterPublisher(
         trainer.store,
         writer,
@@ -474,15 +483,12 @@ def serve(
     deltas in version order; POST /v1/predict, GET /healthz, /readyz,
     /v1/version, /metrics and /docs (OpenAPI).
     """
-    from headrace.serving import parse_location, run_workers
+    from headrace.serving import run_workers
 
+    _check_params_location(params, "--params")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        parse_location(params)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--params") from exc
     raise typer.Exit(run_workers(params, host, range(port, port + workers), poll_interval))
 
 
@@ -544,12 +550,7 @@ def demo(
     if config is not None and not config.is_file():
         raise typer.BadParameter(f"no config file at {config}", param_hint="--config")
     if publish is not None:
-        from headrace.serving import parse_location
-
-        try:
-            parse_location(publish)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--publish") from exc
+        _check_params_location(publish, "--publish")
     options = DemoOptions(
         data_dir=data_dir,
         bootstrap_servers=bootstrap_servers,
