@@ -35,13 +35,12 @@ from headrace.serving import (
     ParameterPublisher,
     ParameterState,
     SyncLoop,
-    model_meta,
     open_reader,
     open_writer,
 )
 from headrace.stream import CtrGenerator, SyntheticConfig, SyntheticSource
 from headrace.tansu import kafka_bootstrap
-from headrace.trainer import Trainer, TrainerConfig, dense_state_bytes
+from headrace.trainer import Trainer, TrainerConfig
 
 CONFIG = TrainerConfig(batch_size=256, checkpoint_every_s=None)
 PROBE = [
@@ -105,14 +104,7 @@ def freshness(params: str, data_dir: Path, seconds: float) -> list[float]:
     source = SyntheticSource(SyntheticConfig(seed=3), limit=None)
     trainer = Trainer.open(CONFIG, data_dir, source)
     writer = open_writer(params)
-    publisher = ParameterPublisher(
-        trainer.store,
-        writer,
-        lambda: dense_state_bytes(trainer.model),
-        model_meta(trainer.config),
-        sync_interval=1.0,
-        first_version=writer.latest_version() + 1,
-    )
+    publisher = ParameterPublisher.for_trainer(trainer, writer, sync_interval=1.0)
     step_ends: list[float] = []
     pending: list[float] = []
     published: list[tuple[int, list[float]]] = []  # version -> the step ends it covers

@@ -439,23 +439,16 @@ def _attach_publisher(
     snapshot_interval: float,
 ) -> ParameterPublisher:
     """A parameter publisher called after every training step."""
-    from headrace.serving import ParameterPublisher, model_meta, open_writer
-    from headrace.trainer import dense_state_bytes
+    from headrace.serving import attach_publisher, open_writer
 
-    writer = open_writer(url)
-    publisher = ParameterPublisher(
-        trainer.store,
-        writer,
-        lambda: dense_state_bytes(trainer.model),
-        model_meta(trainer.config),
+    return attach_publisher(
+        trainer,
+        open_writer(url),
         sync_interval=sync_interval,
         dense_sync_interval=dense_sync_interval,
         snapshot_interval=snapshot_interval,
-        first_version=writer.latest_version() + 1,
         registry=registry,
     )
-    trainer.after_step.append(lambda _, step: publisher(float(step.batch.ts.max())))
-    return publisher
 
 
 @app.command()

@@ -9,7 +9,7 @@ answers ``POST /v1/predict`` with the model code the trainer runs.
 from headrace.serving.app import create_app
 from headrace.serving.params import ParameterState, RejectedUpdate
 from headrace.serving.protocol import CorruptUpdate, SlotRows, Update
-from headrace.serving.publisher import ParameterPublisher
+from headrace.serving.publisher import ParameterPublisher, attach_publisher
 from headrace.serving.scorer import Scorer, model_meta
 from headrace.serving.sync import SyncLoop
 from headrace.serving.transport import open_reader, open_writer, parse_location
@@ -24,6 +24,7 @@ __all__ = [
     "SlotRows",
     "SyncLoop",
     "Update",
+    "attach_publisher",
     "build_worker",
     "create_app",
     "model_meta",

@@ -11,9 +11,11 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from headrace.embedding_store import EmbeddingStore
 from headrace.serving.protocol import SlotRows, Update
+from headrace.serving.scorer import model_meta
 from headrace.serving.transport import UpdateWriter
+from headrace.trainer import Trainer, dense_state_bytes
 
-__all__ = ["ParameterPublisher"]
+__all__ = ["ParameterPublisher", "attach_publisher"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +92,24 @@ class ParameterPublisher:
             "headrace_sync_snapshot", "Snapshots published.", registry=registry
         )
 
+    @classmethod
+    def for_trainer(
+        cls, trainer: Trainer, writer: UpdateWriter, **options: Any
+    ) -> ParameterPublisher:
+        """A publisher of ``trainer``'s rows, dense weights and model description.
+
+        Versions continue after the newest one ``writer`` already holds;
+        ``options`` are the keyword arguments of the constructor.
+        """
+        return cls(
+            trainer.store,
+            writer,
+            lambda: dense_state_bytes(trainer.model),
+            model_meta(trainer.config),
+            first_version=writer.latest_version() + 1,
+            **options,
+        )
+
     def __call__(self, event_time: float) -> Update | None:
         """Publish if an interval has passed; returns the update published, if any."""
         self.event_time = max(self.event_time, event_time)
@@ -156,3 +176,10 @@ class ParameterPublisher:
         self._version.set(update.version)
         self._duration.observe(time.perf_counter() - start)
         return update
+
+
+def attach_publisher(trainer: Trainer, writer: UpdateWriter, **options: Any) -> ParameterPublisher:
+    """:meth:`ParameterPublisher.for_trainer`, called after every training step."""
+    publisher = ParameterPublisher.for_trainer(trainer, writer, **options)
+    trainer.after_step.append(lambda _, step: publisher(float(step.batch.ts.max())))
+    return publisher

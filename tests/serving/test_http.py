@@ -12,7 +12,13 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
-from headrace.serving import ParameterPublisher, Scorer, build_worker, model_meta, open_writer
+from headrace.serving import (
+    ParameterPublisher,
+    Scorer,
+    attach_publisher,
+    build_worker,
+    open_writer,
+)
 from headrace.stream import CtrGenerator, Record, SyntheticConfig, SyntheticSource
 from headrace.trainer import Trainer, TrainerConfig, dense_state_bytes
 
@@ -28,15 +34,7 @@ def _trainer(tmp_path, events: int) -> Trainer:
 
 
 def _publisher(trainer: Trainer, url: str, **intervals) -> ParameterPublisher:
-    publisher = ParameterPublisher(
-        trainer.store,
-        open_writer(url),
-        lambda: dense_state_bytes(trainer.model),
-        model_meta(trainer.config),
-        **intervals,
-    )
-    trainer.after_step.append(lambda _, step: publisher(float(step.batch.ts.max())))
-    return publisher
+    return attach_publisher(trainer, open_writer(url), **intervals)
 
 
 def _trainer_scores(trainer: Trainer, events: list[dict]) -> np.ndarray:
