@@ -1,6 +1,7 @@
 """Sources, sinks, parsing and dead letters (``headrace.stream``).
 
-Raw records come from a :class:`KafkaSource`, a :class:`FileSource` or a
+Raw records come from a :class:`KafkaSource` (or a
+:class:`ProcessKafkaSource`, its consumer in a child process), a :class:`FileSource` or a
 :class:`SyntheticSource`; an :class:`EventStream` parses them into columnar
 :class:`Batch` objects and sends bad ones to a dead-letter sink.
 """
@@ -23,6 +24,7 @@ from .kafka import (
     ensure_topic,
     parse_kafka_url,
 )
+from .kafka_process import ProcessKafkaSource, ReaderProcessError
 from .parse import EventParser, ParserConfig, ParseResult
 from .pipeline import EventStream, Source
 from .replay import MessageSink, generate_events, replay_log
@@ -58,6 +60,8 @@ __all__ = [
     "ParseResult",
     "ParserConfig",
     "Positions",
+    "ProcessKafkaSource",
+    "ReaderProcessError",
     "Record",
     "Source",
     "SyntheticConfig",

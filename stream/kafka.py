@@ -229,6 +229,10 @@ class KafkaSource:
             self._positions[key] = messages[-1].offset + 1
         return records
 
+    def highwater(self, key: str) -> int | None:
+        """Partition ``key``'s end as the last fetch response gave it; None before one."""
+        return self.consumer.highwater(self._partition(key))
+
     def assignment(self) -> list[TopicPartition]:
         """The partitions read now (in group mode: assigned by the group)."""
         return sorted(self.consumer.assignment())

@@ -15,6 +15,7 @@ from headrace.stream import (
     KafkaSource,
     KafkaSourceConfig,
     Positions,
+    ProcessKafkaSource,
     Record,
     Source,
     SyntheticConfig,
@@ -57,17 +58,18 @@ class OrderedKafkaReader:
         otherwise pass records through in arrival order.
     """
 
-    def __init__(self, source: KafkaSource, *, until_end: bool, ordered: bool) -> None:
+    def __init__(
+        self, source: KafkaSource | ProcessKafkaSource, *, until_end: bool, ordered: bool
+    ) -> None:
         self.source = source
         self.until_end = until_end
         self.ordered = ordered
         self._buffers: dict[str, deque[Record]] = {}
         self._next: Positions = dict(source.positions())
-        self._partitions = {f"{tp.topic}:{tp.partition}": tp for tp in source.assignment()}
 
     def _end(self, key: str) -> int | None:
         """The partition's high watermark from the last fetch; None before one."""
-        return self.source.consumer.highwater(self._partitions[key])
+        return self.source.highwater(key)
 
     def _at_end(self, key: str) -> bool:
         end = self._end(key)
@@ -176,7 +178,7 @@ def open_source(url: str, *, until_end: bool = False, deterministic: bool = Fals
             bootstrap, topic = parse_kafka_url(url)
         except ValueError as exc:
             raise SourceUrlError(str(exc)) from None
-        source = KafkaSource(KafkaSourceConfig(bootstrap, topic))
+        source = ProcessKafkaSource(KafkaSourceConfig(bootstrap, topic))
         return OrderedKafkaReader(source, until_end=until_end, ordered=deterministic)
     if parts.scheme == "file":
         path = parts.netloc + parts.path

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,12 +25,20 @@ from headrace.stream import (
     KafkaSource,
     KafkaSourceConfig,
     ListDeadLetterSink,
+    ProcessKafkaSource,
+    ReaderProcessError,
     ensure_topic,
 )
 from tests.kafka.proxy import CuttableProxy
 from tests.tansu import TansuBroker, free_port
 
 pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture(params=[KafkaSource, ProcessKafkaSource], ids=["in_process", "child_process"])
+def source_type(request: pytest.FixtureRequest) -> type[KafkaSource | ProcessKafkaSource]:
+    """Each source that reads assigned partitions; both must pass the same tests."""
+    return request.param
 
 
 def _drain(stream: EventStream, until: int, timeout_s: float = 60.0) -> list[str]:
@@ -45,7 +58,7 @@ def _log_ids(path: Path) -> list[str]:
     return [json.loads(line)["request_id"] for line in gzip.open(path, "rt")]
 
 
-def test_generate_replay_consume_resume_exactly(kafka_bootstrap, topic_name, tmp_path):
+def test_generate_replay_consume_resume_exactly(kafka_bootstrap, topic_name, tmp_path, source_type):
     topic = topic_name("roundtrip")
     log = tmp_path / "events.jsonl.gz"
     runner = CliRunner()
@@ -60,14 +73,14 @@ def test_generate_replay_consume_resume_exactly(kafka_bootstrap, topic_name, tmp
     assert json.loads(replayed.stdout.strip().splitlines()[-1])["acked"] == 3000
 
     config = KafkaSourceConfig(kafka_bootstrap, topic)
-    first = EventStream(KafkaSource(config), ListDeadLetterSink())
-    assert len(first.source.assignment()) == 3
+    first = EventStream(source_type(config), ListDeadLetterSink())
+    assert len(first.positions()) == 3
     ids = _drain(first, 1200)
     saved = first.positions()
     first.close()
     assert len(ids) == 1200 and sum(saved.values()) == 1200
 
-    second = EventStream(KafkaSource(config), ListDeadLetterSink())
+    second = EventStream(source_type(config), ListDeadLetterSink())
     second.seek(saved)
     ids += _drain(second, 1800)
     assert second.next_batch(max_events=500, timeout_s=1.0).request_ids == ()
@@ -109,7 +122,9 @@ def test_replay_at_speed_paces_by_event_time_in_order(kafka_bootstrap, topic_nam
     assert 0.5 - 0.002 <= sent_at[-1] - sent_at[0] < 4.0
 
 
-def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_bootstrap, topic_name):
+def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(
+    kafka_bootstrap, topic_name, source_type
+):
     topic = topic_name("bad")
     ensure_topic(kafka_bootstrap, topic, 1)
     ensure_topic(kafka_bootstrap, f"{topic}.dlq", 1)
@@ -123,7 +138,7 @@ def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(kafka_bootstr
 
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     stream = EventStream(
-        KafkaSource(KafkaSourceConfig(kafka_bootstrap, topic)),
+        source_type(KafkaSourceConfig(kafka_bootstrap, topic)),
         KafkaDeadLetterSink(producer, f"{topic}.dlq"),
     )
     assert len(_drain(stream, 2)) == 2
@@ -166,7 +181,7 @@ def test_lag_pause_and_resume(kafka_bootstrap, topic_name):
     source.close()
 
 
-def test_lag_counts_what_is_left_after_a_partial_read(kafka_bootstrap, topic_name):
+def test_lag_counts_what_is_left_after_a_partial_read(kafka_bootstrap, topic_name, source_type):
     # Several producer batches: Tansu's ListOffsets answers the last batch's
     # base offset, so this fails unless lag() also uses the fetched high watermark.
     topic = topic_name("lagpart")
@@ -175,7 +190,7 @@ def test_lag_counts_what_is_left_after_a_partial_read(kafka_bootstrap, topic_nam
     for i in range(300):
         sink.send(json.dumps({"ts": i, "label": 0, "sparse": {"u": i}}).encode())
     sink.close()
-    source = KafkaSource(KafkaSourceConfig(kafka_bootstrap, topic))
+    source = source_type(KafkaSourceConfig(kafka_bootstrap, topic))
     read = 0
     deadline = time.monotonic() + 30
     while read < 120 and time.monotonic() < deadline:
@@ -205,14 +220,16 @@ def test_group_mode_commits_and_a_new_member_resumes(kafka_bootstrap, topic_name
     assert sorted(ids, key=int) == [str(i) for i in range(200)]
 
 
-def test_unknown_topic_and_unreachable_broker_fail_clearly(kafka_bootstrap, topic_name):
+def test_unknown_topic_and_unreachable_broker_fail_clearly(
+    kafka_bootstrap, topic_name, source_type
+):
     with pytest.raises(ValueError, match="does not exist"):
-        KafkaSource(KafkaSourceConfig(kafka_bootstrap, topic_name("absent")))
+        source_type(KafkaSourceConfig(kafka_bootstrap, topic_name("absent")))
     with pytest.raises(BrokerUnavailable, match="no Kafka broker answered"):
-        KafkaSource(KafkaSourceConfig(f"127.0.0.1:{free_port()}", "t", bootstrap_timeout_s=1))
+        source_type(KafkaSourceConfig(f"127.0.0.1:{free_port()}", "t", bootstrap_timeout_s=1))
 
 
-def test_broker_outage_mid_stream_loses_nothing(tansu_binary, topic_name):
+def test_broker_outage_mid_stream_loses_nothing(tansu_binary, topic_name, source_type):
     proxy_port = free_port()
     broker = TansuBroker(tansu_binary, advertised_port=proxy_port)
     broker.start()
@@ -222,7 +239,7 @@ def test_broker_outage_mid_stream_loses_nothing(tansu_binary, topic_name):
         bootstrap, topic = broker.bootstrap, topic_name("outage")
         ensure_topic(bootstrap, topic, 2)
         sink = KafkaSink(bootstrap, topic)
-        stream = EventStream(KafkaSource(KafkaSourceConfig(bootstrap, topic)), ListDeadLetterSink())
+        stream = EventStream(source_type(KafkaSourceConfig(bootstrap, topic)), ListDeadLetterSink())
         event = lambda i: json.dumps({"ts": i, "label": 1, "sparse": {}, "request_id": str(i)})  # noqa: E731
         for i in range(300):
             sink.send(event(i).encode())
@@ -247,3 +264,112 @@ def test_broker_outage_mid_stream_loses_nothing(tansu_binary, topic_name):
     finally:
         proxy.stop()
         broker.stop()
+
+
+def _produce(bootstrap: str, topic: str, count: int, start: int = 0, partitions: int = 1) -> None:
+    sink = KafkaSink(bootstrap, topic)
+    for i in range(start, start + count):
+        event = {"ts": i, "label": 0, "sparse": {"u": i}, "request_id": str(i)}
+        sink.send(json.dumps(event).encode(), partition=i % partitions)
+    sink.close()
+
+
+def _poll_until_quiet(source: ProcessKafkaSource, quiet_s: float = 1.0) -> list:
+    """Every record that arrives until none has for ``quiet_s``."""
+    records = []
+    while polled := source.poll(10_000, timeout_s=quiet_s):
+        records += polled
+    return records
+
+
+def test_child_process_source_pauses_and_resumes(kafka_bootstrap, topic_name):
+    topic = topic_name("ppause")
+    ensure_topic(kafka_bootstrap, topic, 2)
+    _produce(kafka_bootstrap, topic, 100, partitions=2)
+    with ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic)) as source:
+        source.pause()
+        # What the child read before the pause still arrives, then nothing.
+        before = _poll_until_quiet(source)
+        _produce(kafka_bootstrap, topic, 100, start=100, partitions=2)
+        assert source.poll(1000, timeout_s=1.5) == []
+        # Exactly 100 on Kafka; Tansu's ListOffsets answers the start of the
+        # last producer batch, and paused partitions bring no high watermark.
+        assert 0 < sum(source.lag().values()) <= 200 - len(before)
+        source.resume()
+        after = _poll_until_quiet(source)
+        ids = [json.loads(r.value)["request_id"] for r in before + after]
+        assert sorted(ids, key=int) == [str(i) for i in range(200)]
+        assert source.positions() == {f"{topic}:0": 100, f"{topic}:1": 100}
+        assert source.lag() == {f"{topic}:0": 0, f"{topic}:1": 0}
+
+
+def test_child_process_source_seek_drops_what_was_read_ahead(kafka_bootstrap, topic_name):
+    topic = topic_name("pseek")
+    ensure_topic(kafka_bootstrap, topic, 1)
+    _produce(kafka_bootstrap, topic, 500)
+    key = f"{topic}:0"
+    # A small read-ahead: the child waits with records queued when the seek comes.
+    with ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic), read_ahead=100) as source:
+        first = source.poll(120, timeout_s=10)
+        assert [r.offset for r in first] == list(range(len(first))) and first
+        time.sleep(0.5)  # let the child fill its queue
+        source.seek({key: 50, "other-topic:0": 7})
+        assert source.positions() == {key: 50}
+        rest = _poll_until_quiet(source)
+        assert [r.offset for r in rest] == list(range(50, 500))
+        assert source.positions() == {key: 500}
+        assert source.highwater(key) == 500
+
+
+def test_child_process_source_refuses_group_mode(kafka_bootstrap):
+    with pytest.raises(ValueError, match="for consumer-group mode use KafkaSource"):
+        ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, "t", group_id="g"))
+
+
+def test_a_dead_reader_process_is_an_error_not_a_quiet_stream(kafka_bootstrap, topic_name):
+    topic = topic_name("pdead")
+    ensure_topic(kafka_bootstrap, topic, 1)
+    source = ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic))
+    [child] = [p for p in multiprocessing.active_children() if topic in p.name]
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(10)
+    with pytest.raises(ReaderProcessError, match="exited with code -9"):
+        source.poll(10, timeout_s=0.5)
+    source.close()  # does not hang on the dead child
+
+
+_ORPHAN_SCRIPT = """
+import sys, time
+from headrace.stream import KafkaSourceConfig, ProcessKafkaSource
+import multiprocessing
+source = ProcessKafkaSource(KafkaSourceConfig(sys.argv[1], sys.argv[2]))
+print(multiprocessing.active_children()[0].pid, flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_reader_process_exits_when_its_parent_is_killed(kafka_bootstrap, topic_name):
+    topic = topic_name("porphan")
+    ensure_topic(kafka_bootstrap, topic, 1)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _ORPHAN_SCRIPT, kafka_bootstrap, topic],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child_pid = int(parent.stdout.readline())
+    parent.kill()  # SIGKILL: no clean-up runs in the parent
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child_pid):
+        time.sleep(0.1)
+    assert not _running(child_pid), "the reader process outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie has exited; its parent (init, here) has not reaped it yet.
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().split()[2] != "Z"
