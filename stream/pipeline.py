@@ -7,8 +7,8 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from .batch import Batch, Positions, Record
-from .deadletter import DeadLetterSink
-from .parse import EventParser
+from .deadletter import DeadLetter, DeadLetterSink
+from .parse import EventParser, ParseResult
 
 __all__ = ["EventStream", "Source"]
 
@@ -70,18 +70,34 @@ class EventStream:
         """Read up to ``max_events`` records and parse them.
 
         The batch may be empty (nothing arrived in ``timeout_s``, or every
-        record was bad); its positions are current either way.
+        record was bad); its positions are current either way. The dead
+        letters of its records are written before it is returned.
+        """
+        result = self.read(max_events, timeout_s)
+        self.write_dead_letters(result.dead_letters)
+        return result.batch
+
+    def read(self, max_events: int = 4096, timeout_s: float = 1.0) -> ParseResult:
+        """:meth:`next_batch` without writing the dead letters: they come back with the batch.
+
+        For a reader that works ahead of its consumer: the letters of a batch
+        read but never used (and so read again later) are then never
+        written twice. Pass them to :meth:`write_dead_letters` before saving
+        the batch's positions, so that no position passes an unsaved letter.
         """
         records = self.source.poll(max_events, timeout_s)
         result = self.parser.parse(records, self.source.positions())
-        if result.dead_letters:
-            for letter in result.dead_letters:
-                self.dead_letters.write(letter)
-                self.dead_letter_counts[letter.reason.value] += 1
-            self.dead_letters.flush()
         self.records_read += len(records)
         self.events_ingested += len(result.batch)
-        return result.batch
+        self.dead_letter_counts.update(letter.reason.value for letter in result.dead_letters)
+        return result
+
+    def write_dead_letters(self, letters: list[DeadLetter]) -> None:
+        """Write ``letters`` to the dead-letter sink and flush it."""
+        if letters:
+            for letter in letters:
+                self.dead_letters.write(letter)
+            self.dead_letters.flush()
 
     def __iter__(self) -> Iterator[Batch]:
         """Non-empty batches until the source is exhausted (forever for Kafka)."""

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from headrace.stream import Batch, EventStream, Positions
+from headrace.stream import Batch, DeadLetter, EventStream, Positions
 
 __all__ = ["BatchPrefetcher", "Fetched"]
 
@@ -37,6 +37,8 @@ class Fetched:
     batch: Batch
     records_read: int
     dead_letters: dict[str, int]
+    #: The batch's own dead letters, written when it is taken (see ``get``).
+    letters: list[DeadLetter] = field(default_factory=list, repr=False)
 
 
 class _End:
@@ -98,8 +100,15 @@ class BatchPrefetcher:
                 want = self.batch_size
                 if self.max_events is not None:
                     want = min(want, self.max_events - read)
-                batch = stream.next_batch(want, timeout_s=_POLL_S)
-                self._put(Fetched(batch, stream.records_read, dict(stream.dead_letter_counts)))
+                result = stream.read(want, timeout_s=_POLL_S)
+                self._put(
+                    Fetched(
+                        result.batch,
+                        stream.records_read,
+                        dict(stream.dead_letter_counts),
+                        result.dead_letters,
+                    )
+                )
         except BaseException as exc:  # handed to the training thread, which raises it
             self._put(_Failed(exc))
 
@@ -133,6 +142,7 @@ class BatchPrefetcher:
         if isinstance(item, _End):
             self._ended = True
             return None
+        self.stream.write_dead_letters(item.letters)
         self._taken = item.batch.positions
         return item
 

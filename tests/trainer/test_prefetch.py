@@ -66,6 +66,27 @@ def test_close_rewinds_what_was_read_ahead(tmp_path):
     assert stream.next_batch(100).positions == {FileSource(log).key: 200}
 
 
+def test_dead_letters_are_written_once_when_read_ahead_is_rewound(tmp_path):
+    log = tmp_path / "events.jsonl"
+    write_log(log, 1000, bad_every=50)  # a bad line before events 0, 50, 100, ...
+    stream = _stream(log)
+    with BatchPrefetcher(stream, 100, max_events=None, depth=3) as prefetcher:
+        first = prefetcher.get(timeout_s=10)
+        deadline = time.monotonic() + 10
+        while stream.records_read < 500 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.1)  # the thread counts the batch's letters just after its records
+        # Read: 5 batches and their 10 bad lines; taken: one, with its 2.
+        assert stream.dead_letter_counts == {"bad_ts": 10}
+        assert len(stream.dead_letters.letters) == 2
+    with BatchPrefetcher(stream, 100, max_events=None) as prefetcher:
+        rest = _drain(prefetcher)
+    offsets = [letter.offset for letter in stream.dead_letters.letters]
+    assert offsets == sorted(set(offsets)) and len(offsets) == 20  # each bad line once
+    assert first.letters == stream.dead_letters.letters[:2]
+    assert sum(len(f.batch) for f in [first, *rest]) == 1000
+
+
 def test_a_reader_error_reaches_the_training_thread(tmp_path):
     class Broken(SyntheticSource):
         def poll(self, max_records, timeout_s=0.0):
