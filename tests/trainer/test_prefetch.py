@@ -49,6 +49,14 @@ def test_batches_equal_those_read_inline(tmp_path):
     assert taken[-1].dead_letters == dict(inline.dead_letter_counts) == {"bad_ts": 8}
 
 
+def _let_read_ahead_settle(stream: EventStream, records: int) -> None:
+    """Wait until the reader thread has read ``records`` records, and a moment more."""
+    deadline = time.monotonic() + 10
+    while stream.records_read < records and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)  # for a read beyond it, and the counters updated after the records
+
+
 def test_close_rewinds_what_was_read_ahead(tmp_path):
     log = tmp_path / "events.jsonl"
     write_log(log, 2000)
@@ -57,10 +65,7 @@ def test_close_rewinds_what_was_read_ahead(tmp_path):
         first = prefetcher.get(timeout_s=10)
         # The thread reads ahead until three batches wait in the queue and it
         # holds a fourth; then it waits.
-        deadline = time.monotonic() + 10
-        while stream.records_read < 500 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.1)
+        _let_read_ahead_settle(stream, 500)
         assert stream.records_read == 500
     assert stream.positions() == first.batch.positions
     assert stream.next_batch(100).positions == {FileSource(log).key: 200}
@@ -72,10 +77,7 @@ def test_dead_letters_are_written_once_when_read_ahead_is_rewound(tmp_path):
     stream = _stream(log)
     with BatchPrefetcher(stream, 100, max_events=None, depth=3) as prefetcher:
         first = prefetcher.get(timeout_s=10)
-        deadline = time.monotonic() + 10
-        while stream.records_read < 500 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        time.sleep(0.1)  # the thread counts the batch's letters just after its records
+        _let_read_ahead_settle(stream, 500)
         # Read: 5 batches and their 10 bad lines; taken: one, with its 2.
         assert stream.dead_letter_counts == {"bad_ts": 10}
         assert len(stream.dead_letters.letters) == 2
