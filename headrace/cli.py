@@ -26,6 +26,10 @@ if TYPE_CHECKING:
     from headrace.stream import KafkaSink
     from headrace.trainer import Trainer
     from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.history import TrainingHistory
+
+#: The dashboard's samples, in the trainer's data dir so that they outlive a restart.
+DASHBOARD_HISTORY = "dashboard_history.jsonl"
 
 app = typer.Typer(
     help="headrace: online training of recommendation/CTR models from event streams.",
@@ -343,7 +347,12 @@ def train(
     dashboard = None
     if metrics_port is not None:
         dashboard = _start_dashboard(
-            trainer, registry, publisher, metrics_host, metrics_port, serving_url or []
+            trainer,
+            registry,
+            publisher,
+            (metrics_host, metrics_port),
+            serving_url or [],
+            data_dir / DASHBOARD_HISTORY,
         )
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -370,25 +379,33 @@ def train(
 class _Dashboard:
     """The trainer's HTTP server and the poller of serving workers behind it."""
 
-    def __init__(self, server: DashboardServer, poller: WorkerPoller | None) -> None:
+    def __init__(
+        self, server: DashboardServer, poller: WorkerPoller | None, history: TrainingHistory
+    ) -> None:
         self.server = server
         self.poller = poller
+        self.history = history
 
     def close(self) -> None:
         self.server.close()
         if self.poller is not None:
             self.poller.stop()
+        self.history.close()
 
 
 def _start_dashboard(
     trainer: Trainer,
     registry: CollectorRegistry,
     publisher: ParameterPublisher | None,
-    host: str,
-    port: int,
+    address: tuple[str, int],
     serving_urls: list[str],
+    history_path: Path,
 ) -> _Dashboard:
-    """Serve /metrics, /dashboard and /api/history; sample the trainer after each step."""
+    """Serve /metrics, /dashboard and /api/history; sample the trainer after each step.
+
+    The samples are kept in ``history_path`` too, so that the dashboard of a
+    restarted trainer goes on where the last run's left off.
+    """
     from headrace.trainer.dashboard import DashboardServer, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
@@ -396,12 +413,15 @@ def _start_dashboard(
     history = TrainingHistory(
         sync_version=(lambda: publisher.version) if publisher is not None else None,
         workers=poller.status if poller is not None else None,
+        path=history_path,
     )
+    host, port = address
     # After the publisher's hook, so each sample sees the version just published.
     history.attach(trainer)
     try:
         server = DashboardServer(registry, history, host, port)
     except OSError as exc:
+        history.close()
         trainer.close()
         raise _fail(
             f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
@@ -417,7 +437,7 @@ def _start_dashboard(
         host,
         server.port,
     )
-    return _Dashboard(server, poller)
+    return _Dashboard(server, poller, history)
 
 
 def _check_params_location(url: str, option: str) -> None:

@@ -4,23 +4,31 @@ Prometheus keeps history for an operator who runs one; the dashboard on the
 trainer's own HTTP port must show trends without it. :class:`TrainingHistory`
 is an after-step hook that samples the trainer about once a second of wall
 time and keys every sample by event time, so a replayed log draws the same
-curves as the live stream it came from.
+curves as the live stream it came from. Given a file, it appends every sample
+and detection to it as a JSON line and reads them back on start, so a
+restarted trainer's dashboard goes on from where the last run's left off.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
+import os
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from headrace.trainer.loop import StepResult, Trainer
 
 __all__ = ["DriftMark", "Sample", "TrainingHistory", "WorkerStatus"]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,11 @@ class Sample:
     workers: Mapping[str, WorkerStatus] = field(default_factory=dict)
 
 
+def _sample_from_json(record: dict[str, Any]) -> Sample:
+    workers = {url: WorkerStatus(**status) for url, status in record["workers"].items()}
+    return Sample(**(record | {"workers": workers}))
+
+
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
@@ -91,6 +104,10 @@ class TrainingHistory:
         Returns the latest status of each serving worker, by URL.
     clock
         Wall-clock seconds (injectable for tests).
+    path
+        A JSON-lines file that keeps the samples and detections across
+        restarts; read on start, appended to after, and rewritten with the
+        newest ``capacity`` of each whenever it holds twice as many lines.
     """
 
     def __init__(
@@ -101,6 +118,7 @@ class TrainingHistory:
         sync_version: Callable[[], int | None] | None = None,
         workers: Callable[[], Mapping[str, WorkerStatus]] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        path: Path | None = None,
     ) -> None:
         self.every_s = every_s
         self.sync_version = sync_version
@@ -112,6 +130,63 @@ class TrainingHistory:
         self._last: tuple[float, int] | None = None  # wall time, records read
         # Detections already shown; see attach().
         self._drift_seen: Counter[tuple[str, str]] = Counter()
+        self._path = path
+        self._file: IO[str] | None = None
+        self._lines = 0  # in the file
+        if path is not None:
+            self._load(path)
+            self._rewrite()
+
+    def _load(self, path: Path) -> None:
+        """Read what earlier runs saved; a line a crash cut short is skipped."""
+        if not path.exists():
+            return
+        skipped = 0
+        for line in path.read_text().splitlines():
+            try:
+                [(kind, record)] = json.loads(line).items()
+                if kind == "sample":
+                    self._samples.append(_sample_from_json(record))
+                elif kind == "drift":
+                    self._drifts.append(DriftMark(**record))
+            except (ValueError, TypeError, KeyError, AttributeError):
+                skipped += 1
+        if skipped:
+            _log.warning("skipped %d unreadable lines of the dashboard history %s", skipped, path)
+
+    def _rewrite(self) -> None:
+        """Replace the file with the samples and detections held now, atomically."""
+        assert self._path is not None
+        if self._file is not None:
+            self._file.close()
+        temporary = self._path.with_name(self._path.name + ".tmp")
+        with temporary.open("w") as out:
+            out.writelines(self._lines_of("drift", self._drifts))
+            out.writelines(self._lines_of("sample", self._samples))
+        os.replace(temporary, self._path)
+        self._lines = len(self._drifts) + len(self._samples)
+        self._file = self._path.open("a")
+
+    @staticmethod
+    def _lines_of(kind: str, items: Iterable[Sample | DriftMark]) -> list[str]:
+        return [json.dumps({kind: asdict(item)}) + "\n" for item in items]
+
+    def _save(self, kind: str, items: list[Sample] | list[DriftMark]) -> None:
+        """Append to the file (called holding the lock)."""
+        if self._file is None:
+            return
+        self._file.writelines(self._lines_of(kind, items))
+        self._file.flush()
+        self._lines += len(items)
+        if self._lines > 2 * self._samples.maxlen:  # type: ignore[operator]
+            self._rewrite()
+
+    def close(self) -> None:
+        """Close the history file (the samples stay readable)."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
 
     def attach(self, trainer: Trainer) -> None:
         """Run after each of ``trainer``'s steps (after hooks added before this one)."""
@@ -146,8 +221,12 @@ class TrainingHistory:
             for _ in range(times)
         ]
         self._drift_seen = Counter(counts)
+        self._append_drifts(marks)
+
+    def _append_drifts(self, marks: list[DriftMark]) -> None:
         with self._lock:
             self._drifts.extend(marks)
+            self._save("drift", marks)
 
     def _sample(self, trainer: Trainer, event_time: float, rate: float) -> Sample:
         m = trainer.metrics
@@ -172,6 +251,7 @@ class TrainingHistory:
     def _append(self, sample: Sample) -> None:
         with self._lock:
             self._samples.append(sample)
+            self._save("sample", [sample])
 
     def samples(self) -> list[Sample]:
         """A copy of the samples, oldest first."""

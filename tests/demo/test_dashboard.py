@@ -108,6 +108,29 @@ def test_dashboard_page_holds_every_chart() -> None:
     assert {"user_id", "item_id", "published", "served by w1:8000", "w1:8000"} <= set(series)
 
 
+def test_history_outlives_a_restart_and_stays_bounded(tmp_path: Path, caplog) -> None:
+    path = tmp_path / "history.jsonl"
+    first = TrainingHistory(capacity=4, path=path)
+    samples = [sample(1000.0 + k, 0.7 + k / 100, k) for k in range(1, 12)]
+    for s in samples[:6]:
+        first._append(s)
+    first._append_drifts([DriftMark(1003.5, "loss", "adwin")])
+    first.close()
+    with path.open("a") as out:
+        out.write('{"sample": {"event_time": 10')  # a crash in the middle of a line
+
+    second = TrainingHistory(capacity=4, path=path)
+    assert second.samples() == samples[2:6]  # the newest `capacity` of them
+    assert second.drifts() == [DriftMark(1003.5, "loss", "adwin")]
+    assert "skipped 1 unreadable lines" in caplog.text
+    for s in samples[6:]:
+        second._append(s)
+    second.close()
+    # Rewritten whenever it holds twice `capacity` lines: it never grows without bound.
+    assert len(path.read_text().splitlines()) <= 2 * 4
+    assert TrainingHistory(capacity=4, path=path).samples() == samples[7:]
+
+
 def test_http_routes(demo_stack: DemoStack) -> None:
     url = demo_stack.trainer_url
     history = get_json(f"{url}/api/history?last=2")

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from headrace.cli import DASHBOARD_HISTORY
 from headrace.tansu import free_port
 from tests.demo.conftest import demo_command, get_json, require_tansu
 
@@ -93,6 +94,11 @@ def test_ctrl_c_stops_everything_and_a_second_run_resumes(tmp_path: Path) -> Non
     assert two["trained_total"] == one["trained_total"] + two["events_trained"]
     state = json.loads((data_dir / "demo.json").read_text())
     assert state["next_event"] == one["events_generated"] + two["events_generated"]
+    # The dashboard's history holds both runs' samples.
+    history = [json.loads(line) for line in (data_dir / DASHBOARD_HISTORY).open()]
+    trained = [record["sample"]["trained"] for record in history if "sample" in record]
+    assert trained == sorted(trained)
+    assert trained[0] <= one["trained_total"] < trained[-1]
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
