@@ -3,19 +3,24 @@
 kafka-python decodes every record in Python, about 9 µs of CPU per message
 on these machines, and parsing the JSON into columns costs as much again.
 Both hold the GIL, so a reader thread cannot overlap them; a second process
-can. The child polls a :class:`~headrace.stream.KafkaSource` ahead of the
-reader, by at most ``read_ahead`` records, and ships the raw values in
-chunks; this process parses them. Positions are this process's own (the
-offset after the last record :meth:`ProcessKafkaSource.poll` returned), so
-read-ahead never reaches a checkpoint.
+can. The child polls a :class:`~headrace.stream.KafkaSource` and sends the
+raw values in chunks; this process parses them. Positions are this
+process's own (the offset after the last record
+:meth:`ProcessKafkaSource.poll` returned), so read-ahead never reaches a
+checkpoint.
+
+Everything between the two processes travels over one pipe, in order: the
+parent's commands one way; chunks and answers the other. So the chunks that
+arrive before the answer to a seek are exactly those read before it, and a
+dead child is an end-of-file, never a silent wait.
 """
 
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import queue
 import signal
+import threading
 import time
 import traceback
 from collections import deque
@@ -30,11 +35,14 @@ from .kafka import KafkaSource, KafkaSourceConfig
 
 __all__ = ["ProcessKafkaSource", "ReaderProcessError"]
 
-#: Records per poll of the child, and so per chunk shipped.
-_CHUNK_RECORDS = 4096
-#: How long the child waits on the broker or a full queue before it looks
-#: for commands again: the longest a seek or a close waits.
+#: Records per poll of the child, and so per chunk sent. A chunk (~220 kB of
+#: typical events) about fills the pipe's buffer, so the child reads one
+#: chunk ahead while another waits in the pipe.
+_CHUNK_RECORDS = 1024
+#: How long the child waits on the broker before it looks for commands.
 _WAIT_S = 0.05
+#: How long a command may take in the child (a lag query asks the broker).
+_ANSWER_TIMEOUT_S = 60.0
 
 _PARTITION, _OFFSET, _VALUE = map(attrgetter, ("partition", "offset", "value"))
 
@@ -43,7 +51,7 @@ _Chunk = list[tuple[str, list[int], list[bytes | None]]]
 
 
 class ReaderProcessError(RuntimeError):
-    """The child process that reads Kafka died or stopped answering."""
+    """The child process that reads Kafka died, failed or stopped answering."""
 
 
 class ProcessKafkaSource:
@@ -54,12 +62,19 @@ class ProcessKafkaSource:
     resume. Consumer-group mode is not offered, since a rebalance in the
     child would revoke partitions whose records are already read ahead.
 
+    The child reads at most two chunks of 1024 records ahead of
+    :meth:`poll` (one in the pipe, one being sent), besides kafka-python's
+    own fetch buffer. It is started with ``spawn``, so ``config`` must be
+    picklable (no callables in ``config.options``) and a script that opens
+    this source needs the ``if __name__ == "__main__":`` guard. It ignores
+    SIGINT and SIGTERM, which a terminal or a service manager may send to
+    the whole process group, and exits when this object closes or this
+    process dies. One thread at a time may use an instance.
+
     Parameters
     ----------
     config
         Where and how to read; ``config.group_id`` must be ``None``.
-    read_ahead
-        Most records the child fetches beyond what :meth:`poll` returned.
 
     Raises
     ------
@@ -69,7 +84,7 @@ class ProcessKafkaSource:
         When the topic or a requested partition does not exist, or
         ``config`` asks for group mode.
     ReaderProcessError
-        When the child process does not start.
+        When the child process dies or fails; the source is then closed.
 
     Examples
     --------
@@ -81,35 +96,33 @@ class ProcessKafkaSource:
             batch = stream.next_batch(4096)
     """
 
-    def __init__(self, config: KafkaSourceConfig, *, read_ahead: int = 1 << 16) -> None:
+    def __init__(self, config: KafkaSourceConfig) -> None:
         if config.group_id is not None:
             raise ValueError(
                 "ProcessKafkaSource reads assigned partitions; for consumer-group "
                 "mode use KafkaSource"
             )
-        if read_ahead < 1:
-            raise ValueError(f"read_ahead must be at least 1, not {read_ahead}")
         self.config = config
         self.exhausted = False  # a topic never ends
+        self._pending: deque[Record] = deque()
+        self._highwater: Positions = {}
+        self._failure: BaseException | None = None  # a fetch error, raised by the next poll
+        self._lock = threading.Lock()
         # spawn, not fork: the parent may hold torch's and kafka-python's threads.
         context = multiprocessing.get_context("spawn")
-        self._control, child_control = context.Pipe()
-        self._chunks: multiprocessing.Queue[tuple[int, _Chunk | BaseException, Positions]] = (
-            context.Queue(maxsize=max(1, read_ahead // _CHUNK_RECORDS))
-        )
+        self._pipe, child_pipe = context.Pipe()
         self._process = context.Process(
             target=_serve,
-            args=(config, child_control, self._chunks),
+            args=(config, child_pipe),
             name=f"headrace-kafka-reader-{config.topic}",
             daemon=True,
         )
         self._process.start()
-        child_control.close()
-        self._pending: deque[Record] = deque()
-        self._highwater: Positions = {}
-        self._generation = 0  # chunks fetched before the latest seek are dropped
+        # Only the child holds its end now, so its death is an end-of-file here.
+        child_pipe.close()
         try:
-            self._positions: Positions = self._answer(config.bootstrap_timeout_s + 60)
+            with self._lock:
+                self._positions: Positions = self._answer(config.bootstrap_timeout_s + 60)
         except BaseException:
             self._stop()
             raise
@@ -124,40 +137,20 @@ class ProcessKafkaSource:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
         if max_records <= 0:
             return []
-        if not self._pending:
-            self._receive(timeout_s)
-        take = min(max_records, len(self._pending))
-        records = [self._pending.popleft() for _ in range(take)]
-        # The last offset of each partition, found at C speed: a dict built
-        # from (key, offset) pairs keeps the last pair of each key.
-        last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
-        for key, offset in last.items():
-            self._positions[key] = offset + 1
-        return records
-
-    def _receive(self, timeout_s: float) -> None:
-        """Move chunks into the pending records: wait up to ``timeout_s`` for
-        records, then take whatever else is queued without waiting."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            wait = 0.0 if self._pending else max(0.0, deadline - time.monotonic())
-            try:
-                generation, chunk, highwater = self._chunks.get(timeout=wait)
-            except queue.Empty:
-                self._check_alive()
-                return
-            # The ends hold whatever the positions; the child sends them only
-            # when they change, so even those of a stale chunk are kept.
-            self._highwater.update(highwater)
-            if generation != self._generation:
-                continue  # records fetched before the latest seek
-            if isinstance(chunk, BaseException):
-                raise chunk
-            for key, offsets, values in chunk:
-                # tuple.__new__ makes the Records without the Python-level
-                # namedtuple constructor: a third of the cost per record.
-                rows = zip(repeat(key), offsets, values, strict=False)
-                self._pending.extend(map(tuple.__new__, repeat(Record), rows))
+        with self._lock:
+            if self._failure is not None:
+                failure, self._failure = self._failure, None
+                raise failure
+            if not self._pending:
+                self._receive_records(timeout_s)
+            take = min(max_records, len(self._pending))
+            records = [self._pending.popleft() for _ in range(take)]
+            # The last offset of each partition, found at C speed: a dict built
+            # from (key, offset) pairs keeps the last pair of each key.
+            last = dict(zip(map(_PARTITION, records), map(_OFFSET, records), strict=True))
+            for key, offset in last.items():
+                self._positions[key] = offset + 1
+            return records
 
     def positions(self) -> Positions:
         """The next offset of every assigned partition."""
@@ -167,13 +160,19 @@ class ProcessKafkaSource:
         """Continue each assigned partition at its saved offset.
 
         Keys of partitions this source does not read are ignored, as
-        :meth:`KafkaSource.seek` does. Records read ahead are dropped.
+        :meth:`KafkaSource.seek` does; partitions ``positions`` leaves out
+        continue where :meth:`poll` left them. Records read ahead are dropped.
         """
-        known = {key: offset for key, offset in positions.items() if key in self._positions}
-        self._generation += 1
-        self._call("seek", self._generation, known)
-        self._pending.clear()
-        self._positions.update(known)
+        target = {key: positions.get(key, offset) for key, offset in self._positions.items()}
+        if negative := {key: offset for key, offset in target.items() if offset < 0}:
+            raise ValueError(f"offsets must be >= 0, not {negative}")
+        with self._lock:
+            self._pending.clear()
+            self._failure = None
+            # The child seeks every partition: what it read ahead of this
+            # process's positions is dropped for all of them alike.
+            self._call("seek", target, stale=True)
+            self._positions = target
 
     def highwater(self, key: str) -> int | None:
         """Partition ``key``'s end as the last fetch response gave it; None before one."""
@@ -185,61 +184,114 @@ class ProcessKafkaSource:
         See :meth:`KafkaSource.lag`; records read ahead but not yet returned
         by :meth:`poll` count as lag.
         """
-        child_lag, child_positions = self._call("lag")
-        return {
-            key: lag + child_positions[key] - self._positions[key] for key, lag in child_lag.items()
-        }
+        with self._lock:
+            child_lag, child_positions = self._call("lag")
+            return {
+                key: lag + child_positions[key] - self._positions[key]
+                for key, lag in child_lag.items()
+            }
 
     def pause(self, keys: Iterable[str] | None = None) -> None:
         """Stop fetching the given partitions (all when ``None``).
 
         Records already read ahead are still returned.
         """
-        self._call("pause", None if keys is None else list(keys))
+        with self._lock:
+            self._call("pause", None if keys is None else list(keys))
 
     def resume(self, keys: Iterable[str] | None = None) -> None:
         """Fetch paused partitions again (all when ``None``)."""
-        self._call("resume", None if keys is None else list(keys))
+        with self._lock:
+            self._call("resume", None if keys is None else list(keys))
 
     def close(self) -> None:
         """Stop the child process and close its consumer."""
-        if self._process.is_alive():
-            # If it is going away anyway, _stop makes sure.
-            with contextlib.suppress(ReaderProcessError):
-                self._call("close")
-        self._stop()
+        with self._lock:
+            if not self._pipe.closed:
+                # If it is gone already, _stop makes sure.
+                with contextlib.suppress(ReaderProcessError):
+                    self._call("close", stale=True)
+            self._stop()
 
     def _stop(self) -> None:
         self._process.join(timeout=10)
         if self._process.is_alive():
             self._process.kill()
             self._process.join()
-        self._control.close()
-        self._chunks.close()
+        self._pipe.close()
 
-    def _call(self, command: str, *args: Any) -> Any:
-        """Run ``command`` in the child and return its answer (or raise its error)."""
-        self._check_alive()
-        self._control.send((command, args))
-        return self._answer(timeout_s=self.config.bootstrap_timeout_s + 60)
+    # -- the pipe (called holding the lock) -------------------------------------
 
-    def _answer(self, timeout_s: float) -> Any:
-        while not self._control.poll(min(timeout_s, 1.0)):
-            self._check_alive()
-            timeout_s -= 1.0
-            if timeout_s <= 0:
-                raise ReaderProcessError("the Kafka reader process stopped answering")
-        answer = self._control.recv()
-        if isinstance(answer, BaseException):
-            raise answer
-        return answer
+    def _receive_records(self, timeout_s: float) -> None:
+        """Wait up to ``timeout_s`` for a chunk that holds records."""
+        deadline = time.monotonic() + timeout_s
+        while not self._pending and self._failure is None:
+            if not self._pipe.poll(max(0.0, deadline - time.monotonic())):
+                return
+            self._take(self._receive(), stale=False)
+        if self._failure is not None and not self._pending:
+            failure, self._failure = self._failure, None
+            raise failure
 
-    def _check_alive(self) -> None:
-        if not self._process.is_alive():
-            raise ReaderProcessError(
-                f"the Kafka reader process exited with code {self._process.exitcode}; "
-                "see its error above"
-            )
+    def _call(self, command: str, *args: Any, stale: bool = False) -> Any:
+        """Run ``command`` in the child and return its answer (or raise its error).
+
+        Chunks that arrive first are kept, or dropped with ``stale`` (they
+        were read before a seek); their ends are kept either way.
+        """
+        try:
+            self._pipe.send((command, args))
+        except OSError:
+            raise self._dead() from None
+        return self._answer(_ANSWER_TIMEOUT_S, stale=stale)
+
+    def _answer(self, timeout_s: float, *, stale: bool = False) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if not self._pipe.poll(max(0.0, deadline - time.monotonic())):
+                self._process.kill()  # an answer arriving later would answer the next call
+                self._stop()
+                raise ReaderProcessError(
+                    f"the Kafka reader process did not answer in {timeout_s:.0f} s; "
+                    "it was stopped, open a new source"
+                )
+            message = self._receive()
+            if message[0] == "answer":
+                if isinstance(message[1], BaseException):
+                    raise message[1]
+                return message[1]
+            self._take(message, stale=stale)
+
+    def _take(self, message: tuple[Any, ...], *, stale: bool) -> None:
+        kind, payload, highwater = message
+        # The ends hold whatever the positions are; the child sends them only
+        # when they change, so even those of a stale chunk are kept.
+        self._highwater.update(highwater)
+        if stale:
+            return
+        if kind == "failure":
+            self._failure = payload
+            return
+        for key, offsets, values in payload:
+            # tuple.__new__ makes the Records without the Python-level
+            # namedtuple constructor: a third of the cost per record.
+            rows = zip(repeat(key), offsets, values, strict=False)
+            self._pending.extend(map(tuple.__new__, repeat(Record), rows))
+
+    def _receive(self) -> tuple[Any, ...]:
+        try:
+            return self._pipe.recv()
+        except (EOFError, OSError):
+            raise self._dead() from None
+
+    def _dead(self) -> ReaderProcessError:
+        self._stop()
+        code = self._process.exitcode
+        how = f"was killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
+        return ReaderProcessError(f"the Kafka reader process {how}; open a new source")
+
+
+# -- the child ----------------------------------------------------------------
 
 
 def _with_child_traceback(exc: BaseException) -> BaseException:
@@ -247,88 +299,73 @@ def _with_child_traceback(exc: BaseException) -> BaseException:
     return exc
 
 
-def _serve(
-    config: KafkaSourceConfig,
-    control: Connection,
-    chunks: multiprocessing.Queue[tuple[int, _Chunk | BaseException, Positions]],
-) -> None:
-    """The child: poll ahead into ``chunks``, run the parent's commands in between."""
-    # Ctrl-C reaches the whole process group; the parent decides when this stops.
+def _serve(config: KafkaSourceConfig, pipe: Connection) -> None:
+    """The child: read chunks ahead and send them; run the parent's commands in between."""
+    # A terminal's Ctrl-C and a service manager's SIGTERM reach the whole
+    # process group; the parent decides when this stops (it closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # Chunks the parent no longer reads must not hold this process at exit.
-    chunks.cancel_join_thread()
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         source = KafkaSource(config)
         positions = source.positions()
     except Exception as exc:
-        control.send(_with_child_traceback(exc))
+        pipe.send(("answer", _with_child_traceback(exc)))
         return
-    control.send(positions)
     try:
-        _pump(source, list(positions), control, chunks)
+        pipe.send(("answer", positions))
+        _pump(source, list(positions), pipe)
+    except (EOFError, OSError):
+        pass  # the parent is gone
     finally:
         source.close()
 
 
-def _pump(
-    source: KafkaSource,
-    keys: list[str],
-    control: Connection,
-    chunks: multiprocessing.Queue[tuple[int, _Chunk | BaseException, Positions]],
-) -> None:
-    generation = 0
-    unsent: tuple[int, _Chunk | BaseException, Positions] | None = None
-    shipped_highwater: Positions = {}
+def _pump(source: KafkaSource, keys: list[str], pipe: Connection) -> None:
+    sent_highwater: Positions = {}
     while True:
-        while control.poll(0):
-            try:
-                command, args = control.recv()
-            except EOFError:  # the parent is gone
-                return
+        while pipe.poll(0):
+            command, args = pipe.recv()
             if command == "close":
-                control.send(None)
+                pipe.send(("answer", None))
                 return
-            if command == "seek":
-                generation = args[0]
-                unsent = None  # fetched from the old positions
             try:
-                control.send(_run(source, command, args))
+                answer = _run(source, command, args)
             except Exception as exc:
-                control.send(_with_child_traceback(exc))
-        if unsent is None:
-            try:
-                unsent = _fetch(source, keys, generation, shipped_highwater)
-            except Exception as exc:
-                unsent = (generation, _with_child_traceback(exc), {})
-            if unsent is not None:
-                shipped_highwater = unsent[2]
-        if unsent is not None:
-            try:
-                chunks.put(unsent, timeout=_WAIT_S)
-                unsent = None
-            except queue.Full:
-                pass
+                answer = _with_child_traceback(exc)
+            pipe.send(("answer", answer))
+        message: tuple[Any, ...] | None = None
+        highwater = sent_highwater
+        try:
+            by_key = source.poll_partitions(_CHUNK_RECORDS, timeout_s=_WAIT_S)
+            highwater = {key: end for key in keys if (end := source.highwater(key)) is not None}
+            if by_key or highwater != sent_highwater:
+                chunk = [
+                    (key, list(map(_OFFSET, messages)), list(map(_VALUE, messages)))
+                    for key, messages in by_key
+                ]
+                message = ("chunk", chunk, highwater)
+        except Exception as exc:
+            message = ("failure", _with_child_traceback(exc), highwater)
+        if message is not None:
+            _send(pipe, message)
+        sent_highwater = highwater
+
+
+def _send(pipe: Connection, message: tuple[Any, ...]) -> None:
+    """Send ``message``; one that cannot be pickled goes as a failure instead."""
+    try:
+        pipe.send(message)  # pickles the whole message before writing any of it
+    except OSError:
+        raise  # the parent is gone
+    except Exception as exc:  # e.g. a value a configured deserializer made
+        pipe.send(("failure", _with_child_traceback(exc), message[2]))
 
 
 def _run(source: KafkaSource, command: str, args: tuple[Any, ...]) -> Any:
     if command == "seek":
-        return source.seek(args[1])
+        return source.seek(*args)
     if command == "lag":
         return source.lag(), source.positions()
     if command in ("pause", "resume"):
         return getattr(source, command)(*args)
     raise ValueError(f"unknown command {command!r}")
-
-
-def _fetch(
-    source: KafkaSource, keys: list[str], generation: int, shipped_highwater: Positions
-) -> tuple[int, _Chunk, Positions] | None:
-    """The next chunk, or None when there are no records and no news of the ends."""
-    by_key = source.poll_partitions(_CHUNK_RECORDS, timeout_s=_WAIT_S)
-    highwater = {key: end for key in keys if (end := source.highwater(key)) is not None}
-    if not by_key and highwater == shipped_highwater:
-        return None
-    chunk: _Chunk = [
-        (key, list(map(_OFFSET, messages)), list(map(_VALUE, messages))) for key, messages in by_key
-    ]
-    return generation, chunk, highwater

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -266,10 +268,12 @@ def test_broker_outage_mid_stream_loses_nothing(tansu_binary, topic_name, source
         broker.stop()
 
 
-def _produce(bootstrap: str, topic: str, count: int, start: int = 0, partitions: int = 1) -> None:
+def _produce(
+    bootstrap: str, topic: str, count: int, start: int = 0, partitions: int = 1, pad: int = 0
+) -> None:
     sink = KafkaSink(bootstrap, topic)
     for i in range(start, start + count):
-        event = {"ts": i, "label": 0, "sparse": {"u": i}, "request_id": str(i)}
+        event = {"ts": i, "label": 0, "sparse": {"u": i}, "request_id": str(i), "pad": "x" * pad}
         sink.send(json.dumps(event).encode(), partition=i % partitions)
     sink.close()
 
@@ -303,22 +307,44 @@ def test_child_process_source_pauses_and_resumes(kafka_bootstrap, topic_name):
         assert source.lag() == {f"{topic}:0": 0, f"{topic}:1": 0}
 
 
-def test_child_process_source_seek_drops_what_was_read_ahead(kafka_bootstrap, topic_name):
-    topic = topic_name("pseek")
-    ensure_topic(kafka_bootstrap, topic, 1)
-    _produce(kafka_bootstrap, topic, 500)
-    key = f"{topic}:0"
-    # A small read-ahead: the child waits with records queued when the seek comes.
-    with ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic), read_ahead=100) as source:
-        first = source.poll(120, timeout_s=10)
-        assert [r.offset for r in first] == list(range(len(first))) and first
-        time.sleep(0.5)  # let the child fill its queue
-        source.seek({key: 50, "other-topic:0": 7})
-        assert source.positions() == {key: 50}
+def test_seek_drops_what_was_read_ahead_and_keeps_unnamed_partitions(
+    kafka_bootstrap, topic_name, source_type
+):
+    topic = topic_name("seek")
+    ensure_topic(kafka_bootstrap, topic, 2)
+    _produce(kafka_bootstrap, topic, 1000, partitions=2)
+    zero, one = f"{topic}:0", f"{topic}:1"
+    with contextlib.closing(source_type(KafkaSourceConfig(kafka_bootstrap, topic))) as source:
+        first = []
+        while len(first) < 300:
+            first += source.poll(300 - len(first), timeout_s=10)
+        time.sleep(0.5)  # let a reader process read ahead
+        returned = source.positions()
+        # Partition 1 goes back to 50; partition 0, not named, goes on.
+        source.seek({one: 50, "other-topic:0": 7})
+        assert source.positions() == {zero: returned[zero], one: 50}
         rest = _poll_until_quiet(source)
-        assert [r.offset for r in rest] == list(range(50, 500))
-        assert source.positions() == {key: 500}
-        assert source.highwater(key) == 500
+    offsets = {key: [r.offset for r in first + rest if r.partition == key] for key in (zero, one)}
+    assert offsets[zero] == list(range(500))
+    assert offsets[one] == list(range(returned[one])) + list(range(50, 500))
+    assert source.highwater(zero) == source.highwater(one) == 500
+
+
+def test_a_seek_to_the_end_learns_the_ends(kafka_bootstrap, topic_name, source_type):
+    # What --until-end needs: the ends, even when nothing is left to read.
+    topic = topic_name("seekend")
+    ensure_topic(kafka_bootstrap, topic, 2)
+    _produce(kafka_bootstrap, topic, 10_000, partitions=2)
+    with contextlib.closing(source_type(KafkaSourceConfig(kafka_bootstrap, topic))) as source:
+        source.poll(10, timeout_s=10)
+        source.seek({f"{topic}:0": 5000, f"{topic}:1": 5000})
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and None in (
+            source.highwater(f"{topic}:0"),
+            source.highwater(f"{topic}:1"),
+        ):
+            assert source.poll(100, timeout_s=0.2) == []
+        assert source.highwater(f"{topic}:0") == source.highwater(f"{topic}:1") == 5000
 
 
 def test_child_process_source_refuses_group_mode(kafka_bootstrap):
@@ -326,16 +352,68 @@ def test_child_process_source_refuses_group_mode(kafka_bootstrap):
         ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, "t", group_id="g"))
 
 
+def _reader_process(topic: str) -> multiprocessing.Process:
+    [child] = [p for p in multiprocessing.active_children() if topic in p.name]
+    return child
+
+
 def test_a_dead_reader_process_is_an_error_not_a_quiet_stream(kafka_bootstrap, topic_name):
     topic = topic_name("pdead")
     ensure_topic(kafka_bootstrap, topic, 1)
+    # Large records: the child is killed in the middle of sending a chunk.
+    _produce(kafka_bootstrap, topic, 3000, pad=1000)
     source = ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic))
-    [child] = [p for p in multiprocessing.active_children() if topic in p.name]
+    assert source.poll(10, timeout_s=10)
+    time.sleep(0.5)
+    child = _reader_process(topic)
     os.kill(child.pid, signal.SIGKILL)
     child.join(10)
-    with pytest.raises(ReaderProcessError, match="exited with code -9"):
-        source.poll(10, timeout_s=0.5)
+    raised: list[BaseException] = []
+
+    def drain() -> None:
+        try:
+            while True:
+                source.poll(10_000, timeout_s=0.5)
+        except ReaderProcessError as exc:
+            raised.append(exc)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    reader.join(20)
+    assert not reader.is_alive(), "poll hangs on a dead reader process"
+    assert "was killed by signal 9" in str(raised[0])
     source.close()  # does not hang on the dead child
+
+
+def test_the_reader_process_ignores_sigterm_and_sigint(kafka_bootstrap, topic_name):
+    # A service manager or a terminal signals the whole process group; the
+    # trainer must be the one to decide, and stop its reader last.
+    topic = topic_name("psig")
+    ensure_topic(kafka_bootstrap, topic, 1)
+    with ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic)) as source:
+        child = _reader_process(topic)
+        os.kill(child.pid, signal.SIGTERM)
+        os.kill(child.pid, signal.SIGINT)
+        _produce(kafka_bootstrap, topic, 10)
+        assert len(_poll_until_quiet(source, quiet_s=3.0)) == 10
+        assert child.is_alive()
+
+
+def unpicklable_value(raw: bytes) -> threading.Lock:
+    """A value deserializer whose values cannot cross to the parent."""
+    return threading.Lock()
+
+
+def test_values_that_cannot_cross_the_pipe_raise(kafka_bootstrap, topic_name):
+    topic = topic_name("pickle")
+    ensure_topic(kafka_bootstrap, topic, 1)
+    _produce(kafka_bootstrap, topic, 10)
+    config = KafkaSourceConfig(
+        kafka_bootstrap, topic, options={"value_deserializer": unpicklable_value}
+    )
+    with ProcessKafkaSource(config) as source, pytest.raises(TypeError, match="pickle"):
+        for _ in range(20):
+            source.poll(10, timeout_s=0.5)
 
 
 _ORPHAN_SCRIPT = """
