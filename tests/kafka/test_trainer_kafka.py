@@ -12,7 +12,8 @@ from tests.trainer.killing import train_with_kills
 
 pytestmark = pytest.mark.kafka
 
-EVENTS, PARTITIONS, BAD = 3000, 3, 6
+# Enough events that training takes seconds: the kills must land mid-run.
+EVENTS, PARTITIONS, BAD = 12_000, 3, 6
 
 
 @pytest.fixture

@@ -9,7 +9,8 @@ from tests.trainer.killing import train_with_kills
 
 def test_file_source_survives_three_kills_bit_identically(tmp_path, small_config):
     log = tmp_path / "events.jsonl"
-    good = write_log(log, 4000, bad_every=500)
+    # Enough events that training takes seconds: the kills must land mid-run.
+    good = write_log(log, 12_000, bad_every=1500)
     args = ["train", "--source", f"file://{log}", "--config", str(small_config), "--deterministic"]
 
     killed_dir, clean_dir = tmp_path / "killed", tmp_path / "clean"
