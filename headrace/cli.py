@@ -339,21 +339,26 @@ def train(
         )
     except TrainerError as exc:
         raise _fail(str(exc)) from exc
-    publisher = None
-    if publish is not None:
-        publisher = _attach_publisher(
-            trainer, publish, registry, sync_interval, dense_sync_interval, snapshot_interval
-        )
-    dashboard = None
-    if metrics_port is not None:
-        dashboard = _start_dashboard(
-            trainer,
-            registry,
-            publisher,
-            (metrics_host, metrics_port),
-            serving_url or [],
-            data_dir / DASHBOARD_HISTORY,
-        )
+    publisher = dashboard = None
+    try:
+        if publish is not None:
+            publisher = _attach_publisher(
+                trainer, publish, registry, sync_interval, dense_sync_interval, snapshot_interval
+            )
+        if metrics_port is not None:
+            dashboard = _start_dashboard(
+                trainer,
+                registry,
+                publisher,
+                (metrics_host, metrics_port),
+                serving_url or [],
+                data_dir / DASHBOARD_HISTORY,
+            )
+    except BaseException as exc:
+        trainer.close()  # stops the source's reader process, releases the store
+        if isinstance(exc, BrokerUnavailable):
+            raise _fail(f"--publish: {exc}") from exc
+        raise
     stop = threading.Event()
     _stop_on_signals(stop)
     started, first_records = time.monotonic(), trainer.stream.records_read
@@ -422,7 +427,6 @@ def _start_dashboard(
         server = DashboardServer(registry, history, host, port)
     except OSError as exc:
         history.close()
-        trainer.close()
         raise _fail(
             f"cannot serve metrics on {host}:{port} ({exc.strerror or exc}); "
             "pick a free --metrics-port"

@@ -17,7 +17,9 @@ dead child is an end-of-file, never a silent wait.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import functools
 import multiprocessing
 import signal
 import threading
@@ -120,6 +122,11 @@ class ProcessKafkaSource:
         self._process.start()
         # Only the child holds its end now, so its death is an end-of-file here.
         child_pipe.close()
+        # A source never closed must not hold the interpreter at exit:
+        # multiprocessing's own exit hook joins daemon children after a
+        # SIGTERM, which the child ignores. Registered later, this runs first.
+        self._at_exit = functools.partial(_stop_child, self._pipe, self._process)
+        atexit.register(self._at_exit)
         try:
             with self._lock:
                 self._positions: Positions = self._answer(config.bootstrap_timeout_s + 60)
@@ -134,13 +141,21 @@ class ProcessKafkaSource:
         self.close()
 
     def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
-        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
+        """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first.
+
+        Raises
+        ------
+        ReaderProcessError
+            When the child died, or the source is closed.
+        Exception
+            What failed in the child (e.g. a value that cannot be pickled),
+            once the records before it are returned. The source is then
+            closed, since the child has read past the failed records:
+            open a new one and seek it to :meth:`positions`.
+        """
         if max_records <= 0:
             return []
         with self._lock:
-            if self._failure is not None:
-                failure, self._failure = self._failure, None
-                raise failure
             if not self._pending:
                 self._receive_records(timeout_s)
             take = min(max_records, len(self._pending))
@@ -168,7 +183,6 @@ class ProcessKafkaSource:
             raise ValueError(f"offsets must be >= 0, not {negative}")
         with self._lock:
             self._pending.clear()
-            self._failure = None
             # The child seeks every partition: what it read ahead of this
             # process's positions is dropped for all of them alike.
             self._call("seek", target, stale=True)
@@ -207,31 +221,32 @@ class ProcessKafkaSource:
     def close(self) -> None:
         """Stop the child process and close its consumer."""
         with self._lock:
-            if not self._pipe.closed:
+            if self._pipe.closed:
+                return
+            try:
                 # If it is gone already, _stop makes sure.
                 with contextlib.suppress(ReaderProcessError):
                     self._call("close", stale=True)
-            self._stop()
+            finally:
+                self._stop()
 
     def _stop(self) -> None:
-        self._process.join(timeout=10)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._pipe.close()
+        atexit.unregister(self._at_exit)
+        _stop_child(self._pipe, self._process)
 
     # -- the pipe (called holding the lock) -------------------------------------
 
     def _receive_records(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for a chunk that holds records."""
+        self._check_open()
         deadline = time.monotonic() + timeout_s
         while not self._pending and self._failure is None:
             if not self._pipe.poll(max(0.0, deadline - time.monotonic())):
                 return
             self._take(self._receive(), stale=False)
         if self._failure is not None and not self._pending:
-            failure, self._failure = self._failure, None
-            raise failure
+            self._stop()
+            raise self._failure
 
     def _call(self, command: str, *args: Any, stale: bool = False) -> Any:
         """Run ``command`` in the child and return its answer (or raise its error).
@@ -239,6 +254,7 @@ class ProcessKafkaSource:
         Chunks that arrive first are kept, or dropped with ``stale`` (they
         were read before a seek); their ends are kept either way.
         """
+        self._check_open()
         try:
             self._pipe.send((command, args))
         except OSError:
@@ -270,13 +286,19 @@ class ProcessKafkaSource:
         if stale:
             return
         if kind == "failure":
-            self._failure = payload
+            self._failure = self._failure or payload  # the first is the cause
             return
         for key, offsets, values in payload:
             # tuple.__new__ makes the Records without the Python-level
             # namedtuple constructor: a third of the cost per record.
             rows = zip(repeat(key), offsets, values, strict=False)
             self._pending.extend(map(tuple.__new__, repeat(Record), rows))
+
+    def _check_open(self) -> None:
+        if self._pipe.closed:
+            raise ReaderProcessError(
+                "this Kafka source is closed (by close() or after a failure); open a new one"
+            )
 
     def _receive(self) -> tuple[Any, ...]:
         try:
@@ -289,6 +311,15 @@ class ProcessKafkaSource:
         code = self._process.exitcode
         how = f"was killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
         return ReaderProcessError(f"the Kafka reader process {how}; open a new source")
+
+
+def _stop_child(pipe: Connection, process: multiprocessing.process.BaseProcess) -> None:
+    """Close the pipe (the child leaves at its end), wait a little, then kill."""
+    pipe.close()
+    process.join(timeout=10)
+    if process.is_alive():
+        process.kill()
+        process.join()
 
 
 # -- the child ----------------------------------------------------------------

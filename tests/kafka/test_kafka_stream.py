@@ -411,26 +411,45 @@ def test_values_that_cannot_cross_the_pipe_raise(kafka_bootstrap, topic_name):
     config = KafkaSourceConfig(
         kafka_bootstrap, topic, options={"value_deserializer": unpicklable_value}
     )
-    with ProcessKafkaSource(config) as source, pytest.raises(TypeError, match="pickle"):
-        for _ in range(20):
+    with ProcessKafkaSource(config) as source:
+        with pytest.raises(TypeError, match="pickle"):
+            for _ in range(20):
+                source.poll(10, timeout_s=0.5)
+        # The child read past those records: reading on would skip them.
+        with pytest.raises(ReaderProcessError, match="closed"):
             source.poll(10, timeout_s=0.5)
+        assert source.positions() == {f"{topic}:0": 0}
 
 
-_ORPHAN_SCRIPT = """
+_UNCLOSED_SOURCE_SCRIPT = """
 import sys, time
 from headrace.stream import KafkaSourceConfig, ProcessKafkaSource
 import multiprocessing
 source = ProcessKafkaSource(KafkaSourceConfig(sys.argv[1], sys.argv[2]))
 print(multiprocessing.active_children()[0].pid, flush=True)
-time.sleep(600)
+if sys.argv[3] == "sleep":
+    time.sleep(600)
 """
+
+
+def test_a_source_never_closed_does_not_hold_the_interpreter_at_exit(kafka_bootstrap, topic_name):
+    topic = topic_name("pexit")
+    ensure_topic(kafka_bootstrap, topic, 1)
+    done = subprocess.run(
+        [sys.executable, "-c", _UNCLOSED_SOURCE_SCRIPT, kafka_bootstrap, topic, "exit"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not _running(int(done.stdout))
 
 
 def test_the_reader_process_exits_when_its_parent_is_killed(kafka_bootstrap, topic_name):
     topic = topic_name("porphan")
     ensure_topic(kafka_bootstrap, topic, 1)
     parent = subprocess.Popen(
-        [sys.executable, "-c", _ORPHAN_SCRIPT, kafka_bootstrap, topic],
+        [sys.executable, "-c", _UNCLOSED_SOURCE_SCRIPT, kafka_bootstrap, topic, "sleep"],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
 from headrace.stream import CtrGenerator, KafkaSink, SyntheticConfig, ensure_topic
-from tests.trainer.conftest import SMALL_CONFIG, assert_bit_identical, run_cli, saved_training
+from headrace.tansu import free_port
+from tests.trainer.conftest import (
+    SMALL_CONFIG,
+    assert_bit_identical,
+    headrace_command,
+    run_cli,
+    saved_training,
+)
 from tests.trainer.killing import train_with_kills
 
 pytestmark = pytest.mark.kafka
@@ -52,3 +60,23 @@ def test_kafka_source_survives_three_kills_bit_identically(tmp_path, events_topi
     fast = tmp_path / "fast"
     assert run_cli(*args, "--data-dir", str(fast))["trained"] == EVENTS
     assert saved_training(fast)[0].trained == EVENTS
+
+
+def test_an_unreachable_publish_broker_fails_at_start_and_exits(tmp_path, events_topic):
+    # The trainer (and its Kafka reader process) opened before --publish failed.
+    done = subprocess.run(
+        headrace_command(
+            "train",
+            "--source",
+            events_topic,
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--publish",
+            f"kafka://127.0.0.1:{free_port()}/params",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "error: --publish: no Kafka broker answered" in done.stderr
