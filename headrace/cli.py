@@ -354,10 +354,8 @@ def train(
                 serving_url or [],
                 data_dir / DASHBOARD_HISTORY,
             )
-    except BaseException as exc:
+    except BaseException:
         trainer.close()  # stops the source's reader process, releases the store
-        if isinstance(exc, BrokerUnavailable):
-            raise _fail(f"--publish: {exc}") from exc
         raise
     stop = threading.Event()
     _stop_on_signals(stop)
@@ -464,10 +462,15 @@ def _attach_publisher(
 ) -> ParameterPublisher:
     """A parameter publisher called after every training step."""
     from headrace.serving import attach_publisher, open_writer
+    from headrace.stream import BrokerUnavailable
 
+    try:
+        writer = open_writer(url)
+    except BrokerUnavailable as exc:
+        raise _fail(f"--publish: {exc}") from exc
     return attach_publisher(
         trainer,
-        open_writer(url),
+        writer,
         sync_interval=sync_interval,
         dense_sync_interval=dense_sync_interval,
         snapshot_interval=snapshot_interval,

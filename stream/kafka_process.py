@@ -67,7 +67,7 @@ class ProcessKafkaSource:
     The child reads at most two chunks of 1024 records ahead of
     :meth:`poll` (one in the pipe, one being sent), besides kafka-python's
     own fetch buffer. It is started with ``spawn``, so ``config`` must be
-    picklable (no callables in ``config.options``) and a script that opens
+    picklable (module-level functions only in ``config.options``) and a script that opens
     this source needs the ``if __name__ == "__main__":`` guard. It ignores
     SIGINT and SIGTERM, which a terminal or a service manager may send to
     the whole process group, and exits when this object closes or this
@@ -156,6 +156,7 @@ class ProcessKafkaSource:
         if max_records <= 0:
             return []
         with self._lock:
+            self._check_open()
             if not self._pending:
                 self._receive_records(timeout_s)
             take = min(max_records, len(self._pending))
@@ -238,7 +239,6 @@ class ProcessKafkaSource:
 
     def _receive_records(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for a chunk that holds records."""
-        self._check_open()
         deadline = time.monotonic() + timeout_s
         while not self._pending and self._failure is None:
             if not self._pipe.poll(max(0.0, deadline - time.monotonic())):

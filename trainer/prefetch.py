@@ -38,7 +38,7 @@ class Fetched:
     records_read: int
     dead_letters: dict[str, int]
     #: The batch's own dead letters, written when it is taken (see ``get``).
-    letters: list[DeadLetter] = field(default_factory=list, repr=False)
+    letters: list[DeadLetter] = field(repr=False)
 
 
 class _End:
