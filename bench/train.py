@@ -13,14 +13,15 @@ Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import rank_auc, river_features, river_models, river_run, train
 
 from headrace.stream import (
     BayesAuc,
@@ -36,7 +37,6 @@ from headrace.stream import (
 )
 from headrace.tansu import kafka_bootstrap
 from headrace.trainer import Trainer, TrainerConfig
-from headrace.trainer.sources import open_source
 
 SEED, EVENTS, HALF_RUN = 7, 300_000, 200_000
 KAFKA_EVENTS = 100_000
@@ -46,17 +46,6 @@ RIVER_PREFIX = 30_000
 # events would compare a faster step with a slower run.
 STEP_EVENTS = KAFKA_EVENTS
 RECOVERY_WINDOW, RECOVERY_STRIDE = 10_000, 500
-
-
-def rank_auc(p: np.ndarray, y: np.ndarray) -> float:
-    """Exact AUC by ranks (ties broken by order, fine for continuous scores)."""
-    ranks = np.empty(len(p))
-    ranks[np.argsort(p, kind="stable")] = np.arange(1, len(p) + 1)
-    positives = float((y >= 0.5).sum())
-    negatives = len(y) - positives
-    return float(
-        (ranks[y >= 0.5].sum() - positives * (positives + 1) / 2) / (positives * negatives)
-    )
 
 
 def write_events(path: Path) -> tuple[float, list[int]]:
@@ -70,22 +59,6 @@ def write_events(path: Path) -> tuple[float, list[int]]:
                 bayes.update(chunk.probabilities, chunk.labels)
             out.write(b"".join(json.dumps(e).encode() + b"\n" for e in chunk.events))
     return bayes.value(), [d.at for d in generator.config.drifts if d.at < EVENTS]
-
-
-def train(config: TrainerConfig, source_url: str, **source_options: bool) -> tuple:
-    """One end-to-end run; returns (events/s, predictions, labels)."""
-    probabilities, labels = [], []
-
-    def collect(_trainer: Trainer, result) -> None:
-        probabilities.append(result.probabilities)
-        labels.append(result.batch.labels)
-
-    with tempfile.TemporaryDirectory() as data_dir:
-        source = open_source(source_url, **source_options)
-        with Trainer.open(config, data_dir, source) as trainer:
-            trainer.after_step.append(collect)
-            summary = trainer.run()
-    return summary.events / summary.seconds, np.concatenate(probabilities), np.concatenate(labels)
 
 
 def drift_recovery(p: np.ndarray, y: np.ndarray, at: int) -> int | None:
@@ -134,34 +107,15 @@ def kafka_rate(config: TrainerConfig, log: Path) -> float:
 
 def river_baselines(log: Path) -> dict[str, float]:
     """River LR and FM, learning online (predict, then learn) on the first RIVER_PREFIX events."""
-    from river import compose, facto, linear_model, optim, preprocessing
-
-    events = []
     with log.open("rb") as lines:
-        for _, line in zip(range(RIVER_PREFIX), lines, strict=False):
-            event = json.loads(line)
-            x = {}
-            for slot, value in event["sparse"].items():
-                for v in value if isinstance(value, list) else [value]:
-                    x[f"{slot}={v}"] = 1.0
-            x["price"] = math.log1p(event["dense"]["price"])
-            x["ctx_score"] = event["dense"]["ctx_score"]
-            events.append((x, bool(event["label"])))
-    models = {
-        "lr": compose.Pipeline(
-            preprocessing.StandardScaler(), linear_model.LogisticRegression(optim.SGD(0.05))
-        ),
-        "fm": facto.FMClassifier(n_factors=8, seed=SEED),
-    }
+        events = [
+            (river_features(event), bool(event["label"]))
+            for event in map(json.loads, itertools.islice(lines, RIVER_PREFIX))
+        ]
     figures: dict[str, float] = {}
-    labels = np.array([y for _, y in events], dtype=np.float32)
-    for name, model in models.items():
-        predictions = np.empty(len(events))
-        started = time.perf_counter()
-        for i, (x, y) in enumerate(events):
-            predictions[i] = model.predict_proba_one(x).get(True, 0.0)
-            model.learn_one(x, y)
-        figures[f"river_{name}_events_per_s"] = round(len(events) / (time.perf_counter() - started))
+    for name, model in river_models(SEED).items():
+        rate, predictions, labels = river_run(model, events)
+        figures[f"river_{name}_events_per_s"] = round(rate)
         figures[f"river_{name}_auc"] = round(rank_auc(predictions, labels), 4)
     return figures
 
@@ -173,6 +127,8 @@ def main() -> None:
         bayes, drifts = write_events(log)
         file_rate, p, y = train(config, f"file://{log}")
         step = step_rate(config, log)
+        step_b32 = step_rate(config.model_copy(update={"batch_size": 32}), log)
+        step_b128 = step_rate(config.model_copy(update={"batch_size": 128}), log)
         kafka = kafka_rate(config, log)
         river = river_baselines(log)
     result = {
@@ -194,6 +150,10 @@ def main() -> None:
         "river_prefix_events": RIVER_PREFIX,
         "trainer_auc_on_river_prefix": round(rank_auc(p[:RIVER_PREFIX], y[:RIVER_PREFIX]), 4),
         "kafka_to_river_fm_rate": round(kafka / river["river_fm_events_per_s"], 2),
+        "step_b32_events_per_s": round(step_b32),
+        "step_b128_events_per_s": round(step_b128),
+        "step_b32_over_river_fm": round(step_b32 / river["river_fm_events_per_s"], 2),
+        "step_b128_over_river_fm": round(step_b128 / river["river_fm_events_per_s"], 2),
         "drift_at": drifts,
         "drift_recovery_events": [drift_recovery(p, y, at) for at in drifts],
     }

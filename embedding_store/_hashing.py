@@ -40,6 +40,11 @@ def salted(fids: np.ndarray, salt: int) -> np.ndarray:
     return mix64(as_uint64(fids) ^ _mixed_salt(salt & 0xFFFF_FFFF_FFFF_FFFF))
 
 
+def mixed_salts(salts: np.ndarray) -> np.ndarray:
+    """Salts mixed as :func:`salted` mixes one: ``salted(f, s) == mix64(f ^ mixed_salts(s))``."""
+    return mix64(np.asarray(salts, dtype=np.uint64))
+
+
 @functools.lru_cache(maxsize=1024)
 def _mixed_salt(salt: int) -> np.uint64:
     # A handful of salts recur on every call of the hot path.

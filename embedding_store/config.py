@@ -35,13 +35,17 @@ class SGD(_Frozen):
 class Adagrad(_Frozen):
     """Adagrad with a per-element accumulator, as ``torch.optim.Adagrad``.
 
-    ``acc += g**2; w -= lr * g / (sqrt(acc) + eps)``.
+    ``acc = decay * acc + g**2; w -= lr * g / (sqrt(acc) + eps)``. With
+    ``decay < 1`` the accumulator forgets old gradients (RMSProp-style, per
+    update of the row), so a row that has been updated for a long time can
+    still move after a drift; ``1`` is plain Adagrad.
     """
 
     kind: Literal["adagrad"] = "adagrad"
     lr: float = Field(0.05, gt=0)
     initial_accumulator_value: float = Field(0.0, ge=0)
     eps: float = Field(1e-10, gt=0)
+    decay: float = Field(1.0, gt=0, le=1)
 
 
 class FTRL(_Frozen):
@@ -95,6 +99,13 @@ class SlotConfig(_Frozen):
     expire_after
         Seconds of event time after the last training lookup at which a row
         is removed by :meth:`EmbeddingStore.expire`; ``None`` keeps rows forever.
+    repeats
+        How an id that occurs several times in one batch updates its row.
+        Its gradients are always summed into one step; ``"per_occurrence"``
+        adds each occurrence's squared gradient to the optimizer's
+        accumulator (Adagrad, FTRL), as that many per-event steps would,
+        while ``"sum"`` adds the square of the sum (as ``torch.optim``
+        would on a summed sparse gradient). SGD is the same either way.
 
     Examples
     --------
@@ -109,6 +120,7 @@ class SlotConfig(_Frozen):
     occurrence_threshold: int = Field(1, ge=1, le=255)
     admission: Literal["count", "probabilistic"] = "count"
     expire_after: float | None = Field(None, gt=0)
+    repeats: Literal["sum", "per_occurrence"] = "sum"
 
     @property
     def admit_probability(self) -> float:

@@ -29,24 +29,36 @@ def initial_state(optimizer: SGD | Adagrad | FTRL, n: int, dim: int) -> np.ndarr
 
 
 def update(
-    optimizer: SGD | Adagrad | FTRL, weights: np.ndarray, state: np.ndarray, grads: np.ndarray
+    optimizer: SGD | Adagrad | FTRL,
+    weights: np.ndarray,
+    state: np.ndarray,
+    grads: np.ndarray,
+    squares: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """New ``(weights, state)`` of rows after one step with ``grads`` (float32, 2-d)."""
+    """New ``(weights, state)`` of rows after one step with ``grads`` (float32, 2-d).
+
+    ``squares`` is what the squared-gradient accumulators (Adagrad's, FTRL's
+    ``n``) add: ``grads ** 2`` when ``None``; the sum of each occurrence's
+    squared gradient when a row's gradient sums several occurrences, so that
+    the accumulator grows as it would over that many per-event steps.
+    """
+    if squares is None:
+        squares = grads * grads
     if isinstance(optimizer, SGD):
         return weights - np.float32(optimizer.lr) * grads, state
     if isinstance(optimizer, Adagrad):
-        acc = state + grads * grads
+        acc = state + squares if optimizer.decay == 1.0 else state * optimizer.decay + squares
         std = np.sqrt(acc) + np.float32(optimizer.eps)
         return weights - np.float32(optimizer.lr) * (grads / std), acc
-    return _ftrl(optimizer, weights, state, grads)
+    return _ftrl(optimizer, weights, state, grads, squares)
 
 
 def _ftrl(
-    opt: FTRL, weights: np.ndarray, state: np.ndarray, grads: np.ndarray
+    opt: FTRL, weights: np.ndarray, state: np.ndarray, grads: np.ndarray, squares: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     dim = weights.shape[1]
     z, n = state[:, :dim], state[:, dim:]
-    n_new = n + grads * grads
+    n_new = n + squares
     sigma = (np.sqrt(n_new) - np.sqrt(n)) / np.float32(opt.alpha)
     z_new = z + grads - sigma * weights
     shrunk = z_new - np.sign(z_new) * np.float32(opt.l1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ import numpy as np
 from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 
 from headrace.embedding_store import _layout as layout
-from headrace.embedding_store._hashing import salted
+from headrace.embedding_store._hashing import as_uint64, mix64
 from headrace.embedding_store.admission import CountingFilter, probabilistic_admit
 from headrace.embedding_store.config import FilterConfig, SlotConfig
 from headrace.embedding_store.optimizers import state_width
-from headrace.embedding_store.table import SlotTable
+from headrace.embedding_store.table import RowTable
 
 __all__ = [
     "CorruptStoreError",
@@ -38,17 +38,22 @@ class CorruptStoreError(StoreError):
 
 @dataclass(frozen=True)
 class TrainingLookup:
-    """Result of :meth:`EmbeddingStore.lookup_for_training`.
+    """Result of :meth:`EmbeddingStore.lookup_slots` (and ``lookup_for_training``).
 
-    ``values[i]`` is the vector of the i-th fid, zeros where the fid has no
-    row (``rows[i] == -1``); pass the lookup back to
+    The fids of ``slots`` are concatenated in that order: slot ``slots[i]``
+    has positions ``bounds[i]:bounds[i + 1]``. ``values[j]`` ``(dim,)`` is
+    the vector of the j-th fid, zeros where it has no row (``rows[j] == -1``;
+    row numbers are per table). Pass the lookup back to
     :meth:`EmbeddingStore.apply_gradients` with the gradients of ``values``.
     """
 
-    slot: str
+    slots: tuple[str, ...]
+    bounds: np.ndarray
     rows: np.ndarray
     values: np.ndarray
     generation: int
+    # (table, positions in the concatenation) for each table the slots live in.
+    parts: tuple[tuple[RowTable, slice | np.ndarray], ...] = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -134,7 +139,8 @@ class EmbeddingStore:
         self.path = path
         self.seed = seed
         self._slot_ids = {cfg.name: slot_id for slot_id, cfg in slots}
-        self._tables = {cfg.name: SlotTable(cfg, seed) for _, cfg in slots}
+        self._configs = {cfg.name: cfg for _, cfg in slots}
+        self._tables, self._where = _group_tables(slots, seed)
         self._filter = CountingFilter(filter_config)
         self._draws = draws
         self._generation = 0
@@ -293,9 +299,9 @@ class EmbeddingStore:
             slot_id = int(slot_ids[start])
             if slot_id not in names:
                 raise ValueError(f"rows of an unknown slot id {slot_id}")
-            table = self._tables[names[slot_id]]
+            table, local = self._where[names[slot_id]]
             records = layout.decode_rows(self._row_dtype(table), values[start:stop])
-            table.load(fids[start:stop], records["w"], records["s"], records["t"])
+            table.load(local, fids[start:stop], records["w"], records["s"], records["t"])
 
     def close(self) -> None:
         """Close the database; changes since the last checkpoint are dropped.
@@ -316,40 +322,88 @@ class EmbeddingStore:
 
     @property
     def slots(self) -> tuple[SlotConfig, ...]:
-        return tuple(t.config for t in self._tables.values())
+        return tuple(self._configs.values())
 
-    def _table(self, slot: str) -> SlotTable:
+    def _slot(self, slot: str) -> tuple[RowTable, int]:
         try:
-            return self._tables[slot]
+            return self._where[slot]
         except KeyError:
-            raise KeyError(f"unknown slot {slot!r}; the store has {sorted(self._tables)}") from None
+            raise KeyError(f"unknown slot {slot!r}; the store has {sorted(self._where)}") from None
 
     def lookup(self, slot: str, fids: Any) -> np.ndarray:
         """Vectors of ``fids`` (float32, ``(n, dim)``), zeros where an id has no row.
 
         A read: it neither counts occurrences nor refreshes expiry.
         """
-        table = self._table(slot)
-        return table.gather(table.index.find(_check_fids(fids)))
+        table, local = self._slot(slot)
+        return table.gather(table.find(local, _check_fids(fids)))
 
     def lookup_for_training(self, slot: str, fids: Any, event_time: Any) -> TrainingLookup:
-        """Vectors of ``fids`` for a training step, counting every occurrence.
+        """Vectors of one slot's ``fids`` for a training step: :meth:`lookup_slots` of one slot."""
+        return self.lookup_slots({slot: fids}, event_time)
+
+    def lookup_slots(self, fids: Mapping[str, Any], event_time: Any) -> TrainingLookup:
+        """Vectors of the fids of several slots for a training step, counting every occurrence.
 
         Ids without a row are counted by the frequency filter and get a row
         (initialised from ``(seed, fid)``) in the lookup that brings them to
         the slot's threshold. Rows found or created are stamped with
-        ``event_time`` (seconds; a scalar or one per fid) for expiry.
+        ``event_time`` (seconds; a scalar or one per fid) for expiry. Slots
+        that share their settings share a table, and each table is probed
+        and updated once for all of its slots.
+
+        Parameters
+        ----------
+        fids
+            Slot -> int64 fids ``(n_slot,)``; the slots must share one dim.
+        event_time
+            A scalar, or one time per fid ``(sum of n_slot,)`` in slot order.
         """
-        table = self._table(slot)
-        fids = _check_fids(fids)
-        event_time = _check_event_time(event_time, len(fids))
-        rows = table.index.find(fids)
+        slots = tuple(fids)
+        arrays = [_check_fids(fids[slot]) for slot in slots]
+        where = [self._slot(slot) for slot in slots]
+        dims = {table.config.dim for table, _ in where}
+        if len(dims) > 1:
+            raise ValueError(f"slots of one lookup must share a dim, got {sorted(dims)}")
+        bounds = np.zeros(len(slots) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=bounds[1:])
+        all_fids = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        event_time = _check_event_time(event_time, len(all_fids))
+        rows = np.empty(len(all_fids), dtype=np.int64)
+        values = np.empty((len(all_fids), dims.pop() if dims else 0), dtype=np.float32)
+        parts = []
+        for table, members in _by_table(where):
+            if len(members) == len(slots):
+                positions: slice | np.ndarray = slice(None)
+                local = _local_slots(where, bounds, members)
+            else:
+                positions = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
+                local = _local_slots(where, bounds, members)
+            times = event_time if np.ndim(event_time) == 0 else event_time[positions]
+            table_rows = self._train_lookup(table, local, all_fids[positions], times)
+            rows[positions] = table_rows
+            values[positions] = table.gather(table_rows)
+            parts.append((table, positions))
+        return TrainingLookup(slots, bounds, rows, values, self._generation, tuple(parts))
+
+    def _train_lookup(
+        self,
+        table: RowTable,
+        slots: np.ndarray | int,
+        fids: np.ndarray,
+        event_time: np.ndarray | float,
+    ) -> np.ndarray:
+        """Rows of (local slot, fid) pairs of one table, admitting and stamping them."""
+        keys = table.keys(slots, fids)
+        rows = table.index.find(keys)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
-            candidates, inverse, counts = np.unique(
-                fids[missing], return_inverse=True, return_counts=True
+            _, first, inverse, counts = np.unique(
+                keys[missing], return_index=True, return_inverse=True, return_counts=True
             )
-            admitted = self._admit(table, candidates, counts)
+            candidates = missing[first]
+            candidate_slots = slots if np.ndim(slots) == 0 else slots[candidates]
+            admitted = self._admit(table, candidate_slots, fids[candidates], counts)
             if admitted.any():
                 candidate_rows = np.full(len(candidates), -1, dtype=np.int64)
                 times = (
@@ -357,12 +411,18 @@ class EmbeddingStore:
                     if np.ndim(event_time) == 0
                     else self._latest(event_time[missing], inverse, len(candidates))[admitted]
                 )
-                candidate_rows[admitted] = table.create(candidates[admitted], times)
+                candidate_rows[admitted] = table.create(
+                    candidate_slots if np.ndim(slots) == 0 else candidate_slots[admitted],
+                    fids[candidates[admitted]],
+                    times,
+                )
                 rows[missing] = candidate_rows[inverse]
         found = rows >= 0
-        table.filtered += len(rows) - int(np.count_nonzero(found))
+        held_back = len(rows) - int(np.count_nonzero(found))
+        if held_back:
+            table.count(table.filtered, slots if np.ndim(slots) == 0 else slots[~found], held_back)
         table.see(rows[found], event_time if np.ndim(event_time) == 0 else event_time[found])
-        return TrainingLookup(slot, rows, table.gather(rows), self._generation)
+        return rows
 
     @staticmethod
     def _latest(times: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:
@@ -370,11 +430,14 @@ class EmbeddingStore:
         np.maximum.at(latest, inverse, times)
         return latest
 
-    def _admit(self, table: SlotTable, fids: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    def _admit(
+        self, table: RowTable, slots: np.ndarray | int, fids: np.ndarray, counts: np.ndarray
+    ) -> np.ndarray:
         cfg = table.config
         if cfg.occurrence_threshold == 1:
             return np.ones(len(fids), dtype=bool)
-        keys = salted(fids, self._slot_ids[cfg.name] + 1)
+        # The hash of (slot id + 1, fid), as ``salted`` computes it.
+        keys = mix64(as_uint64(fids) ^ table.filter_salts[slots])
         if cfg.admission == "probabilistic":
             self._draws += 1
             return probabilistic_admit(keys, counts, cfg.admit_probability, self.seed, self._draws)
@@ -390,7 +453,6 @@ class EmbeddingStore:
         """
         if lookup.generation != self._generation:
             raise StoreError("this lookup predates an expiry sweep; look the ids up again")
-        table = self._table(lookup.slot)
         grads = np.asarray(grads)
         if not np.issubdtype(grads.dtype, np.floating):
             raise TypeError(f"gradients must be floating point, got {grads.dtype}")
@@ -399,12 +461,8 @@ class EmbeddingStore:
                 f"gradients have shape {grads.shape}, the lookup {lookup.values.shape}"
             )
         grads = np.ascontiguousarray(grads, dtype=np.float32)
-        rows = lookup.rows
-        found = rows >= 0
-        if not found.all():
-            rows, grads = rows[found], grads[found]
-        if len(rows):
-            table.update(*table.sum_by_row(rows, grads))
+        for table, positions in lookup.parts:
+            table.apply(lookup.rows[positions], grads[positions])
 
     # -- expiry, sync and checkpoints ---------------------------------------
 
@@ -415,26 +473,35 @@ class EmbeddingStore:
         number removed per slot. Outstanding training lookups become invalid.
         """
         self._generation += 1
-        return {name: table.expire(float(now)) for name, table in self._tables.items()}
+        before = self.stats().expired
+        for table in self._tables:
+            table.expire(float(now))
+        return {name: count - before[name] for name, count in self.stats().expired.items()}
 
     def pending_changes(self) -> int:
         """Size of the touched set that :meth:`drain_changes` would return."""
-        return sum(table.touched.size() for table in self._tables.values())
+        return sum(table.touched.size() for table in self._tables)
 
     def drain_changes(self) -> dict[str, SlotChanges]:
         """Every row created, updated or removed since the last drain, per slot."""
         changes = {}
-        for name, table in self._tables.items():
-            rows, removed = table.touched.pending()
+        for table in self._tables:
+            rows, removed_slots, removed = table.touched.pending()
             table.touched.clear()
-            still_gone = removed[table.index.find(removed) < 0]
-            changes[name] = SlotChanges(table.row_fid[rows], table.weights[rows], still_gone)
-        return changes
+            gone = table.find(removed_slots, removed) < 0
+            for local, name in enumerate(table.names):
+                mine = _of_slot(table, rows, local)
+                changes[name] = SlotChanges(
+                    table.row_fid[mine],
+                    table.weights[mine],
+                    removed[gone & (removed_slots == local)],
+                )
+        return {name: changes[name] for name in self._configs}
 
     def export(self, slot: str) -> tuple[np.ndarray, np.ndarray]:
         """All ``(fids, vectors)`` of a slot, for a snapshot."""
-        table = self._table(slot)
-        rows = table.live_rows()
+        table, local = self._slot(slot)
+        rows = table.live_rows(local)
         return table.row_fid[rows], table.weights[rows]
 
     def checkpoint(self, extra: Mapping[str, bytes] | None = None) -> None:
@@ -446,20 +513,23 @@ class EmbeddingStore:
         either this checkpoint or the previous one, never a mix.
         """
         batch = WriteBatch(raw_mode=True)
-        for name, table in self._tables.items():
-            slot_id = self._slot_ids[name]
-            rows, removed = table.dirty.pending()
-            for key in layout.row_keys(slot_id, removed[table.index.find(removed) < 0]):
-                batch.delete(key)
-            keys = layout.row_keys(slot_id, table.row_fid[rows])
-            values = layout.encode_rows(
-                self._row_dtype(table),
-                table.weights[rows],
-                table.state[rows],
-                table.last_seen[rows],
-            )
-            for key, value in zip(keys, values, strict=True):
-                batch.put(key, value)
+        for table in self._tables:
+            rows, removed_slots, removed = table.dirty.pending()
+            gone = table.find(removed_slots, removed) < 0
+            for local, name in enumerate(table.names):
+                slot_id = self._slot_ids[name]
+                for key in layout.row_keys(slot_id, removed[gone & (removed_slots == local)]):
+                    batch.delete(key)
+                mine = _of_slot(table, rows, local)
+                keys = layout.row_keys(slot_id, table.row_fid[mine])
+                values = layout.encode_rows(
+                    self._row_dtype(table),
+                    table.weights[mine],
+                    table.state[mine],
+                    table.last_seen[mine],
+                )
+                for key, value in zip(keys, values, strict=True):
+                    batch.put(key, value)
         for chunk, blob in self._filter.dirty_chunks():
             batch.put(layout.filter_key(chunk), blob)
         if extra is not None:
@@ -469,31 +539,37 @@ class EmbeddingStore:
                 batch.put(layout.extra_key(name), bytes(blob))
         batch.put(layout.META_KEY, self._meta())
         self._db.write(batch, _sync_writes())
-        for table in self._tables.values():
+        for table in self._tables:
             table.dirty.clear()
         self._filter.clear_dirty()
         if extra is not None:
             self.extra = {name: bytes(blob) for name, blob in extra.items()}
 
     def stats(self) -> StoreStats:
+        def per_slot(counter: str) -> dict[str, int]:
+            return {
+                name: int(getattr(table, counter)[local])
+                for name, (table, local) in self._where.items()
+            }
+
         tables = self._tables
         return StoreStats(
-            rows={name: len(t) for name, t in tables.items()},
-            admitted={name: t.admitted for name, t in tables.items()},
-            filtered={name: t.filtered for name, t in tables.items()},
-            expired={name: t.expired for name, t in tables.items()},
-            memory_bytes=sum(t.nbytes for t in tables.values()) + self._filter.nbytes,
+            rows=per_slot("rows"),
+            admitted=per_slot("admitted"),
+            filtered=per_slot("filtered"),
+            expired=per_slot("expired"),
+            memory_bytes=sum(t.nbytes for t in tables) + self._filter.nbytes,
             filter_bytes=self._filter.nbytes,
         )
 
-    def _row_dtype(self, table: SlotTable) -> np.dtype:
+    def _row_dtype(self, table: RowTable) -> np.dtype:
         cfg = table.config
         return layout.row_dtype(cfg.dim, state_width(cfg.optimizer) * cfg.dim)
 
     def _meta(self) -> bytes:
         slots = [
-            {"id": self._slot_ids[name], "config": t.config.model_dump(mode="json")}
-            for name, t in self._tables.items()
+            {"id": self._slot_ids[name], "config": cfg.model_dump(mode="json")}
+            for name, cfg in self._configs.items()
         ]
         meta = {
             "format": layout.FORMAT_VERSION,
@@ -503,6 +579,48 @@ class EmbeddingStore:
             "slots": slots,
         }
         return json.dumps(meta).encode()
+
+
+def _group_tables(
+    slots: Sequence[tuple[int, SlotConfig]], seed: int
+) -> tuple[list[RowTable], dict[str, tuple[RowTable, int]]]:
+    """One table per distinct row setting; slot name -> (its table, its local index)."""
+    groups: dict[str, list[tuple[int, SlotConfig]]] = {}
+    for slot_id, cfg in slots:
+        groups.setdefault(cfg.model_dump_json(exclude={"name"}), []).append((slot_id, cfg))
+    tables, where = [], {}
+    for members in groups.values():
+        table = RowTable(
+            members[0][1], [cfg.name for _, cfg in members], [i for i, _ in members], seed
+        )
+        tables.append(table)
+        where.update((cfg.name, (table, local)) for local, (_, cfg) in enumerate(members))
+    return tables, where
+
+
+def _by_table(
+    where: Sequence[tuple[RowTable, int]],
+) -> list[tuple[RowTable, list[int]]]:
+    """The positions in ``where`` of each table's slots, tables in first-seen order."""
+    grouped: dict[int, tuple[RowTable, list[int]]] = {}
+    for i, (table, _) in enumerate(where):
+        grouped.setdefault(id(table), (table, []))[1].append(i)
+    return list(grouped.values())
+
+
+def _local_slots(
+    where: Sequence[tuple[RowTable, int]], bounds: np.ndarray, members: list[int]
+) -> np.ndarray | int:
+    """Local slot of every fid of the ``members`` slots (one int when there is one slot)."""
+    if len(members) == 1:
+        return where[members[0]][1]
+    locals_ = np.array([where[i][1] for i in members], dtype=np.int64)
+    return np.repeat(locals_, [bounds[i + 1] - bounds[i] for i in members])
+
+
+def _of_slot(table: RowTable, rows: np.ndarray, local: int) -> np.ndarray:
+    """The ``rows`` that belong to local slot ``local``."""
+    return rows if len(table.names) == 1 else rows[table.row_slot[rows] == local]
 
 
 def _sync_writes() -> WriteOptions:

@@ -1,20 +1,32 @@
-"""The rows of one slot: vectors, optimizer state and last-seen times in memory."""
+"""Rows of one or more slots that share their settings: vectors, optimizer state, last-seen times.
+
+Slots with the same row settings (dim, initializer, optimizer, admission,
+expiry) share one :class:`RowTable`, so a training step over all of them
+costs one index probe, one gather and one optimizer update instead of one
+per slot. A row is keyed by ``fid ^ salt(slot)``: distinct (slot, fid) pairs
+collide only if their fids differ by exactly the two slots' 64-bit salts,
+which is as unlikely as two values hashing to the same fid.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
 from headrace.embedding_store import optimizers
-from headrace.embedding_store._hashing import initial_rows
+from headrace.embedding_store._hashing import as_uint64, initial_rows, mixed_salts
 from headrace.embedding_store.config import SlotConfig
 from headrace.embedding_store.index import FidIndex
 
 _GROWTH = 1.5
 _MIN_CAPACITY = 1024
+# Index keys use salts of their own, unrelated to the filter's and the index's.
+_KEY_SALT = 0x6B65_7973
 
 
 class ChangeLog:
-    """Rows changed and fids removed since the last :meth:`clear`.
+    """Rows changed and (slot, fid) pairs removed since the last :meth:`clear`.
 
     Unbounded on purpose: it never forgets a change, and its size is there
     for the reader to decide on a snapshot instead.
@@ -22,7 +34,7 @@ class ChangeLog:
 
     def __init__(self, capacity: int) -> None:
         self._rows = np.zeros(capacity, dtype=bool)
-        self._removed: list[np.ndarray] = []
+        self._removed: list[tuple[np.ndarray, np.ndarray]] = []
 
     def grow(self, capacity: int) -> None:
         self._rows = _grown(self._rows, capacity)
@@ -30,18 +42,22 @@ class ChangeLog:
     def mark(self, rows: np.ndarray) -> None:
         self._rows[rows] = True
 
-    def mark_removed(self, rows: np.ndarray, fids: np.ndarray) -> None:
+    def mark_removed(self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray) -> None:
         self._rows[rows] = False
-        self._removed.append(fids)
+        self._removed.append((slots, fids))
 
-    def pending(self) -> tuple[np.ndarray, np.ndarray]:
-        """Changed rows and removed fids (distinct), without clearing them."""
-        removed = np.unique(np.concatenate(self._removed)) if self._removed else _NO_FIDS
-        return np.flatnonzero(self._rows), removed
+    def pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Changed rows, and the slots and fids of removed rows (distinct pairs)."""
+        if not self._removed:
+            return np.flatnonzero(self._rows), _NO_IDS, _NO_IDS
+        slots = np.concatenate([s for s, _ in self._removed])
+        fids = np.concatenate([f for _, f in self._removed])
+        pairs = np.unique(np.stack([slots, fids], axis=1), axis=0)
+        return np.flatnonzero(self._rows), pairs[:, 0], pairs[:, 1]
 
     def size(self) -> int:
         """Number of pending changes (removals of one id counted once per removal)."""
-        return int(np.count_nonzero(self._rows)) + sum(len(f) for f in self._removed)
+        return int(np.count_nonzero(self._rows)) + sum(len(f) for _, f in self._removed)
 
     def clear(self) -> None:
         self._rows[:] = False
@@ -49,10 +65,10 @@ class ChangeLog:
 
     @property
     def nbytes(self) -> int:
-        return self._rows.nbytes + sum(f.nbytes for f in self._removed)
+        return self._rows.nbytes + sum(s.nbytes + f.nbytes for s, f in self._removed)
 
 
-_NO_FIDS = np.empty(0, dtype=np.int64)
+_NO_IDS = np.empty(0, dtype=np.int64)
 
 
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
@@ -61,23 +77,44 @@ def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
     return out
 
 
-class SlotTable:
-    """Rows of one slot, addressed by row number through a :class:`FidIndex`.
+class RowTable:
+    """Rows of the slots that share ``config``'s row settings, addressed by row number.
 
-    Removed rows go to a free list and are reused, so memory follows the live
-    row count. Two change logs see every creation, update and removal: one
-    for checkpoints (``dirty``) and one for parameter sync (``touched``).
+    Slots are numbered ``0 .. len(names) - 1`` here (their local index);
+    per-slot counters are arrays in that order. Removed rows go to a free
+    list and are reused, so memory follows the live row count. Two change
+    logs see every creation, update and removal: one for checkpoints
+    (``dirty``) and one for parameter sync (``touched``).
+
+    Parameters
+    ----------
+    config
+        Row settings (any of the slots' configs; their names do not matter).
+    names
+        The slots' names, in local order.
+    slot_ids
+        The store's ids of the slots (they salt the index keys).
+    seed
+        Seed of the rows' initial values.
     """
 
-    def __init__(self, config: SlotConfig, seed: int) -> None:
+    def __init__(
+        self, config: SlotConfig, names: Sequence[str], slot_ids: Sequence[int], seed: int
+    ) -> None:
         self.config = config
+        self.names = tuple(names)
         self.seed = seed
+        ids = np.asarray(slot_ids, dtype=np.uint64)
+        self._salts = mixed_salts(ids + np.uint64(_KEY_SALT))
+        # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
+        self.filter_salts = mixed_salts(ids + np.uint64(1))
         self.index = FidIndex()
         width = optimizers.state_width(config.optimizer) * config.dim
         self.weights = np.zeros((_MIN_CAPACITY, config.dim), dtype=np.float32)
         self.state = np.zeros((_MIN_CAPACITY, width), dtype=np.float32)
         self.last_seen = np.zeros(_MIN_CAPACITY, dtype=np.float64)
         self.row_fid = np.zeros(_MIN_CAPACITY, dtype=np.int64)
+        self.row_slot = np.zeros(_MIN_CAPACITY, dtype=np.int64)
         self.live = np.zeros(_MIN_CAPACITY, dtype=bool)
         # Per-row scratch space for finding duplicate rows without sorting.
         self._scratch = np.zeros(_MIN_CAPACITY, dtype=np.int32)
@@ -85,9 +122,11 @@ class SlotTable:
         self._free = np.empty(0, dtype=np.int64)
         self.dirty = ChangeLog(_MIN_CAPACITY)
         self.touched = ChangeLog(_MIN_CAPACITY)
-        self.admitted = 0
-        self.filtered = 0
-        self.expired = 0
+        k = len(self.names)
+        self.rows = np.zeros(k, dtype=np.int64)
+        self.admitted = np.zeros(k, dtype=np.int64)
+        self.filtered = np.zeros(k, dtype=np.int64)
+        self.expired = np.zeros(k, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -99,6 +138,7 @@ class SlotTable:
             self.state,
             self.last_seen,
             self.row_fid,
+            self.row_slot,
             self.live,
             self._scratch,
             self._free,
@@ -110,6 +150,23 @@ class SlotTable:
             + self.touched.nbytes
         )
 
+    def keys(self, slots: np.ndarray | int, fids: np.ndarray) -> np.ndarray:
+        """Index keys of (local slot, fid) pairs."""
+        return (as_uint64(fids) ^ self._salts[slots]).view(np.int64)
+
+    def find(self, slots: np.ndarray | int, fids: np.ndarray) -> np.ndarray:
+        """Row of each (local slot, fid), -1 where it has none."""
+        return self.index.find(self.keys(slots, fids))
+
+    def count(self, counter: np.ndarray, slots: np.ndarray | int, n: int) -> None:
+        """Add ``n`` events of local ``slots`` (one per event, or one slot for all) to a counter."""
+        if np.ndim(slots) == 0:
+            counter[slots] += n
+        elif len(self.names) == 1:
+            counter[0] += len(slots)
+        else:
+            counter += np.bincount(slots, minlength=len(self.names))
+
     def gather(self, rows: np.ndarray) -> np.ndarray:
         """Vectors of ``rows``; a zero vector where the row is -1."""
         # np.take copies whole rows, several times faster than fancy indexing.
@@ -119,11 +176,14 @@ class SlotTable:
             values[missing] = 0.0
         return values
 
-    def create(self, fids: np.ndarray, last_seen: np.ndarray | float) -> np.ndarray:
-        """Rows for distinct new fids, initialised from ``(seed, fid)``."""
+    def create(
+        self, slots: np.ndarray | int, fids: np.ndarray, last_seen: np.ndarray | float
+    ) -> np.ndarray:
+        """Rows for distinct new (local slot, fid) pairs, initialised from ``(seed, fid)``."""
         cfg = self.config
         init = cfg.initializer
         rows = self.load(
+            slots,
             fids,
             initial_rows(fids, cfg.dim, self.seed, init.kind, init.scale),
             optimizers.initial_state(cfg.optimizer, len(fids), cfg.dim),
@@ -131,24 +191,27 @@ class SlotTable:
         )
         self.dirty.mark(rows)
         self.touched.mark(rows)
-        self.admitted += len(fids)
+        self.count(self.admitted, slots, len(fids))
         return rows
 
     def load(
         self,
+        slots: np.ndarray | int,
         fids: np.ndarray,
         weights: np.ndarray,
         state: np.ndarray,
         last_seen: np.ndarray | float,
     ) -> np.ndarray:
-        """Place rows of distinct new fids with the given contents; returns their rows."""
+        """Place rows of distinct new pairs with the given contents; returns their rows."""
         rows = self._allocate(len(fids))
         self.weights[rows] = weights
         self.state[rows] = state
         self.last_seen[rows] = last_seen
         self.row_fid[rows] = fids
+        self.row_slot[rows] = slots
         self.live[rows] = True
-        self.index.insert(fids, rows)
+        self.index.insert(self.keys(slots, fids), rows)
+        self.count(self.rows, slots, len(fids))
         return rows
 
     def _allocate(self, n: int) -> np.ndarray:
@@ -167,6 +230,7 @@ class SlotTable:
         self.state = _grown(self.state, capacity)
         self.last_seen = _grown(self.last_seen, capacity)
         self.row_fid = _grown(self.row_fid, capacity)
+        self.row_slot = _grown(self.row_slot, capacity)
         self.live = _grown(self.live, capacity)
         self._scratch = _grown(self._scratch, capacity)
         self.dirty.grow(capacity)
@@ -180,11 +244,14 @@ class SlotTable:
             np.maximum.at(self.last_seen, rows, event_time)
         self.dirty.mark(rows)
 
-    def sum_by_row(self, rows: np.ndarray, grads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct ``rows`` (live, >= 0) and the sums of their ``grads``.
+    def sum_by_row(
+        self, rows: np.ndarray, grads: np.ndarray, squares: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Distinct ``rows`` (live, >= 0), the sums of their ``grads`` and of their squares.
 
-        Each row's gradients are added in batch order, so the sums are the
-        same in every run.
+        The sums of squares (``None`` unless ``squares``) are what per-occurrence
+        accumulators add. Each row's gradients are added in batch order, so the
+        sums are the same in every run.
         """
         n = len(rows)
         positions = np.arange(n, dtype=np.int32)
@@ -197,45 +264,61 @@ class SlotTable:
         # np.add.at is 1-d. (torch's index_add_ is faster alone, but its
         # worker threads stall badly when the other core is busy.)
         dim = grads.shape[1]
-        summed = np.zeros((int(compact[-1]) + 1, dim), dtype=np.float32)
-        targets = compact[representative][:, None] * dim + np.arange(dim)
-        np.add.at(summed.reshape(-1), targets.reshape(-1), grads.reshape(-1))
-        return rows[is_first], summed
+        distinct = int(compact[-1]) + 1
+        targets = (compact[representative][:, None] * dim + np.arange(dim)).reshape(-1)
+        summed = np.zeros((distinct, dim), dtype=np.float32)
+        np.add.at(summed.reshape(-1), targets, grads.reshape(-1))
+        summed_squares = None
+        if squares:
+            summed_squares = np.zeros((distinct, dim), dtype=np.float32)
+            np.add.at(summed_squares.reshape(-1), targets, (grads * grads).reshape(-1))
+        return rows[is_first], summed, summed_squares
 
-    def update(self, rows: np.ndarray, grads: np.ndarray) -> None:
-        """Apply summed gradients to distinct ``rows``."""
+    def apply(self, rows: np.ndarray, grads: np.ndarray) -> None:
+        """One optimizer step for the gradients ``(len(rows), dim)`` of ``rows`` (-1: none)."""
+        found = rows >= 0
+        if not found.all():
+            rows, grads = rows[found], grads[found]
+        if not len(rows):
+            return
+        per_occurrence = self.config.repeats == "per_occurrence"
+        distinct, summed, squares = self.sum_by_row(rows, grads, per_occurrence)
         weights, state = optimizers.update(
             self.config.optimizer,
-            np.take(self.weights, rows, axis=0),
-            np.take(self.state, rows, axis=0),
-            grads,
+            np.take(self.weights, distinct, axis=0),
+            np.take(self.state, distinct, axis=0),
+            summed,
+            squares,
         )
-        self.weights[rows] = weights
-        self.state[rows] = state
-        self.dirty.mark(rows)
-        self.touched.mark(rows)
+        self.weights[distinct] = weights
+        self.state[distinct] = state
+        self.dirty.mark(distinct)
+        self.touched.mark(distinct)
 
-    def remove(self, rows: np.ndarray) -> np.ndarray:
-        """Remove live ``rows``; returns their fids."""
-        fids = self.row_fid[rows]
-        self.index.remove(fids)
+    def remove(self, rows: np.ndarray) -> None:
+        """Remove live ``rows``."""
+        slots, fids = self.row_slot[rows], self.row_fid[rows]
+        self.index.remove(self.keys(slots, fids))
         self.live[rows] = False
-        self.dirty.mark_removed(rows, fids)
-        self.touched.mark_removed(rows, fids)
+        self.dirty.mark_removed(rows, slots, fids)
+        self.touched.mark_removed(rows, slots, fids)
         self._free = np.concatenate([self._free, rows])
-        return fids
+        self.rows -= np.bincount(slots, minlength=len(self.names))
 
-    def expire(self, now: float) -> int:
+    def expire(self, now: float) -> None:
         """Remove rows whose last training lookup is ``expire_after`` or more before ``now``."""
         if self.config.expire_after is None:
-            return 0
+            return
         cutoff = now - self.config.expire_after
         rows = np.flatnonzero(
             self.live[: self._high_water] & (self.last_seen[: self._high_water] <= cutoff)
         )
+        self.expired += np.bincount(self.row_slot[rows], minlength=len(self.names))
         self.remove(rows)
-        self.expired += len(rows)
-        return len(rows)
 
-    def live_rows(self) -> np.ndarray:
-        return np.flatnonzero(self.live[: self._high_water])
+    def live_rows(self, slot: int | None = None) -> np.ndarray:
+        """Live rows, all or those of one local slot."""
+        live = self.live[: self._high_water]
+        if slot is not None and len(self.names) > 1:
+            live = live & (self.row_slot[: self._high_water] == slot)
+        return np.flatnonzero(live)

@@ -25,9 +25,10 @@ from .kafka import (
     parse_kafka_url,
 )
 from .kafka_process import ProcessKafkaSource, ReaderProcessError
+from .movielens import MOVIELENS_SLOTS, MovieLensError, movielens_events
 from .parse import EventParser, ParserConfig, ParseResult
 from .pipeline import EventStream, Source
-from .replay import MessageSink, generate_events, replay_log
+from .replay import MessageSink, generate_events, replay_log, write_log
 from .synthetic import (
     BayesAuc,
     CtrGenerator,
@@ -38,6 +39,7 @@ from .synthetic import (
 )
 
 __all__ = [
+    "MOVIELENS_SLOTS",
     "Batch",
     "BayesAuc",
     "BrokerUnavailable",
@@ -57,6 +59,7 @@ __all__ = [
     "KafkaSourceConfig",
     "ListDeadLetterSink",
     "MessageSink",
+    "MovieLensError",
     "ParseResult",
     "ParserConfig",
     "Positions",
@@ -68,7 +71,9 @@ __all__ = [
     "SyntheticSource",
     "ensure_topic",
     "generate_events",
+    "movielens_events",
     "open_log",
     "parse_kafka_url",
     "replay_log",
+    "write_log",
 ]

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -12,7 +13,7 @@ import orjson
 from .file import open_log
 from .synthetic import BayesAuc, CtrGenerator
 
-__all__ = ["MessageSink", "generate_events", "replay_log"]
+__all__ = ["MessageSink", "generate_events", "replay_log", "write_log"]
 
 
 class MessageSink(Protocol):
@@ -32,6 +33,32 @@ class _LogWriter:
 
     def close(self) -> None:
         self._file.close()
+
+
+def write_log(
+    events: Iterable[dict[str, Any]],
+    path: Path,
+    *,
+    chunk: int = 10_000,
+    on_progress: Callable[[int], None] | None = None,
+) -> int:
+    """Write events as a ``.jsonl`` / ``.jsonl.gz`` log; returns how many.
+
+    ``on_progress`` is called with the number of events of every ``chunk`` written.
+    """
+    sink = _LogWriter(path)
+    written = 0
+    try:
+        for event in events:
+            sink.send(orjson.dumps(event))
+            written += 1
+            if on_progress is not None and written % chunk == 0:
+                on_progress(chunk)
+    finally:
+        sink.close()
+    if on_progress is not None:
+        on_progress(written % chunk)
+    return written
 
 
 def generate_events(

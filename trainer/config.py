@@ -22,7 +22,7 @@ events, so a run on ``synthetic://`` needs no file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -36,6 +36,7 @@ __all__ = [
     "ModelConfig",
     "TrainerConfig",
     "load_trainer_config",
+    "slot_defaults",
 ]
 
 ENV_PREFIX = "HEADRACE_TRAINER__"
@@ -51,13 +52,17 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def _slot(name: str) -> SlotConfig:
+def slot_defaults(name: str) -> SlotConfig:
+    """A slot with the trainer's defaults (they differ from :class:`SlotConfig`'s own).
+
+    A ``[[slots]]`` table in the config file gets these for the keys it omits.
+    """
     return SlotConfig(name=name, dim=_DEFAULT_DIM, optimizer=_SPARSE_OPTIMIZER)
 
 
 #: The synthetic generator's sparse slots.
 DEFAULT_SLOTS = tuple(
-    _slot(name)
+    slot_defaults(name)
     for name in ("user_id", "item_id", "segment", "category", "tags", "device", "position", "hour")
 )
 
@@ -170,6 +175,20 @@ class TrainerConfig(_Frozen):
     seed: int = Field(0, ge=0)
     threads: int | None = Field(1, ge=1)
     drift: DriftConfig = DriftConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _slot_defaults(cls, data: Any) -> Any:
+        """Slots given as tables take the trainer's defaults for the keys they omit."""
+        if isinstance(data, dict) and isinstance(data.get("slots"), list | tuple):
+            data = dict(data)
+            data["slots"] = [
+                slot_defaults(slot["name"]).model_dump() | slot
+                if isinstance(slot, dict) and isinstance(slot.get("name"), str)
+                else slot
+                for slot in data["slots"]
+            ]
+        return data
 
     @model_validator(mode="after")
     def _consistent_slots(self) -> TrainerConfig:

@@ -31,7 +31,8 @@ def _check_whole(path: Path) -> int:
                 f"slot {slot.name} holds generations {np.unique(values)[:5]} "
                 f"in a checkpoint of generation {generation}"
             )
-            assert (store._tables[slot.name].last_seen[:ROWS] == generation).all()
+            table, local = store._where[slot.name]
+            assert (table.last_seen[table.live_rows(local)] == generation).all()
     return generation
 
 

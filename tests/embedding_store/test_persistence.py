@@ -30,8 +30,8 @@ def _train(store, slot, ids, t, scale=1.0):
 def _state(store):
     """Everything a reopen must restore, per slot: rows keyed by fid."""
     out = {}
-    for name, table in store._tables.items():
-        rows = table.live_rows()
+    for name, (table, local) in store._where.items():
+        rows = table.live_rows(local)
         order = np.argsort(table.row_fid[rows])
         rows = rows[order]
         out[name] = (
@@ -92,9 +92,9 @@ def test_a_checkpoint_writes_only_what_changed(open_store):
     store = open_store(SLOTS)
     _train(store, "item", np.arange(100), 1.0)
     store.checkpoint()
-    assert store._tables["item"].dirty.size() == 0
+    assert store._where["item"][0].dirty.size() == 0
     _train(store, "item", [5], 2.0)
-    assert store._tables["item"].dirty.size() == 1
+    assert store._where["item"][0].dirty.size() == 1
 
 
 def test_reopen_with_a_changed_learning_rate_and_a_new_slot(open_store):

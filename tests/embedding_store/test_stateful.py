@@ -16,8 +16,15 @@ from headrace.embedding_store.optimizers import initial_state, update
 SEED = 9
 SLOTS = {
     "user": SlotConfig(name="user", dim=3, occurrence_threshold=3, expire_after=20.0),
+    # The same settings as "user": the two slots share one table.
+    "friend": SlotConfig(name="friend", dim=3, occurrence_threshold=3, expire_after=20.0),
     "item": SlotConfig(
-        name="item", dim=2, optimizer=FTRL(l1=0.001), occurrence_threshold=1, expire_after=35.0
+        name="item",
+        dim=2,
+        optimizer=FTRL(l1=0.001),
+        occurrence_threshold=1,
+        expire_after=35.0,
+        repeats="per_occurrence",
     ),
 }
 # A few small ids and a few at the edges of int64.
@@ -62,12 +69,16 @@ class Reference:
 
     def apply(self, slot: str, ids: list[int], admitted: list[bool], grads: np.ndarray) -> None:
         summed: dict[int, np.ndarray] = {}
+        squares: dict[int, np.ndarray] = {}
         for fid, ok, g in zip(ids, admitted, grads, strict=True):
             if ok:
                 summed[fid] = summed[fid] + g if fid in summed else g.copy()
+                squares[fid] = squares[fid] + g * g if fid in squares else g * g
+        cfg = SLOTS[slot]
         for fid, g in summed.items():
             row = self.rows[(slot, fid)]
-            w, s = update(SLOTS[slot].optimizer, row[0][None], row[1][None], g[None])
+            sq = squares[fid][None] if cfg.repeats == "per_occurrence" else None
+            w, s = update(cfg.optimizer, row[0][None], row[1][None], g[None], sq)
             row[0], row[1] = w[0], s[0]
 
     def expire(self, now: float) -> None:
@@ -88,26 +99,39 @@ class StoreMachine(RuleBasedStateMachine):
         self.model = Reference()
         self.committed = Reference()
         self.now = 0.0
-        self.last = None  # the last training lookup: (slot, ids, admitted, lookup)
+        # The last training lookup: ([(slot, ids, admitted)], lookup).
+        self.last = None
 
     @rule(
-        slot=st.sampled_from(sorted(SLOTS)),
-        ids=st.lists(st.sampled_from(UNIVERSE), min_size=1, max_size=12),
+        slots=st.lists(st.sampled_from(sorted(SLOTS)), min_size=1, max_size=3, unique=True),
+        ids=st.lists(
+            st.lists(st.sampled_from(UNIVERSE), min_size=1, max_size=12), min_size=3, max_size=3
+        ),
         dt=st.integers(min_value=0, max_value=15),
     )
-    def train_lookup(self, slot, ids, dt):
+    def train_lookup(self, slots, ids, dt):
         self.now += dt
-        hit = self.store.lookup_for_training(slot, np.array(ids, dtype=np.int64), self.now)
-        admitted = self.model.train_lookup(slot, ids, self.now)
-        assert (hit.rows >= 0).tolist() == admitted
-        expected = self.model.vectors(slot)[[UNIVERSE.index(f) for f in ids]]
-        np.testing.assert_allclose(hit.values, expected, rtol=0, atol=1e-6)
-        self.last = (slot, ids, admitted, hit)
+        # Slots of one lookup share a dim: drop those whose dim differs from the first's.
+        slots = [s for s in slots if SLOTS[s].dim == SLOTS[slots[0]].dim]
+        asked = {slot: np.array(i, dtype=np.int64) for slot, i in zip(slots, ids, strict=False)}
+        if len(asked) == 1:
+            hit = self.store.lookup_for_training(slots[0], asked[slots[0]], self.now)
+        else:
+            hit = self.store.lookup_slots(asked, self.now)
+        segments = []
+        for k, (slot, fids) in enumerate(asked.items()):
+            part = slice(hit.bounds[k], hit.bounds[k + 1])
+            admitted = self.model.train_lookup(slot, fids.tolist(), self.now)
+            assert (hit.rows[part] >= 0).tolist() == admitted
+            expected = self.model.vectors(slot)[[UNIVERSE.index(f) for f in fids]]
+            np.testing.assert_allclose(hit.values[part], expected, rtol=0, atol=1e-6)
+            segments.append((slot, fids.tolist(), admitted))
+        self.last = (segments, hit)
 
     @precondition(lambda self: self.last is not None)
     @rule(data=st.data())
     def apply_gradients(self, data):
-        slot, ids, admitted, hit = self.last
+        segments, hit = self.last
         grads = data.draw(
             st.lists(
                 st.floats(min_value=-2, max_value=2, allow_nan=False, width=32),
@@ -117,7 +141,8 @@ class StoreMachine(RuleBasedStateMachine):
         )
         grads = np.array(grads, dtype=np.float32).reshape(hit.values.shape)
         self.store.apply_gradients(hit, grads)
-        self.model.apply(slot, ids, admitted, grads)
+        for k, (slot, ids, admitted) in enumerate(segments):
+            self.model.apply(slot, ids, admitted, grads[hit.bounds[k] : hit.bounds[k + 1]])
         self.last = None
 
     @rule(dt=st.integers(min_value=0, max_value=40))

@@ -1,0 +1,89 @@
+"""What the trainer benchmarks share: exact AUC, River's online baselines, a timed trainer run."""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+
+from headrace.trainer import StepResult, Trainer, TrainerConfig
+from headrace.trainer.sources import open_source
+
+
+def rank_auc(p: np.ndarray, y: np.ndarray) -> float:
+    """Exact AUC by ranks (ties broken by order, fine for continuous scores)."""
+    ranks = np.empty(len(p))
+    ranks[np.argsort(p, kind="stable")] = np.arange(1, len(p) + 1)
+    positives = float((y >= 0.5).sum())
+    negatives = len(y) - positives
+    return float(
+        (ranks[y >= 0.5].sum() - positives * (positives + 1) / 2) / (positives * negatives)
+    )
+
+
+def quality(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Progressive AUC over the whole run and over its second half."""
+    half = len(p) // 2
+    return {
+        "auc": round(rank_auc(p, y), 4),
+        "auc_second_half": round(rank_auc(p[half:], y[half:]), 4),
+    }
+
+
+def river_features(event: dict[str, Any]) -> dict[str, float]:
+    """One-hot sparse values and signed-log dense values, as River models take them."""
+    x = {}
+    for slot, value in event["sparse"].items():
+        for v in value if isinstance(value, list) else [value]:
+            x[f"{slot}={v}"] = 1.0
+    for name, value in event.get("dense", {}).items():
+        x[name] = math.copysign(math.log1p(abs(value)), value)
+    return x
+
+
+def river_models(seed: int) -> dict[str, Any]:
+    """River's logistic regression and FM (8 factors), as a Python user would set them up."""
+    from river import compose, facto, linear_model, optim, preprocessing
+
+    return {
+        "lr": compose.Pipeline(
+            preprocessing.StandardScaler(), linear_model.LogisticRegression(optim.SGD(0.05))
+        ),
+        "fm": facto.FMClassifier(n_factors=8, seed=seed),
+    }
+
+
+def river_run(
+    model: Any, events: Iterable[tuple[dict[str, float], bool]]
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """Predict, then learn, one event at a time; returns (events/s, predictions, labels)."""
+    events = list(events)
+    predictions = np.empty(len(events))
+    started = time.perf_counter()
+    for i, (x, y) in enumerate(events):
+        predictions[i] = model.predict_proba_one(x).get(True, 0.0)
+        model.learn_one(x, y)
+    rate = len(events) / (time.perf_counter() - started)
+    return rate, predictions, np.array([y for _, y in events], dtype=np.float32)
+
+
+def train(
+    config: TrainerConfig, source_url: str, **source_options: bool
+) -> tuple[float, np.ndarray, np.ndarray]:
+    """One end-to-end trainer run on a fresh data dir; returns (events/s, predictions, labels)."""
+    probabilities, labels = [], []
+
+    def collect(_trainer: Trainer, result: StepResult) -> None:
+        probabilities.append(result.probabilities)
+        labels.append(result.batch.labels)
+
+    with tempfile.TemporaryDirectory() as data_dir:
+        source = open_source(source_url, **source_options)
+        with Trainer.open(config, data_dir, source) as trainer:
+            trainer.after_step.append(collect)
+            summary = trainer.run()
+    return summary.events / summary.seconds, np.concatenate(probabilities), np.concatenate(labels)
