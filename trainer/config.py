@@ -122,12 +122,16 @@ class DriftConfig(_Frozen):
     feature_drift
         Also watch, per slot, the share of ids that had no row (new or
         filtered ids): a jump means the id population changed.
+    window_events
+        Events whose mean signals make one detector input, whatever the
+        batch size (the detectors' cost is then off the per-step path).
     """
 
     detector: Literal["adwin", "page_hinkley"] = "adwin"
     adwin_delta: float = Field(0.002, gt=0, lt=1)
     ph_threshold: float = Field(50.0, gt=0)
     feature_drift: bool = True
+    window_events: int = Field(128, ge=1)
 
 
 class TrainerConfig(_Frozen):

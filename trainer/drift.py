@@ -13,11 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import numpy as np
 from river import drift
 
 from headrace.trainer.config import DriftConfig
 
-__all__ = ["Detection", "DriftMonitor"]
+__all__ = ["Detection", "DriftMonitor", "SignalWindow"]
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,64 @@ class Detection:
     detector: str
     signal: str
     event_time: float
+
+
+class SignalWindow:
+    """Sums the per-step drift signals until a window of ``events`` events is full.
+
+    The detectors then see one mean per window, so what they see (and the
+    cost of feeding them) does not depend on the batch size.
+
+    Parameters
+    ----------
+    events
+        Events per window.
+    slots
+        Slots whose lookups are counted, in the order of ``lookups`` arrays.
+
+    Examples
+    --------
+    >>> window = SignalWindow(4, ("item",))
+    >>> window.add(loss_sum=2.0, label_sum=1.0, events=2, lookups=np.array([2]))
+    False
+    >>> window.add(loss_sum=1.0, label_sum=1.0, events=2, lookups=np.array([3]))
+    True
+    >>> window.take({"item": 1})
+    (0.75, 0.5, {'item': 0.2})
+    """
+
+    def __init__(self, events: int, slots: tuple[str, ...]) -> None:
+        self.events = events
+        self.slots = slots
+        self._clear()
+
+    def _clear(self) -> None:
+        self._loss = self._labels = 0.0
+        self._count = 0
+        self._lookups = np.zeros(len(self.slots), dtype=np.int64)
+
+    def add(self, loss_sum: float, label_sum: float, events: int, lookups: np.ndarray) -> bool:
+        """Count one step; True when the window is full (then :meth:`take` it)."""
+        self._loss += loss_sum
+        self._labels += label_sum
+        self._count += events
+        self._lookups += lookups
+        return self._count >= self.events
+
+    def take(self, unseen: Mapping[str, int]) -> tuple[float, float, dict[str, float]]:
+        """Mean loss, label rate and per-slot unseen share of the window; starts a new one.
+
+        ``unseen`` holds, per slot, the lookups of the window that found no row.
+        """
+        count = max(self._count, 1)
+        shares = {
+            slot: unseen.get(slot, 0) / int(n)
+            for slot, n in zip(self.slots, self._lookups, strict=True)
+            if n
+        }
+        signals = (self._loss / count, self._labels / count, shares)
+        self._clear()
+        return signals
 
 
 class DriftMonitor:

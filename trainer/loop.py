@@ -13,6 +13,7 @@ or checkpointed, and is rewound when :meth:`Trainer.run` returns.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import math
@@ -28,7 +29,7 @@ import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
-from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats, TrainingLookup
+from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
 from headrace.stream import (
     Batch,
     EventParser,
@@ -46,9 +47,10 @@ from headrace.trainer.checkpoint import (
     TrainingState,
 )
 from headrace.trainer.config import TrainerConfig
-from headrace.trainer.drift import DriftMonitor
+from headrace.trainer.drift import DriftMonitor, SignalWindow
 from headrace.trainer.evaluation import ProgressiveMetrics
 from headrace.trainer.models import (
+    batch_fids,
     build_model,
     dense_state_bytes,
     load_dense_state,
@@ -119,10 +121,31 @@ def _configure_torch(config: TrainerConfig, deterministic: bool) -> None:
     torch.manual_seed(config.seed)
 
 
-def _dense_optimizer(config: TrainerConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+def _flat_parameters(model: torch.nn.Module) -> torch.nn.Parameter:
+    """One parameter holding all of ``model``'s, whose own become views of it.
+
+    Their gradients are views of the flat one's, which backward accumulates
+    into, so the optimizer steps one tensor: per-tensor optimizer overhead
+    was a tenth of a small batch's step. Zero the gradient with
+    ``flat.grad.zero_()``.
+    """
+    params = list(model.parameters())
+    flat = torch.nn.Parameter(torch.cat([p.detach().reshape(-1) for p in params]))
+    flat.grad = torch.zeros_like(flat)
+    offset = 0
+    for p in params:
+        size = p.numel()
+        p.data = flat.data[offset : offset + size].view_as(p)
+        p.grad = flat.grad[offset : offset + size].view_as(p)
+        offset += size
+    return flat
+
+
+def _dense_optimizer(config: TrainerConfig, flat: torch.nn.Parameter) -> torch.optim.Optimizer:
     cfg = config.dense_optimizer
     kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    return kinds[cfg.kind](model.parameters(), lr=cfg.lr)
+    # Fused: one kernel instead of a dozen ops.
+    return kinds[cfg.kind]([flat], lr=cfg.lr, fused=True)
 
 
 def _torch_bytes(obj: object) -> bytes:
@@ -176,14 +199,18 @@ class Trainer:
         self.store = store
         self.stream = stream
         self.model = build_model(config)
-        self.optimizer = _dense_optimizer(config, self.model)
+        self._dense = _flat_parameters(self.model)
+        self.optimizer = _dense_optimizer(config, self._dense)
         self.metrics = ProgressiveMetrics(config.window)
         self.drift = DriftMonitor(config.drift, self._slot_names)
+        self.signals = SignalWindow(config.drift.window_events, self._slot_names)
         self.state = TrainingState()
         self.telemetry = TrainerTelemetry(registry or CollectorRegistry())
         self.after_step: list[Callable[[Trainer, StepResult], None]] = []
         self.lag: dict[str, int] = {}
         self._stats: StoreStats = store.stats()
+        # Store counters when the drift signal window last started.
+        self._window_stats = self._stats
         # Stream counters already folded into ``state`` (they count per process).
         self._stream_seen: tuple[int, dict[str, int]] = (0, {})
         self._restore()
@@ -225,6 +252,10 @@ class Trainer:
     def _slot_names(self) -> tuple[str, ...]:
         return tuple(slot.name for slot in self.config.slots)
 
+    @functools.cached_property
+    def _slot_index(self) -> dict[str, int]:
+        return {slot: k for k, slot in enumerate(self._slot_names)}
+
     # -- checkpoints ---------------------------------------------------------
 
     def _restore(self) -> None:
@@ -239,13 +270,24 @@ class Trainer:
                 "Use the same model settings or a new --data-dir"
             )
         load_dense_state(self.model, extra[MODEL_BLOB])
-        self.optimizer.load_state_dict(torch.load(io.BytesIO(extra[OPTIMIZER_BLOB])))
+        try:
+            self.optimizer.load_state_dict(torch.load(io.BytesIO(extra[OPTIMIZER_BLOB])))
+        except ValueError as exc:
+            raise TrainerError(
+                f"the data directory {self.store.path.parent} holds dense optimizer state "
+                f"that this headrace cannot read ({exc}); it was written by an older "
+                "version: use a new --data-dir"
+            ) from exc
         # The dense optimizer's learning rate may change between runs.
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.dense_optimizer.lr
         self.state = TrainingState.from_bytes(extra[STATE_BLOB])
         # Pickle of our own numpy arrays and River detectors, written by this class.
-        self.metrics, self.drift = pickle.loads(extra[MONITOR_BLOB])
+        monitors = pickle.loads(extra[MONITOR_BLOB])
+        # Checkpoints before the signal window held (metrics, drift) only.
+        self.metrics, self.drift = monitors[:2]
+        if len(monitors) > 2:
+            self.signals = monitors[2]
         if self.state.positions:
             self.stream.seek(self.state.positions)
         log.info(
@@ -263,63 +305,43 @@ class Trainer:
                 MODEL_BLOB: dense_state_bytes(self.model),
                 OPTIMIZER_BLOB: _torch_bytes(self.optimizer.state_dict()),
                 STATE_BLOB: self.state.to_bytes(),
-                MONITOR_BLOB: pickle.dumps((self.metrics, self.drift)),
+                MONITOR_BLOB: pickle.dumps((self.metrics, self.drift, self.signals)),
             }
         )
         self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
 
     # -- one step ------------------------------------------------------------
 
-    def _lookups(self, batch: Batch, event_time: float) -> dict[str, TrainingLookup]:
-        return {
-            slot: self.store.lookup_for_training(slot, batch.fids[slot], event_time)
-            for slot in self._slot_names
-            if slot in batch.fids
-        }
-
-    def _unseen_shares(self, lookups: dict[str, TrainingLookup], stats: StoreStats) -> dict:
-        """Per slot, the share of this batch's lookups that found no row before it."""
-        before = self._stats
-        shares = {}
-        for slot, lookup in lookups.items():
-            if len(lookup.rows):
-                new = stats.admitted[slot] - before.admitted[slot]
-                held_back = stats.filtered[slot] - before.filtered[slot]
-                shares[slot] = (new + held_back) / len(lookup.rows)
-        return shares
-
     def step(self, batch: Batch) -> StepResult:
-        """Score ``batch`` with the current parameters, then learn from it."""
+        """Score ``batch`` with the current parameters, then learn from it.
+
+        One store lookup and one gradient update cover every slot; the
+        vectors of all slots ``(n_fids, dim)`` are pooled in one operation
+        into ``(n, slots, dim)``.
+        """
         started = time.perf_counter()
         event_time = float(batch.ts.max())
-        lookups = self._lookups(batch, event_time)
-        vectors = {
-            slot: torch.from_numpy(lookup.values).requires_grad_()
-            for slot, lookup in lookups.items()
-        }
+        lookup = self.store.lookup_slots(batch_fids(batch, self._slot_names), event_time)
+        values = torch.from_numpy(lookup.values).requires_grad_()
         pooled = pool_embeddings(
-            batch, self._slot_names, vectors, self.config.model.pooling, self.config.dim
+            batch, self._slot_names, values, self.config.model.pooling, self.config.dim
         )
         logits = self.model(pooled, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
         loss = F.binary_cross_entropy_with_logits(logits, labels)
-        self.optimizer.zero_grad(set_to_none=True)
+        self._dense.grad.zero_()
         loss.backward()
         self.optimizer.step()
-        for slot, lookup in lookups.items():
-            self.store.apply_gradients(lookup, vectors[slot].grad.numpy())
+        self.store.apply_gradients(lookup, values.grad.numpy())
         probabilities = torch.sigmoid(logits.detach()).numpy()
         self.metrics.update(probabilities, batch.labels)
-        stats = self.store.stats()
-        detections = self.drift.update(
-            float(loss.detach()),
-            float(batch.labels.mean()),
-            self._unseen_shares(lookups, stats),
-            event_time,
-        )
-        self._stats = stats
-        for detection in detections:
-            self.telemetry.drift.labels(detector=detection.detector, signal=detection.signal).inc()
+        loss_value = float(loss.detach())
+        lookups = np.zeros(len(self._slot_names), dtype=np.int64)
+        lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
+        if self.signals.add(
+            loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
+        ):
+            self._detect_drift(event_time)
         self._expire(event_time)
         self.state.trained += len(batch)
         self.state.batches += 1
@@ -327,7 +349,23 @@ class Trainer:
         self.telemetry.examples.inc(len(batch))
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
-        return StepResult(batch, probabilities, float(loss.detach()), duration)
+        return StepResult(batch, probabilities, loss_value, duration)
+
+    def _detect_drift(self, event_time: float) -> None:
+        """Feed a full signal window to the drift detectors."""
+        stats = self.store.stats()
+        before = self._window_stats
+        # Lookups that found no row: ids admitted by them, and ids held back.
+        unseen = {
+            slot: stats.admitted[slot]
+            - before.admitted[slot]
+            + stats.filtered[slot]
+            - before.filtered[slot]
+            for slot in self._slot_names
+        }
+        self._window_stats = stats
+        for detection in self.drift.update(*self.signals.take(unseen), event_time):
+            self.telemetry.drift.labels(detector=detection.detector, signal=detection.signal).inc()
 
     def _expire(self, event_time: float) -> None:
         """Run the store's expiry sweep once per ``expire_every`` seconds of event time."""
@@ -356,6 +394,7 @@ class Trainer:
         t.evaluation(
             m.auc(), m.logloss(), m.rolling_auc(), m.rolling_logloss(), m.rolling_label_rate()
         )
+        self._stats = self.store.stats()
         t.store(self._stats)
         # The counters as of the last batch taken: the reader thread moves the stream's own.
         t.ingest(*self._stream_seen)

@@ -3,8 +3,9 @@
 A model has two halves, and serving reuses both without the training loop:
 
 - :func:`pool_embeddings` (or :func:`lookup_pooled`) turns a
-  :class:`~headrace.stream.Batch` and the vectors of its feature ids into one
-  pooled vector per (event, slot): a tensor ``(n, slots, dim)``;
+  :class:`~headrace.stream.Batch` and the vectors of its feature ids (all
+  slots' concatenated, as :func:`batch_fids` lists them) into one pooled
+  vector per (event, slot): a tensor ``(n, slots, dim)``;
 - :class:`CtrModel` maps (pooled embeddings, dense features) to logits. Its
   ``state_dict`` is all the dense weights; :func:`dense_state_bytes` and
   :func:`load_dense_state` turn it into bytes and back.
@@ -13,7 +14,7 @@ A model has two halves, and serving reuses both without the training loop:
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
@@ -25,6 +26,7 @@ from headrace.trainer.config import TrainerConfig
 
 __all__ = [
     "CtrModel",
+    "batch_fids",
     "build_model",
     "dense_state_bytes",
     "load_dense_state",
@@ -35,14 +37,22 @@ __all__ = [
 Pooling = Literal["sum", "mean"]
 
 
+def batch_fids(batch: Batch, slots: Sequence[str]) -> dict[str, np.ndarray]:
+    """The fids of the ``slots`` that occur in ``batch``, in ``slots`` order.
+
+    :func:`pool_embeddings` takes their vectors concatenated in this order.
+    """
+    return {slot: batch.fids[slot] for slot in slots if slot in batch.fids}
+
+
 def pool_embeddings(
     batch: Batch,
     slots: Sequence[str],
-    vectors: Mapping[str, torch.Tensor],
+    values: torch.Tensor,
     pooling: Pooling,
     dim: int,
 ) -> torch.Tensor:
-    """Pool each event's vectors per slot.
+    """Pool each event's vectors per slot, all slots in one operation.
 
     Parameters
     ----------
@@ -50,36 +60,37 @@ def pool_embeddings(
         The events.
     slots
         Slot names in model order.
-    vectors
-        Slot -> ``(len(batch.fids[slot]), dim)`` vectors of the slot's fids,
-        row ``i`` for ``batch.fids[slot][i]``. Gradients flow back to them.
+    values
+        ``(n_fids, dim)``: the vectors of :func:`batch_fids` concatenated in
+        its order (slots absent from the batch have none). Gradients flow
+        back to them.
     pooling
         ``"sum"`` or ``"mean"`` of a multi-valued slot's vectors.
     dim
-        Vector length; a slot absent from the batch pools to zeros.
+        Vector length.
 
     Returns
     -------
     torch.Tensor
         ``(len(batch), len(slots), dim)``; an event without a slot gets zeros.
     """
-    n = len(batch)
-    pooled = []
-    for slot in slots:
-        values = vectors.get(slot)
-        if values is None or len(values) == 0:
-            pooled.append(torch.zeros(n, dim))
-            continue
-        counts = np.diff(batch.offsets[slot])
-        if len(values) == n and (counts == 1).all():
-            pooled.append(values)  # one id per event: nothing to pool
-            continue
-        events = torch.from_numpy(np.repeat(np.arange(n), counts))
-        summed = torch.zeros(n, dim).index_add(0, events, values)
-        if pooling == "mean":
-            summed = summed / torch.from_numpy(np.maximum(counts, 1).astype(np.float32))[:, None]
-        pooled.append(summed)
-    return torch.stack(pooled, dim=1)
+    n, width = len(batch), len(slots)
+    present = [
+        (k, np.diff(batch.offsets[slot])) for k, slot in enumerate(slots) if slot in batch.fids
+    ]
+    if len(present) == width and all((counts == 1).all() for _, counts in present):
+        # One id per event and slot: the vectors are already (slot, event)-ordered.
+        return values.view(width, n, dim).transpose(0, 1)
+    events = np.arange(n, dtype=np.int64) * width
+    cells = np.concatenate(
+        [np.repeat(events + k, counts) for k, counts in present] or [np.empty(0, np.int64)]
+    )
+    index = torch.from_numpy(cells)
+    pooled = torch.zeros(n * width, dim).index_add(0, index, values)
+    if pooling == "mean":
+        sizes = np.maximum(np.bincount(cells, minlength=n * width), 1).astype(np.float32)
+        pooled = pooled / torch.from_numpy(sizes)[:, None]
+    return pooled.view(n, width, dim)
 
 
 def lookup_pooled(
@@ -93,12 +104,11 @@ def lookup_pooled(
 
     Serving passes a read-only lookup of its parameter copy here.
     """
-    vectors = {
-        slot: torch.from_numpy(np.ascontiguousarray(lookup(slot, batch.fids[slot])))
-        for slot in slots
-        if slot in batch.fids
-    }
-    return pool_embeddings(batch, slots, vectors, pooling, dim)
+    vectors = [lookup(slot, fids) for slot, fids in batch_fids(batch, slots).items()]
+    values = np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)
+    return pool_embeddings(
+        batch, slots, torch.from_numpy(np.ascontiguousarray(values, np.float32)), pooling, dim
+    )
 
 
 def _signed_log1p(x: torch.Tensor) -> torch.Tensor:

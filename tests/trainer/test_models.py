@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -36,9 +38,9 @@ def _batch() -> Batch:
 def test_pooling_of_multi_valued_absent_and_missing_slots(pooling, first):
     tags = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
     users = torch.tensor([[0.5, 0.5], [1.0, 1.0], [2.0, 2.0]])
-    pooled = pool_embeddings(
-        _batch(), ["tags", "user", "absent"], {"tags": tags, "user": users}, pooling, 2
-    )
+    # The vectors of all slots' fids, concatenated in slot order.
+    values = torch.cat([tags, users])
+    pooled = pool_embeddings(_batch(), ["tags", "user", "absent"], values, pooling, 2)
     assert pooled.shape == (3, 3, 2)
     assert pooled[0, 0].tolist() == first
     assert pooled[1, 0].tolist() == [0.0, 0.0]  # an event without tags
@@ -49,9 +51,18 @@ def test_pooling_of_multi_valued_absent_and_missing_slots(pooling, first):
 
 def test_gradients_reach_every_vector():
     tags = torch.ones(3, 2, requires_grad=True)
-    pooled = pool_embeddings(_batch(), ["tags"], {"tags": tags}, "sum", 2)
+    pooled = pool_embeddings(_batch(), ["tags"], tags, "sum", 2)
     pooled.sum().backward()
     assert tags.grad.tolist() == [[1.0, 1.0]] * 3
+
+
+def test_one_id_per_event_and_slot_pools_without_copying():
+    batch = dataclasses.replace(_batch(), fids={"user": _batch().fids["user"]})
+    users = torch.tensor([[0.5, 0.5], [1.0, 1.0], [2.0, 2.0]], requires_grad=True)
+    pooled = pool_embeddings(batch, ["user"], users, "mean", 2)
+    assert torch.equal(pooled[:, 0], users)
+    pooled[:, 0, 1].sum().backward()
+    assert users.grad.tolist() == [[0.0, 1.0]] * 3
 
 
 def test_lookup_pooled_reads_vectors_through_a_function():
