@@ -43,8 +43,13 @@ def _ftrl_reference(
     ids=["sgd", "adagrad", "adagrad-zero-acc", "ftrl"],
 )
 def test_sparse_updates_match_dense_torch(open_store, optimizer):
+    # torch steps once on the summed gradient of a duplicated id.
     slot = SlotConfig(
-        name="item", dim=DIM, optimizer=optimizer, initializer=Initializer(kind="normal", scale=0.5)
+        name="item",
+        dim=DIM,
+        optimizer=optimizer,
+        initializer=Initializer(kind="normal", scale=0.5),
+        repeats="sum",
     )
     store = open_store([slot])
     rng = np.random.default_rng(3)

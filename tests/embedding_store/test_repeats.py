@@ -45,7 +45,10 @@ def test_per_occurrence_accumulates_each_squared_gradient(open_store, decay):
 def test_per_occurrence_learns_about_as_much_as_per_event_steps(open_store):
     optimizer = Adagrad(lr=0.1)
     store = open_store(
-        [_slot(optimizer=optimizer, repeats="per_occurrence"), _slot("summed", optimizer=optimizer)]
+        [
+            _slot(optimizer=optimizer, repeats="per_occurrence"),
+            _slot("summed", optimizer=optimizer, repeats="sum"),
+        ]
     )
     grads = np.full((16, DIM), 0.5, dtype=np.float32)  # an id seen 16 times, same push each time
     per_occurrence = _one_batch(store, [1] * 16, grads)

@@ -15,9 +15,13 @@ from headrace.embedding_store.optimizers import initial_state, update
 
 SEED = 9
 SLOTS = {
-    "user": SlotConfig(name="user", dim=3, occurrence_threshold=3, expire_after=20.0),
+    "user": SlotConfig(
+        name="user", dim=3, occurrence_threshold=3, expire_after=20.0, repeats="sum"
+    ),
     # The same settings as "user": the two slots share one table.
-    "friend": SlotConfig(name="friend", dim=3, occurrence_threshold=3, expire_after=20.0),
+    "friend": SlotConfig(
+        name="friend", dim=3, occurrence_threshold=3, expire_after=20.0, repeats="sum"
+    ),
     "item": SlotConfig(
         name="item",
         dim=2,
