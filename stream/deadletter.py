@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,10 +86,25 @@ class ListDeadLetterSink:
 class JsonlDeadLetterSink:
     """Appends dead letters to a JSONL file (gzip when the name ends in ``.gz``).
 
+    A consumer that checkpoints its input positions saves :meth:`size` with
+    them and, after a crash, calls :meth:`truncate` with it: the letters of
+    records it will read again are dropped, so each is written once.
+
     Parameters
     ----------
     path
         The file; its folder is created if needed.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from headrace.schema import Reason
+    >>> sink = JsonlDeadLetterSink(pathlib.Path(tempfile.mkdtemp()) / "dead.jsonl")
+    >>> letter = DeadLetter(Reason.NOT_JSON, "", "log", 3, b"{")
+    >>> sink.write(letter); mark = sink.size()
+    >>> sink.write(letter); sink.truncate(mark)
+    >>> len(sink.path.read_text().splitlines())
+    1
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -101,6 +117,24 @@ class JsonlDeadLetterSink:
 
     def flush(self) -> None:
         self._file.flush()
+
+    def size(self) -> int:
+        """Bytes written so far (after a flush); a mark for :meth:`truncate`."""
+        self._plain_file_only()
+        self.flush()
+        return self.path.stat().st_size
+
+    def truncate(self, size: int) -> None:
+        """Drop every letter written after the file had ``size`` bytes."""
+        self._plain_file_only()
+        self._file.close()
+        os.truncate(self.path, min(size, self.path.stat().st_size))
+        self._file = open_log(self.path, "at")
+
+    def _plain_file_only(self) -> None:
+        # A gzip member cannot be cut at an arbitrary byte.
+        if self.path.suffix == ".gz":
+            raise ValueError(f"{self.path}: only a plain .jsonl dead-letter file can be truncated")
 
     def close(self) -> None:
         self._file.close()

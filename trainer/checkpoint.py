@@ -50,6 +50,9 @@ class TrainingState:
         Where the source resumes: just after the last batch trained.
     next_expiry
         Event time of the next expiry sweep (``None`` before the first batch).
+    dead_letter_bytes
+        Size of the dead-letter file when the positions were saved: a
+        restart cuts it there, since it reads the records after them again.
     """
 
     trained: int = 0
@@ -58,6 +61,7 @@ class TrainingState:
     batches: int = 0
     positions: dict[str, int] = field(default_factory=dict)
     next_expiry: float | None = None
+    dead_letter_bytes: int | None = None
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -282,6 +282,10 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.dense_optimizer.lr
         self.state = TrainingState.from_bytes(extra[STATE_BLOB])
+        sink = self.stream.dead_letters
+        if self.state.dead_letter_bytes is not None and isinstance(sink, JsonlDeadLetterSink):
+            # The records after the saved positions are read (and dead-lettered) again.
+            sink.truncate(self.state.dead_letter_bytes)
         # Pickle of our own numpy arrays and River detectors, written by this class.
         monitors = pickle.loads(extra[MONITOR_BLOB])
         # Checkpoints before the signal window held (metrics, drift) only.
@@ -299,6 +303,9 @@ class Trainer:
     def checkpoint(self) -> None:
         """Persist rows, dense weights, optimizer state, counters and positions atomically."""
         started = time.perf_counter()
+        sink = self.stream.dead_letters
+        if isinstance(sink, JsonlDeadLetterSink):
+            self.state.dead_letter_bytes = sink.size()
         self.store.checkpoint(
             {
                 CONFIG_BLOB: self.config.model_dump_json().encode(),
