@@ -113,6 +113,10 @@ _CAUSES = (
 
 def _diagnose(bootstrap_servers: str, client: KafkaClientSettings, messages: list[str]) -> str:
     text = "\n".join(messages)
+    if client.uses_tls and client.ssl_certfile is None and "socket disconnected" in text:
+        # Under TLS 1.3 a broker refuses a missing client certificate after
+        # the client's side of the handshake: the client sees a disconnect.
+        text += "\ncertificate required"
     for needles, cause in _CAUSES:
         if any(needle in text for needle in needles):
             return f"Kafka at {bootstrap_servers} ({client.describe()}): {cause}"
