@@ -179,7 +179,7 @@ KafkaConfigOption = Annotated[
     Path | None,
     typer.Option(
         "--config",
-        help="TOML file whose [kafka] table holds the Kafka TLS/SASL settings; "
+        help="TOML file whose \\[kafka] table holds the Kafka TLS/SASL settings; "
         "HEADRACE_KAFKA__* variables override it (secrets only from those or a file).",
     ),
 ]
@@ -311,7 +311,7 @@ def train(
         Path | None,
         typer.Option(
             help="Trainer config (TOML); HEADRACE_TRAINER__* variables override it. "
-            "Its [kafka] table (and HEADRACE_KAFKA__*) holds the Kafka TLS/SASL settings."
+            "Its \\[kafka] table (and HEADRACE_KAFKA__*) holds the Kafka TLS/SASL settings."
         ),
     ] = None,
     metrics_port: Annotated[
@@ -655,7 +655,7 @@ def demo(
         Path | None,
         typer.Option(
             help="Trainer config (TOML); by default the demo writes one with short expiry. "
-            "Its [kafka] table (and HEADRACE_KAFKA__*) holds the Kafka TLS/SASL settings."
+            "Its \\[kafka] table (and HEADRACE_KAFKA__*) holds the Kafka TLS/SASL settings."
         ),
     ] = None,
     port: Annotated[
