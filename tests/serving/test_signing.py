@@ -86,7 +86,7 @@ def test_keys_load_from_a_file_or_the_environment_and_short_ones_are_refused(tmp
     with pytest.raises(ConfigError, match="HEADRACE_SYNC_KEY: the sync key has 5 bytes") as short:
         SyncKey.load(environ={"HEADRACE_SYNC_KEY": "short"})
     assert "short" not in str(short.value).split(":", 1)[1]
-    with pytest.raises(ConfigError, match="cannot read the sync key|cannot read the secret file"):
+    with pytest.raises(ConfigError, match="cannot read the secret file"):
         SyncKey.load(tmp_path / "missing.key", environ={})
 
 
