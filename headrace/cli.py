@@ -31,8 +31,6 @@ if TYPE_CHECKING:
 
 #: The dashboard's samples, in the trainer's data dir so that they outlive a restart.
 DASHBOARD_HISTORY = "dashboard_history.jsonl"
-#: The bearer token of the dashboard and the predict API, unless --api-token-file.
-API_TOKEN_ENV = "HEADRACE_API_TOKEN"
 
 app = typer.Typer(
     help="headrace: online training of recommendation/CTR models from event streams.",
@@ -120,6 +118,7 @@ def _sync_key(path: Path | None) -> SyncKey | None:
 def _api_token(path: Path | None) -> str | None:
     """The bearer token of the HTTP endpoints (--api-token-file or HEADRACE_API_TOKEN), if any."""
     from headrace.config import ConfigError, read_secret
+    from headrace.trainer.dashboard import API_TOKEN_ENV
 
     try:
         return read_secret(path, API_TOKEN_ENV)
@@ -488,7 +487,7 @@ def _start_dashboard(
     restarted trainer goes on where the last run's left off. With ``token``
     every page requires it, and the serving workers are asked with it.
     """
-    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.dashboard import API_TOKEN_ENV, DashboardServer, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
     poller = WorkerPoller(serving_urls, token=token) if serving_urls else None

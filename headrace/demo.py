@@ -249,9 +249,9 @@ def _cli(*args: str) -> list[str]:
 
 def _open(url: str, timeout_s: float) -> Any:
     """GET ``url`` with the API token the children got from the environment, if any."""
-    from headrace.trainer.dashboard import open_url
+    from headrace.trainer.dashboard import API_TOKEN_ENV, open_url
 
-    return open_url(url, timeout_s, os.environ.get("HEADRACE_API_TOKEN") or None)
+    return open_url(url, timeout_s, os.environ.get(API_TOKEN_ENV) or None)
 
 
 def _get_json(url: str, timeout_s: float = 2.0) -> Any:
