@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+from kafka.net.sasl.oauth import AbstractTokenProvider
 from pydantic import BaseModel, ConfigDict, SecretStr, model_validator
 
 from headrace.config import load_config, read_secret
@@ -44,7 +45,7 @@ Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
 
-class FileTokenProvider:
+class FileTokenProvider(AbstractTokenProvider):
     """An OAUTHBEARER token read from a file at every (re)authentication.
 
     Re-reading lets a sidecar rotate the token without a restart. A plain
@@ -53,6 +54,7 @@ class FileTokenProvider:
     """
 
     def __init__(self, path: Path | None, token: SecretStr | None) -> None:
+        super().__init__()
         self.path = path
         self._token = token
 

@@ -142,8 +142,9 @@ def _connect(
     """
     try:
         with _complaints() as messages:
+            # The caller's own options win (e.g. a test's ssl_context).
             return factory(
-                bootstrap_servers=bootstrap_servers, **client.client_options(), **options
+                bootstrap_servers=bootstrap_servers, **(client.client_options() | options)
             )
     except KafkaTimeoutError as exc:
         raise BrokerUnavailable(_diagnose(bootstrap_servers, client, messages)) from exc

@@ -6,6 +6,7 @@ import pickle
 import re
 
 import pytest
+from kafka.net.sasl.oauth import SaslMechanismOAuth
 from typer.testing import CliRunner
 
 from headrace.cli import app
@@ -128,6 +129,10 @@ def test_secret_files_are_read_when_a_client_is_built(tmp_path):
     provider = oauth.client_options()["sasl_oauth_token_provider"]
     assert isinstance(provider, FileTokenProvider) and provider.token() == "token-1"
     assert pickle.loads(pickle.dumps(provider)).token() == "token-1"
+    # kafka-python takes it, and sends what the file holds now.
+    token.write_text("token-2\n")
+    mechanism = SaslMechanismOAuth(**oauth.client_options())
+    assert b"auth=Bearer token-2" in mechanism.auth_bytes()
 
 
 @pytest.mark.parametrize("command", ["train", "serve", "replay", "generate", "demo"])

@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import time
+import urllib.error
+import urllib.request
+from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -133,11 +137,61 @@ def test_replay_train_and_sync_through_the_tls_broker(tmp_path, tls_bootstrap, c
         "headrace_serving_rejected_updates_total", {"reason": "signature"}
     ) in (None, 0.0)
 
+    served = _serve_until_synced(params, env, config, tmp_path / "serve.log")
+
     # No secret in anything the commands printed.
-    printed = replayed.stdout + replayed.stderr + trained.stdout + trained.stderr
+    printed = replayed.stdout + replayed.stderr + trained.stdout + trained.stderr + served
     for secret in (KEY_PASSWORD, SYNC_KEY, API_TOKEN):
         assert secret not in printed
     assert "signed (HMAC-SHA256)" in trained.stderr
+    assert "only updates signed with the sync key" in served
+
+
+def _serve_until_synced(params: str, env: dict[str, str], config: Path, log: Path) -> str:
+    """Run two ``headrace serve`` workers until both serve a version; returns their output."""
+    port = free_port()
+    while free_port() == port + 1:
+        port = free_port()
+    command = headrace_command(
+        "serve", "--params", params, "--port", str(port), "--workers", "2", "--config", str(config)
+    )
+    with log.open("w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out, env=os.environ | env)
+    try:
+        for url in (f"http://127.0.0.1:{port}", f"http://127.0.0.1:{port + 1}"):
+            version = None
+            deadline = time.monotonic() + 90
+            while not version and time.monotonic() < deadline and process.poll() is None:
+                version = _version(url)
+                time.sleep(0.5)
+            assert version, f"{url} never synced:\n{log.read_text()[-3000:]}"
+            assert _status(f"{url}/v1/version", None) == 401  # the token is required
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    return log.read_text()
+
+
+def _status(url: str, token: str | None) -> int | None:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2):
+            return 200
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return None
+
+
+def _version(url: str) -> int | None:
+    request = urllib.request.Request(
+        f"{url}/v1/version", headers={"Authorization": f"Bearer {API_TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return json.loads(response.read())["version"]
+    except OSError:
+        return None
 
 
 def _assert_fails_fast(settings: KafkaClientSettings, bootstrap: str, *names: str) -> None:
