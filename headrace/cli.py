@@ -394,6 +394,10 @@ def train(
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
     kafka = _kafka_settings(config)
+    if sync_key_file is not None and publish is None:
+        raise typer.BadParameter(
+            "signs what --publish sends; give --publish too", param_hint="--sync-key-file"
+        )
     key = _sync_key(sync_key_file) if publish is not None else None
     token = _api_token(api_token_file)
     try:

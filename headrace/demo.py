@@ -601,6 +601,12 @@ def _start_broker(
                 f"{topic}; the generator appends from event {state.next_event:,}"
             )
     else:
+        if options.kafka.security_protocol != "PLAINTEXT":
+            raise DemoError(
+                "the demo's own broker speaks plaintext, but the Kafka settings ask for "
+                f"{options.kafka.security_protocol}: pass --bootstrap-servers of your "
+                "secured cluster, or unset the HEADRACE_KAFKA__* variables ([kafka] table)"
+            )
         binary = find_tansu()
         if binary is None:
             raise DemoError(

@@ -156,3 +156,23 @@ def test_a_bad_kafka_setting_stops_the_cli_at_start_naming_the_key(tmp_path, mon
     assert result.exit_code == 2
     assert "security_protocl: unknown key" in result.output
     assert SECRET not in result.output
+
+
+def test_the_demo_refuses_secured_settings_for_its_own_plaintext_broker(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADRACE_KAFKA__SECURITY_PROTOCOL", "SSL")
+    result = CliRunner().invoke(app, ["demo", "--data-dir", str(tmp_path), "--duration", "1"])
+    assert result.exit_code == 2
+    assert "the demo's own broker speaks plaintext" in result.output
+    assert "--bootstrap-servers" in result.output
+
+
+def test_a_sync_key_without_publish_is_refused(tmp_path):
+    key = tmp_path / "sync.key"
+    key.write_text("k" * 32)
+    result = CliRunner().invoke(
+        app,
+        ["train", "--source", "synthetic://?events=10", "--data-dir", str(tmp_path / "d")]
+        + ["--sync-key-file", str(key)],
+    )
+    assert result.exit_code == 2
+    assert "--sync-key-file" in result.output and "--publish" in result.output
