@@ -169,10 +169,7 @@ def test_the_demo_refuses_secured_settings_for_its_own_plaintext_broker(tmp_path
 def test_a_sync_key_without_publish_is_refused(tmp_path):
     key = tmp_path / "sync.key"
     key.write_text("k" * 32)
-    result = CliRunner().invoke(
-        app,
-        ["train", "--source", "synthetic://?events=10", "--data-dir", str(tmp_path / "d")]
-        + ["--sync-key-file", str(key)],
-    )
+    args = ["train", "--source", "synthetic://?events=10", "--data-dir", str(tmp_path / "d")]
+    result = CliRunner().invoke(app, [*args, "--sync-key-file", str(key)])
     assert result.exit_code == 2
     assert "--sync-key-file" in result.output and "--publish" in result.output
