@@ -544,6 +544,24 @@ def _check_params_location(url: str, option: str) -> None:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
+def _check_params_reachable(url: str, kafka: KafkaClientSettings) -> None:
+    """Fail at start when a kafka:// location's broker cannot be reached or refuses us.
+
+    Here rather than in each worker, where the error would end a process
+    with a traceback instead of saying what to fix.
+    """
+    from headrace.serving import parse_location
+    from headrace.stream import BrokerUnavailable, ensure_topic
+
+    kind, servers, topic = parse_location(url)
+    if kind != "kafka":
+        return
+    try:
+        ensure_topic(servers, topic, 1, client=kafka)
+    except BrokerUnavailable as exc:
+        raise _fail(f"--params: {exc}") from exc
+
+
 def _attach_publisher(
     trainer: Trainer,
     url: str,
@@ -618,6 +636,7 @@ def serve(
         kafka=_kafka_settings(config),
         token=_api_token(api_token_file),
     )
+    _check_params_reachable(params, options.kafka)
     logging.getLogger("headrace").info(
         "parameters: %s; API: %s",
         "only updates signed with the sync key" if options.key else "unsigned updates accepted",
