@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from rich.progress import Progress
 
-    from headrace.serving import ParameterPublisher
+    from headrace.kafka_client import KafkaClientSettings
+    from headrace.serving import ParameterPublisher, SyncKey
     from headrace.stream import KafkaSink
     from headrace.trainer import Trainer
     from headrace.trainer.dashboard import DashboardServer, WorkerPoller
@@ -92,14 +93,47 @@ def _kafka_target(url: str) -> tuple[str, str]:
         raise typer.BadParameter(str(exc), param_hint="--to") from exc
 
 
-def _open_kafka_sink(url: str, partitions: int) -> KafkaSink:
+def _kafka_settings(config: Path | None) -> KafkaClientSettings:
+    """The [kafka] table of ``config`` and HEADRACE_KAFKA__* variables, or exit naming the key."""
+    from headrace.config import ConfigError
+    from headrace.kafka_client import load_kafka_settings
+
+    try:
+        return load_kafka_settings(config)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _sync_key(path: Path | None) -> SyncKey | None:
+    """The key that signs parameter updates (--sync-key-file or HEADRACE_SYNC_KEY), if any."""
+    from headrace.config import ConfigError
+    from headrace.serving import SyncKey
+
+    try:
+        return SyncKey.load(path)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _api_token(path: Path | None) -> str | None:
+    """The bearer token of the HTTP endpoints (--api-token-file or HEADRACE_API_TOKEN), if any."""
+    from headrace.config import ConfigError, read_secret
+    from headrace.trainer.dashboard import API_TOKEN_ENV
+
+    try:
+        return read_secret(path, API_TOKEN_ENV)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from exc
+
+
+def _open_kafka_sink(url: str, partitions: int, kafka: KafkaClientSettings) -> KafkaSink:
     """Create the topic if needed and connect a sink, or exit with a clear error."""
     from headrace.stream import BrokerUnavailable, KafkaSink, ensure_topic
 
     bootstrap, topic = _kafka_target(url)
     try:
-        ensure_topic(bootstrap, topic, partitions)
-        return KafkaSink(bootstrap, topic)
+        ensure_topic(bootstrap, topic, partitions, client=kafka)
+        return KafkaSink(bootstrap, topic, client=kafka)
     except BrokerUnavailable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -140,6 +174,28 @@ PartitionsOption = Annotated[
     int,
     typer.Option(min=1, help="Partitions of the topic, when it has to be created."),
 ]
+KafkaConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="TOML file whose \\[kafka] table holds the Kafka TLS/SASL settings; "
+        "HEADRACE_KAFKA__* variables override it (secrets only from those or a file).",
+    ),
+]
+SyncKeyOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="File holding the key that signs parameter updates (HMAC-SHA256); "
+        "else the HEADRACE_SYNC_KEY variable, else unsigned."
+    ),
+]
+ApiTokenOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="File holding the bearer token the HTTP endpoints require; "
+        "else the HEADRACE_API_TOKEN variable, else open."
+    ),
+]
 
 
 @app.command()
@@ -154,6 +210,7 @@ def generate(
         str | None, typer.Option("--to", help="Produce to kafka://HOST:PORT/TOPIC.")
     ] = None,
     partitions: PartitionsOption = 1,
+    config: KafkaConfigOption = None,
 ) -> None:
     """Generate synthetic CTR events and print the Bayes-optimal AUC of their labels."""
     from headrace.stream import CtrGenerator, SyntheticConfig, generate_events
@@ -162,7 +219,7 @@ def generate(
         raise typer.BadParameter("give exactly one of --out FILE.jsonl[.gz] or --to kafka://...")
     if out is not None and not out.name.endswith((".jsonl", ".jsonl.gz")):
         raise typer.BadParameter(f"{out} must end in .jsonl or .jsonl.gz", param_hint="--out")
-    sink = _open_kafka_sink(to, partitions) if to is not None else None
+    sink = _open_kafka_sink(to, partitions, _kafka_settings(config)) if to is not None else None
     generator = CtrGenerator(SyntheticConfig(seed=seed))
     with _progress("generating") as progress:
         task = progress.add_task("generate", total=events)
@@ -187,6 +244,7 @@ def replay(
     ] = None,
     max_: Annotated[bool, typer.Option("--max", help="As fast as possible (the default).")] = False,
     partitions: PartitionsOption = 1,
+    config: KafkaConfigOption = None,
 ) -> None:
     """Produce a historical log into Kafka in order; exit 0 once every message is acknowledged."""
     from headrace.stream import open_log, replay_log
@@ -197,7 +255,7 @@ def replay(
         raise typer.BadParameter(f"must be > 0, not {speed}", param_hint="--speed")
     if not log.is_file():
         raise typer.BadParameter(f"no event log at {log}", param_hint="LOG")
-    sink = _open_kafka_sink(to, partitions)
+    sink = _open_kafka_sink(to, partitions, _kafka_settings(config))
     with open_log(log) as lines:
         total = sum(1 for line in lines if line.strip())
     with _progress("replaying") as progress:
@@ -298,7 +356,10 @@ def train(
     ],
     config: Annotated[
         Path | None,
-        typer.Option(help="Trainer config (TOML); HEADRACE_TRAINER__* variables override it."),
+        typer.Option(
+            help="Trainer config (TOML); HEADRACE_TRAINER__* variables override it. "
+            "Its \\[kafka] table (and HEADRACE_KAFKA__*) holds the Kafka TLS/SASL settings."
+        ),
     ] = None,
     metrics_port: Annotated[
         int | None,
@@ -309,8 +370,13 @@ def train(
         ),
     ] = None,
     metrics_host: Annotated[
-        str, typer.Option(help="Interface of the --metrics-port server (0.0.0.0 for all).")
+        str,
+        typer.Option(
+            help="Interface of the --metrics-port server: all by default, as Prometheus "
+            "exporters do; 127.0.0.1 keeps it local."
+        ),
     ] = "0.0.0.0",
+    api_token_file: ApiTokenOption = None,
     serving_url: Annotated[
         list[str] | None,
         typer.Option(
@@ -342,6 +408,7 @@ def train(
     snapshot_interval: Annotated[
         float, typer.Option(min=1.0, help="Seconds between full snapshots.")
     ] = 600.0,
+    sync_key_file: SyncKeyOption = None,
 ) -> None:
     """Train a model online from a stream; rerun on the same --data-dir to resume exactly.
 
@@ -374,8 +441,15 @@ def train(
         trainer_config = load_trainer_config(config)
     except ConfigError as exc:
         raise _fail(str(exc)) from exc
+    kafka = _kafka_settings(config)
+    if sync_key_file is not None and publish is None:
+        raise typer.BadParameter(
+            "signs what --publish sends; give --publish too", param_hint="--sync-key-file"
+        )
+    key = _sync_key(sync_key_file) if publish is not None else None
+    token = _api_token(api_token_file)
     try:
-        events = open_source(source, until_end=until_end, deterministic=deterministic)
+        events = open_source(source, until_end=until_end, deterministic=deterministic, kafka=kafka)
     except SourceUrlError as exc:
         raise typer.BadParameter(str(exc), param_hint="--source") from exc
     except (BrokerUnavailable, ValueError, FileNotFoundError) as exc:
@@ -391,7 +465,12 @@ def train(
     try:
         if publish is not None:
             publisher = _attach_publisher(
-                trainer, publish, registry, sync_interval, dense_sync_interval, snapshot_interval
+                trainer,
+                publish,
+                registry,
+                (sync_interval, dense_sync_interval, snapshot_interval),
+                key,
+                kafka,
             )
         if metrics_port is not None:
             dashboard = _start_dashboard(
@@ -401,6 +480,7 @@ def train(
                 (metrics_host, metrics_port),
                 serving_url or [],
                 data_dir / DASHBOARD_HISTORY,
+                token,
             )
     except BaseException:
         trainer.close()  # stops the source's reader process, releases the store
@@ -451,16 +531,18 @@ def _start_dashboard(
     address: tuple[str, int],
     serving_urls: list[str],
     history_path: Path,
+    token: str | None,
 ) -> _Dashboard:
     """Serve /metrics, /dashboard and /api/history; sample the trainer after each step.
 
     The samples are kept in ``history_path`` too, so that the dashboard of a
-    restarted trainer goes on where the last run's left off.
+    restarted trainer goes on where the last run's left off. With ``token``
+    every page requires it, and the serving workers are asked with it.
     """
-    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.dashboard import API_TOKEN_ENV, DashboardServer, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
-    poller = WorkerPoller(serving_urls) if serving_urls else None
+    poller = WorkerPoller(serving_urls, token=token) if serving_urls else None
     history = TrainingHistory(
         sync_version=(lambda: publisher.version) if publisher is not None else None,
         workers=poller.status if poller is not None else None,
@@ -470,7 +552,7 @@ def _start_dashboard(
     # After the publisher's hook, so each sample sees the version just published.
     history.attach(trainer)
     try:
-        server = DashboardServer(registry, history, host, port)
+        server = DashboardServer(registry, history, host, port, token=token)
     except OSError as exc:
         history.close()
         raise _fail(
@@ -480,13 +562,23 @@ def _start_dashboard(
     server.start()
     if poller is not None:
         poller.start()
-    logging.getLogger("headrace").info(
-        "metrics on http://%s:%d/metrics, drift dashboard on http://%s:%d/dashboard",
+    logger = logging.getLogger("headrace")
+    logger.info(
+        "metrics on http://%s:%d/metrics, drift dashboard on http://%s:%d/dashboard (%s)",
         host,
         server.port,
         host,
         server.port,
+        "bearer token required" if token else "no token: open to whoever reaches the port",
     )
+    if token is None and host not in ("127.0.0.1", "localhost", "::1"):
+        logger.warning(
+            "the dashboard and /metrics on %s are open to anyone who can reach port %d; "
+            "set %s (or --api-token-file) or --metrics-host 127.0.0.1 to close them",
+            host,
+            server.port,
+            API_TOKEN_ENV,
+        )
     return _Dashboard(server, poller, history)
 
 
@@ -500,22 +592,46 @@ def _check_params_location(url: str, option: str) -> None:
         raise typer.BadParameter(str(exc), param_hint=option) from exc
 
 
+def _check_params_reachable(url: str, kafka: KafkaClientSettings) -> None:
+    """Fail at start when a kafka:// location's broker cannot be reached or refuses us.
+
+    Here rather than in each worker, where the error would end a process
+    with a traceback instead of saying what to fix.
+    """
+    from headrace.serving import parse_location
+    from headrace.stream import BrokerUnavailable, ensure_topic
+
+    kind, servers, topic = parse_location(url)
+    if kind != "kafka":
+        return
+    try:
+        ensure_topic(servers, topic, 1, client=kafka)
+    except BrokerUnavailable as exc:
+        raise _fail(f"--params: {exc}") from exc
+
+
 def _attach_publisher(
     trainer: Trainer,
     url: str,
     registry: CollectorRegistry,
-    sync_interval: float,
-    dense_sync_interval: float,
-    snapshot_interval: float,
+    intervals: tuple[float, float, float],
+    key: SyncKey | None,
+    kafka: KafkaClientSettings,
 ) -> ParameterPublisher:
-    """A parameter publisher called after every training step."""
+    """A parameter publisher called after every training step, signing with ``key``."""
     from headrace.serving import attach_publisher, open_writer
     from headrace.stream import BrokerUnavailable
 
     try:
-        writer = open_writer(url)
+        writer = open_writer(url, key=key, client=kafka)
     except BrokerUnavailable as exc:
         raise _fail(f"--publish: {exc}") from exc
+    logging.getLogger("headrace").info(
+        "publishing parameters to %s, %s",
+        url,
+        "signed (HMAC-SHA256)" if key is not None else "unsigned: no sync key",
+    )
+    sync_interval, dense_sync_interval, snapshot_interval = intervals
     return attach_publisher(
         trainer,
         writer,
@@ -544,20 +660,37 @@ def serve(
     poll_interval: Annotated[
         float, typer.Option(min=0.01, help="Seconds between looks for new parameters.")
     ] = 0.1,
+    config: KafkaConfigOption = None,
+    sync_key_file: SyncKeyOption = None,
+    api_token_file: ApiTokenOption = None,
 ) -> None:
     """Serve predictions over HTTP from parameters synced from a trainer.
 
     Each worker bootstraps from the newest complete snapshot, then applies
     deltas in version order; POST /v1/predict, GET /healthz, /readyz,
-    /v1/version, /metrics and /docs (OpenAPI).
+    /v1/version, /metrics and /docs (OpenAPI). With a sync key only updates
+    signed with it apply; with an API token all but /healthz and /readyz
+    require it.
     """
-    from headrace.serving import run_workers
+    from headrace.serving import WorkerOptions, run_workers
 
     _check_params_location(params, "--params")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    raise typer.Exit(run_workers(params, host, range(port, port + workers), poll_interval))
+    options = WorkerOptions(
+        poll_interval=poll_interval,
+        key=_sync_key(sync_key_file),
+        kafka=_kafka_settings(config),
+        token=_api_token(api_token_file),
+    )
+    _check_params_reachable(params, options.kafka)
+    logging.getLogger("headrace").info(
+        "parameters: %s; API: %s",
+        "only updates signed with the sync key" if options.key else "unsigned updates accepted",
+        "bearer token required" if options.token else "open (no token)",
+    )
+    raise typer.Exit(run_workers(params, host, range(port, port + workers), options))
 
 
 @app.command()
@@ -591,7 +724,8 @@ def demo(
     config: Annotated[
         Path | None,
         typer.Option(
-            help="Trainer config (TOML); by default the demo writes one with short expiry."
+            help="Trainer config (TOML); by default the demo writes one with short expiry. "
+            "Its \\[kafka] table (and HEADRACE_KAFKA__*) holds the Kafka TLS/SASL settings."
         ),
     ] = None,
     port: Annotated[
@@ -620,6 +754,7 @@ def demo(
     if publish is not None:
         _check_params_location(publish, "--publish")
     options = DemoOptions(
+        kafka=_kafka_settings(config),
         data_dir=data_dir,
         bootstrap_servers=bootstrap_servers,
         rate=rate,

@@ -14,21 +14,30 @@ Environment overrides are named ``<PREFIX><KEY>__<SUBKEY>...`` in upper case,
 A value is read as a TOML value when it parses as one (``64``, ``0.5``,
 ``true``, ``[1, 2]``, ``"text"``) and as a plain string otherwise. Overrides
 beat the file. Lists of tables (such as slots) can only be set in the file.
+
+One file may hold the settings of several loaders: a loader given ``table``
+reads only that table (``[kafka]``), and the others skip the tables in
+:data:`OWN_TABLES`. Keys named as ``secrets`` are read only from the
+environment, verbatim (a password ``1e5`` stays the string ``1e5``), and
+never echoed in an error.
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["ConfigError", "env_overrides", "load_config"]
+__all__ = ["OWN_TABLES", "ConfigError", "env_overrides", "load_config", "read_secret"]
 
 M = TypeVar("M", bound=BaseModel)
+
+#: Tables of a config file that a loader of their own reads (``table=``).
+OWN_TABLES = frozenset({"kafka"})
 
 
 class ConfigError(ValueError):
@@ -42,7 +51,9 @@ def _parse_env_value(raw: str) -> Any:
         return raw
 
 
-def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+def env_overrides(
+    prefix: str, environ: Mapping[str, str] | None = None, verbatim: Collection[str] = ()
+) -> dict[str, Any]:
     """Nested settings from the environment variables that start with ``prefix``.
 
     Parameters
@@ -51,6 +62,8 @@ def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> dict
         E.g. ``"HEADRACE_TRAINER__"``; matched case-sensitively.
     environ
         The environment (``os.environ`` by default).
+    verbatim
+        Top-level keys whose values are taken as plain strings, not TOML.
 
     Examples
     --------
@@ -69,7 +82,7 @@ def env_overrides(prefix: str, environ: Mapping[str, str] | None = None) -> dict
             if not isinstance(child, dict):
                 raise ConfigError(f"{name} nests under {key!r}, which another variable sets")
             node = child
-        node[leaf] = _parse_env_value(raw)
+        node[leaf] = raw if not parents and leaf in verbatim else _parse_env_value(raw)
     return settings
 
 
@@ -83,17 +96,47 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _describe(exc: ValidationError, origin: str, variables: Mapping[str, str]) -> str:
-    """One line per error, naming the key and, for overrides, the variable."""
+def _describe(
+    exc: ValidationError, origin: str, variables: Mapping[str, str], secrets: Collection[str]
+) -> str:
+    """One line per error, naming the key and, for overrides, the variable.
+
+    The value is shown only for a key that is not a secret; errors of the
+    whole model (which would show every value) show only their message.
+    """
     lines = [f"invalid config ({origin}):"]
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "<root>"
+        key = ".".join(str(part) for part in error["loc"])
         source = f" (set by {variables[key]})" if key in variables else ""
         if error["type"] == "extra_forbidden":
             lines.append(f"  {key}: unknown key{source}; remove it or fix its spelling")
+        elif not key:
+            lines.append(f"  {error['msg'].removeprefix('Value error, ')}")
+        elif key in secrets:
+            lines.append(f"  {key}: {error['msg']}{source}")
         else:
             lines.append(f"  {key}: {error['msg']} (got {error.get('input')!r}){source}")
     return "\n".join(lines)
+
+
+def _read_table(path: Path, table: str | None, secrets: Collection[str]) -> dict[str, Any]:
+    try:
+        settings = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"no config file at {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    if table is None:
+        return {key: value for key, value in settings.items() if key not in OWN_TABLES}
+    section = settings.get(table, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: {table} must be a table ([{table}])")
+    if leaked := sorted(secrets & section.keys()):
+        raise ConfigError(
+            f"{path}: [{table}] {', '.join(leaked)}: secrets are not read from config files; "
+            f"set it in the environment or name a file with {leaked[0]}_file"
+        )
+    return section
 
 
 def load_config(
@@ -102,6 +145,8 @@ def load_config(
     *,
     env_prefix: str | None = None,
     environ: Mapping[str, str] | None = None,
+    table: str | None = None,
+    secrets: Collection[str] = frozenset(),
 ) -> M:
     """Build ``model`` from its defaults, a TOML file and environment overrides.
 
@@ -116,6 +161,11 @@ def load_config(
         reads no overrides.
     environ
         The environment (``os.environ`` by default).
+    table
+        Read only this table of the file; ``None`` reads the file less the
+        tables in :data:`OWN_TABLES`.
+    secrets
+        Keys read only from the environment, verbatim, and never shown.
 
     Raises
     ------
@@ -127,16 +177,10 @@ def load_config(
     origins = []
     variables: dict[str, str] = {}
     if path is not None:
-        path = Path(path)
-        try:
-            settings = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ConfigError(f"no config file at {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-        origins.append(str(path))
+        settings = _read_table(Path(path), table, frozenset(secrets))
+        origins.append(str(path) if table is None else f"{path} [{table}]")
     if env_prefix is not None:
-        overrides = env_overrides(env_prefix, environ)
+        overrides = env_overrides(env_prefix, environ, verbatim=secrets)
         if overrides:
             settings = _merge(settings, overrides)
             origins.append(f"environment {env_prefix}*")
@@ -149,4 +193,26 @@ def load_config(
     try:
         return model.model_validate(settings)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, " + ".join(origins) or "defaults", variables)) from None
+        origin = " + ".join(origins) or "defaults"
+        raise ConfigError(_describe(exc, origin, variables, secrets)) from None
+
+
+def read_secret(
+    path: str | Path | None, variable: str, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """A secret from the file at ``path``, else from the variable ``variable``, else None.
+
+    A trailing newline of the file (as ``echo`` writes) is not part of the
+    secret; an empty variable counts as unset.
+
+    Raises
+    ------
+    ConfigError
+        When the file cannot be read; the message names the file, never its content.
+    """
+    if path is not None:
+        try:
+            return Path(path).read_text(encoding="utf-8").rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read the secret file {path}: {exc}") from None
+    return (os.environ if environ is None else environ).get(variable) or None

@@ -34,7 +34,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -42,6 +42,8 @@ from typing import IO, Any
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+
+from headrace.kafka_client import KafkaClientSettings
 
 __all__ = ["DemoError", "DemoOptions", "DemoState", "run_demo"]
 
@@ -124,6 +126,7 @@ class DemoOptions:
     serving_port: int | None = None
     topic: str = "headrace-events"
     params_topic: str = "headrace-params"
+    kafka: KafkaClientSettings = field(default_factory=KafkaClientSettings)
 
 
 @dataclass
@@ -244,8 +247,15 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "headrace.cli", *args]
 
 
+def _open(url: str, timeout_s: float) -> Any:
+    """GET ``url`` with the API token the children got from the environment, if any."""
+    from headrace.trainer.dashboard import API_TOKEN_ENV, open_url
+
+    return open_url(url, timeout_s, os.environ.get(API_TOKEN_ENV) or None)
+
+
 def _get_json(url: str, timeout_s: float = 2.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+    with _open(url, timeout_s) as response:
         return json.loads(response.read())
 
 
@@ -254,7 +264,7 @@ def _wait_http(child: Child, url: str, timeout_s: float = READY_TIMEOUT_S) -> No
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2.0):
+            with _open(url, 2.0):
                 return
         except (OSError, urllib.error.URLError):
             pass
@@ -275,6 +285,8 @@ class Generator:
     ----------
     bootstrap, topic
         Where events go.
+    kafka
+        How to talk to the broker (TLS, SASL).
     seed, drift_every
         The synthetic world: drifts at every ``drift_every``-th event (at
         most :data:`MAX_DRIFTS` of them).
@@ -285,13 +297,20 @@ class Generator:
     """
 
     def __init__(
-        self, bootstrap: str, topic: str, seed: int, drift_every: int, rate: float, start: int
+        self,
+        bootstrap: str,
+        topic: str,
+        seed: int,
+        drift_every: int,
+        rate: float,
+        start: int,
+        kafka: KafkaClientSettings,
     ) -> None:
         from headrace.stream import CtrGenerator, Drift, KafkaSink, SyntheticConfig
 
         drifts = tuple(Drift(at=drift_every * k) for k in range(1, MAX_DRIFTS + 1))
         self.generator = CtrGenerator(SyntheticConfig(seed=seed, drifts=drifts))
-        self.sink = KafkaSink(bootstrap, topic)
+        self.sink = KafkaSink(bootstrap, topic, client=kafka)
         self.rate = rate
         self.start_index = start
         self.next_event = start
@@ -440,7 +459,7 @@ def _consumer_lag(trainer_url: str) -> float | None:
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
-        with urllib.request.urlopen(f"{trainer_url}/metrics", timeout=2.0) as response:
+        with _open(f"{trainer_url}/metrics", 2.0) as response:
             text = response.read().decode()
     except (OSError, urllib.error.URLError):
         return None
@@ -582,6 +601,12 @@ def _start_broker(
                 f"{topic}; the generator appends from event {state.next_event:,}"
             )
     else:
+        if options.kafka.security_protocol != "PLAINTEXT":
+            raise DemoError(
+                "the demo's own broker speaks plaintext, but the Kafka settings ask for "
+                f"{options.kafka.security_protocol}: pass --bootstrap-servers of your "
+                "secured cluster, or unset the HEADRACE_KAFKA__* variables ([kafka] table)"
+            )
         binary = find_tansu()
         if binary is None:
             raise DemoError(
@@ -609,9 +634,9 @@ def _start_broker(
                 f"(event time {_event_time(state.next_event)})"
             )
     try:
-        ensure_topic(bootstrap, topic, 1)
+        ensure_topic(bootstrap, topic, 1, client=options.kafka)
         if options.publish is None:
-            ensure_topic(bootstrap, params, 1)
+            ensure_topic(bootstrap, params, 1, client=options.kafka)
     except BrokerUnavailable as exc:
         raise DemoError(f"{exc} (--bootstrap-servers)") from exc
     return bootstrap, topic, params
@@ -642,7 +667,17 @@ def _run(
     run.workers = tuple(
         Child(
             f"serving worker {k}",
-            _cli("serve", "--params", publish, "--port", str(p), "--host", "127.0.0.1"),
+            _cli(
+                "serve",
+                "--params",
+                publish,
+                "--port",
+                str(p),
+                "--host",
+                "127.0.0.1",
+                # The [kafka] table of the demo's --config (HEADRACE_KAFKA__* are inherited).
+                *(["--config", str(options.config)] if options.config else []),
+            ),
             logs / f"serving-{k}.log",
         )
         for k, p in enumerate(serving_ports, 1)
@@ -676,7 +711,13 @@ def _run(
     )
     state.save(data_dir)
     run.generator = Generator(
-        bootstrap, topic, options.seed, options.drift_every, options.rate, state.next_event
+        bootstrap,
+        topic,
+        options.seed,
+        options.drift_every,
+        options.rate,
+        state.next_event,
+        options.kafka,
     )
     run.generator.start()
     trainer_url = f"http://127.0.0.1:{port}"

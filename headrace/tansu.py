@@ -55,12 +55,22 @@ class TansuBroker:
         Listen port; a free one by default.
     advertised_port
         The port advertised to clients (differs from ``port`` behind a proxy).
+    authentication
+        Require SASL authentication of every client (``--authentication``).
     """
 
-    def __init__(self, binary: Path, port: int | None = None, advertised_port: int | None = None):
+    def __init__(
+        self,
+        binary: Path,
+        port: int | None = None,
+        advertised_port: int | None = None,
+        *,
+        authentication: bool = False,
+    ):
         self.binary = binary
         self.port = port or free_port()
         self.advertised_port = advertised_port or self.port
+        self.authentication = authentication
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -80,6 +90,7 @@ class TansuBroker:
                 "--storage-engine",
                 "memory://tansu/",
                 "--silent",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -8,12 +8,12 @@ answers ``POST /v1/predict`` with the model code the trainer runs.
 
 from headrace.serving.app import create_app
 from headrace.serving.params import ParameterState, RejectedUpdate
-from headrace.serving.protocol import CorruptUpdate, SlotRows, Update
+from headrace.serving.protocol import CorruptUpdate, SlotRows, SyncKey, Update
 from headrace.serving.publisher import ParameterPublisher, attach_publisher
 from headrace.serving.scorer import Scorer, model_meta
 from headrace.serving.sync import SyncLoop
 from headrace.serving.transport import open_reader, open_writer, parse_location
-from headrace.serving.worker import build_worker, run_worker, run_workers
+from headrace.serving.worker import WorkerOptions, build_worker, run_worker, run_workers
 
 __all__ = [
     "CorruptUpdate",
@@ -22,8 +22,10 @@ __all__ = [
     "RejectedUpdate",
     "Scorer",
     "SlotRows",
+    "SyncKey",
     "SyncLoop",
     "Update",
+    "WorkerOptions",
     "attach_publisher",
     "build_worker",
     "create_app",

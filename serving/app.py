@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import orjson
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -46,12 +48,39 @@ class VersionResponse(BaseModel):
     rows: dict[str, int]
 
 
-def create_app(state: ParameterState[Scorer], registry: CollectorRegistry) -> FastAPI:
-    """The worker's API over ``state``, with its metrics in ``registry``."""
+_BEARER = HTTPBearer(auto_error=False, description="The worker's API token.")
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)]
+
+
+class _RequireToken:
+    """A dependency that lets a request through only with ``Authorization: Bearer <token>``."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+
+    def __call__(self, credentials: Credentials) -> None:
+        if self._token is None:
+            return
+        given = credentials.credentials if credentials is not None else ""
+        if not secrets.compare_digest(given.encode(), self._token.encode()):
+            raise HTTPException(
+                401, "missing or wrong API token", headers={"WWW-Authenticate": "Bearer"}
+            )
+
+
+def create_app(
+    state: ParameterState[Scorer], registry: CollectorRegistry, token: str | None = None
+) -> FastAPI:
+    """The worker's API over ``state``, with its metrics in ``registry``.
+
+    With ``token`` every route but ``/healthz`` and ``/readyz`` (probes,
+    which reveal nothing) requires ``Authorization: Bearer <token>``.
+    """
     app = FastAPI(
         title="headrace serving",
         summary="Scores events with the newest parameters synced from the trainer.",
     )
+    authorized = [Depends(_RequireToken(token))]
     requests = Counter(
         "headrace_serving_requests", "HTTP requests by status code.", ["code"], registry=registry
     )
@@ -72,7 +101,7 @@ def create_app(state: ParameterState[Scorer], registry: CollectorRegistry) -> Fa
         duration.observe(time.perf_counter() - started)
         return response
 
-    @app.post("/v1/predict", response_model=PredictResponse)
+    @app.post("/v1/predict", response_model=PredictResponse, dependencies=authorized)
     async def predict(body: PredictRequest) -> PredictResponse:
         """Score events against one parameter version, named in the response."""
         # Scoring takes about a millisecond, so it runs on the event loop:
@@ -100,14 +129,14 @@ def create_app(state: ParameterState[Scorer], registry: CollectorRegistry) -> Fa
             response.status_code = 503
         return {"ready": state.ready, "version": state.version}
 
-    @app.get("/v1/version", response_model=VersionResponse)
+    @app.get("/v1/version", response_model=VersionResponse, dependencies=authorized)
     def version() -> VersionResponse:
         """The version served, the event time it reaches and its rows per slot."""
         return VersionResponse(
             version=state.version, event_time=state.event_time, rows=state.rows()
         )
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=authorized)
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -11,26 +11,113 @@ One part is one frame::
 
 The body holds, per slot in header order, the fids (int64), the vectors
 (float32, ``n x dim``) and the removed fids (int64), then the dense blob.
+
+The CRC catches damage, not forgery. With a key (see :class:`SyncKey`) a
+frame is signed instead::
+
+    b"HRS1" | u32 header length | header | body | u32 CRC | HMAC-SHA256 (32 bytes)
+
+the HMAC covering every byte before it. A reader given the key takes only
+signed frames whose HMAC checks out; a reader without one takes both kinds
+(it cannot check a signature, and behaves as before signing existed).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import struct
 import zlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["CorruptUpdate", "SlotRows", "Update", "UpdateAssembler", "decode_part", "encode"]
+from headrace.config import ConfigError, read_secret
+
+__all__ = [
+    "CorruptUpdate",
+    "SlotRows",
+    "SyncKey",
+    "Update",
+    "UpdateAssembler",
+    "decode_part",
+    "encode",
+]
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"HRP1"
+SIGNED_MAGIC = b"HRS1"
 _LEN = struct.Struct("<I")
+_TAG_BYTES = hashlib.sha256().digest_size
+#: Where ``headrace train`` and ``headrace serve`` look for the sync key.
+SYNC_KEY_ENV = "HEADRACE_SYNC_KEY"
+#: Shorter keys are refused: HMAC is only as strong as its key.
+MIN_KEY_BYTES = 16
+
+
+class SyncKey:
+    """The shared secret that signs and checks parameter updates.
+
+    Its ``repr`` never shows the key, so it can be logged and printed.
+
+    Parameters
+    ----------
+    secret
+        At least :data:`MIN_KEY_BYTES` bytes.
+
+    Raises
+    ------
+    ValueError
+        When the key is too short.
+    """
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < MIN_KEY_BYTES:
+            raise ValueError(
+                f"the sync key has {len(secret)} bytes; use at least {MIN_KEY_BYTES} "
+                "(e.g. the output of `openssl rand -hex 32`)"
+            )
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return "SyncKey(<hidden>)"
+
+    def sign(self, data: bytes) -> bytes:
+        """The HMAC-SHA256 tag of ``data``."""
+        return hmac.new(self._secret, data, hashlib.sha256).digest()
+
+    def verify(self, data: bytes, tag: bytes) -> bool:
+        """Whether ``tag`` is the tag of ``data`` (compared in constant time)."""
+        return hmac.compare_digest(self.sign(data), tag)
+
+    @classmethod
+    def load(
+        cls, path: str | Path | None = None, environ: Mapping[str, str] | None = None
+    ) -> SyncKey | None:
+        """The key in the file at ``path``, else in ``HEADRACE_SYNC_KEY``, else ``None``.
+
+        Raises
+        ------
+        headrace.config.ConfigError
+            When the file cannot be read or the key is too short; the message
+            names the file or the variable, never the key.
+        """
+        secret = read_secret(path, SYNC_KEY_ENV, environ)
+        if secret is None:
+            return None
+        try:
+            return cls(secret.encode())
+        except ValueError as exc:
+            where = SYNC_KEY_ENV if path is None else f"the sync key file {path}"
+            raise ConfigError(f"{where}: {exc}") from None
 
 
 class CorruptUpdate(ValueError):
@@ -90,15 +177,18 @@ class Update:
         return sum(len(s.fids) + len(s.removed) for s in self.slots.values())
 
 
-def encode(update: Update, max_part_bytes: int = 900_000) -> list[bytes]:
+def encode(
+    update: Update, max_part_bytes: int = 900_000, key: SyncKey | None = None
+) -> list[bytes]:
     """Frames of ``update``, each at most about ``max_part_bytes`` long.
 
     Rows are split across parts; the dense blob and ``meta`` travel in part
     0, so a single frame may exceed the limit only by the size of the blob.
+    With ``key`` every frame is signed.
     """
     pieces = list(_split(update, max_part_bytes))
     return [
-        _frame(update, part, len(pieces), rows, with_dense=part == 0)
+        _frame(update, part, len(pieces), rows, with_dense=part == 0, key=key)
         for part, rows in enumerate(pieces)
     ]
 
@@ -131,7 +221,12 @@ def _split(update: Update, max_part_bytes: int) -> Iterator[dict[str, SlotRows]]
 
 
 def _frame(
-    update: Update, part: int, parts: int, slots: dict[str, SlotRows], with_dense: bool
+    update: Update,
+    part: int,
+    parts: int,
+    slots: dict[str, SlotRows],
+    with_dense: bool,
+    key: SyncKey | None,
 ) -> bytes:
     dense = update.dense if with_dense else None
     header = {
@@ -162,7 +257,10 @@ def _frame(
         body.append(dense)
     payload = b"".join(body)
     crc = zlib.crc32(payload)
-    return MAGIC + _LEN.pack(len(body[0])) + payload + _LEN.pack(crc)
+    if key is None:
+        return MAGIC + _LEN.pack(len(body[0])) + payload + _LEN.pack(crc)
+    signed = SIGNED_MAGIC + _LEN.pack(len(body[0])) + payload + _LEN.pack(crc)
+    return signed + key.sign(signed)
 
 
 @dataclass(frozen=True)
@@ -174,10 +272,36 @@ class Part:
     parts: int
 
 
-def decode_part(frame: bytes) -> Part:
-    """Decode one frame; raises :class:`CorruptUpdate` if it is damaged."""
-    if len(frame) < 12 or frame[:4] != MAGIC:
+def _unsign(frame: bytes, key: SyncKey | None) -> bytes:
+    """The frame without its signature, checked when there is a ``key``.
+
+    A frame whose HMAC fails counts as damaged (``checksum``) when its CRC
+    fails too, and as forged (``signature``) when only the HMAC does: a
+    forger can always fix the public CRC, while damage rarely fixes it.
+    """
+    if frame[:4] == MAGIC:
+        if key is not None:
+            raise CorruptUpdate("signature", "an unsigned update, and this worker has a sync key")
+        return frame
+    body, tag = frame[:-_TAG_BYTES], frame[-_TAG_BYTES:]
+    if len(body) < 12:
+        raise CorruptUpdate("checksum", "the signed frame is truncated")
+    if key is None or key.verify(body, tag):
+        return body
+    if zlib.crc32(body[8:-4]) == _LEN.unpack_from(body, len(body) - 4)[0]:
+        raise CorruptUpdate("signature", "the update's signature does not match the sync key")
+    raise CorruptUpdate("checksum", "the signed frame is truncated or damaged")
+
+
+def decode_part(frame: bytes, key: SyncKey | None = None) -> Part:
+    """Decode one frame; raises :class:`CorruptUpdate` if it is damaged.
+
+    With ``key`` only frames signed with it are taken (reason
+    ``signature`` for the others).
+    """
+    if len(frame) < 12 or frame[:4] not in (MAGIC, SIGNED_MAGIC):
         raise CorruptUpdate("bad_magic", f"frame of {len(frame)} bytes is not a headrace update")
+    frame = _unsign(frame, key)
     (header_len,) = _LEN.unpack_from(frame, 4)
     payload = frame[8:-4]
     (crc,) = _LEN.unpack_from(frame, len(frame) - 4)

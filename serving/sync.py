@@ -9,7 +9,7 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from headrace.serving.params import ParameterState, RejectedUpdate
-from headrace.serving.protocol import CorruptUpdate, UpdateAssembler, decode_part
+from headrace.serving.protocol import CorruptUpdate, SyncKey, UpdateAssembler, decode_part
 from headrace.serving.transport import UpdateReader
 
 __all__ = ["SyncLoop"]
@@ -25,6 +25,8 @@ class SyncLoop:
     unfitting update is logged, counted by reason in
     ``headrace_serving_rejected_updates_total`` and skipped: the state keeps
     its last good version (after a gap it waits for the next snapshot).
+    With ``key`` only updates signed with it apply; the others count as
+    ``signature``.
     """
 
     def __init__(
@@ -34,9 +36,11 @@ class SyncLoop:
         *,
         poll_interval: float = 0.1,
         registry: CollectorRegistry | None = None,
+        key: SyncKey | None = None,
     ) -> None:
         self.reader = reader
         self.state = state
+        self.key = key
         self.poll_interval = poll_interval
         self._assembler = UpdateAssembler()
         self._stop = threading.Event()
@@ -45,7 +49,7 @@ class SyncLoop:
         registry = registry if registry is not None else CollectorRegistry()
         self._rejected = Counter(
             "headrace_serving_rejected_updates",
-            "Parameter updates refused (damaged, incomplete, out of order).",
+            "Parameter updates refused (damaged, unsigned or forged, incomplete, out of order).",
             ["reason"],
             registry=registry,
         )
@@ -69,7 +73,7 @@ class SyncLoop:
         incomplete = self._assembler.incomplete
         for frame in self.reader.read(timeout_s):
             try:
-                update = self._assembler.add(decode_part(frame))
+                update = self._assembler.add(decode_part(frame, self.key))
                 if update is None:
                     continue
                 self.state.apply(update)

@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 
-from headrace.serving.protocol import CorruptUpdate, Update, decode_part, encode
+from headrace.kafka_client import KafkaClientSettings
+from headrace.serving.protocol import CorruptUpdate, SyncKey, Update, decode_part, encode
 from headrace.stream import KafkaSink, KafkaSource, KafkaSourceConfig, ensure_topic
 
 __all__ = [
@@ -72,15 +73,17 @@ class DirectoryWriter:
     """Writes each update as one file, made visible by an atomic rename.
 
     Files older than the snapshot before the newest one are deleted, so a
-    reader that is one snapshot behind can still catch up.
+    reader that is one snapshot behind can still catch up. With ``key``
+    every update is signed.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, key: SyncKey | None = None) -> None:
         self.path = Path(path)
+        self.key = key
         self.path.mkdir(parents=True, exist_ok=True)
 
     def write(self, update: Update) -> int:
-        (frame,) = encode(update, max_part_bytes=1 << 62)
+        (frame,) = encode(update, max_part_bytes=1 << 62, key=self.key)
         final = self.path / _file_name(update)
         partial = self.path / f".{final.name}.partial"
         with open(partial, "wb") as f:
@@ -148,27 +151,43 @@ _KAFKA_PART_BYTES = 900_000
 
 
 class KafkaWriter:
-    """Produces update frames to a single-partition topic, one message per part."""
+    """Produces update frames to a single-partition topic, one message per part.
+
+    With ``key`` every frame is signed; ``client`` holds the TLS and SASL settings.
+    """
 
     def __init__(
-        self, bootstrap_servers: str, topic: str, max_part_bytes: int = _KAFKA_PART_BYTES
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        max_part_bytes: int = _KAFKA_PART_BYTES,
+        key: SyncKey | None = None,
+        client: KafkaClientSettings | None = None,
     ) -> None:
-        ensure_topic(bootstrap_servers, topic, partitions=1)
+        self._client = client or KafkaClientSettings()
+        ensure_topic(bootstrap_servers, topic, partitions=1, client=self._client)
         self._servers, self._topic = bootstrap_servers, topic
         self.max_part_bytes = max_part_bytes
+        self.key = key
         self._sink = KafkaSink(
-            bootstrap_servers, topic, linger_ms=0, options={"max_request_size": 1 << 20}
+            bootstrap_servers,
+            topic,
+            linger_ms=0,
+            options={"max_request_size": 1 << 20},
+            client=self._client,
         )
 
     def write(self, update: Update) -> int:
-        frames = encode(update, max_part_bytes=self.max_part_bytes)
+        frames = encode(update, max_part_bytes=self.max_part_bytes, key=self.key)
         for frame in frames:
             self._sink.send(frame, partition=0)
         self._sink.flush()
         return sum(map(len, frames))
 
     def latest_version(self) -> int:
-        source = KafkaSource(KafkaSourceConfig(self._servers, self._topic, partitions=(0,)))
+        source = KafkaSource(
+            KafkaSourceConfig(self._servers, self._topic, partitions=(0,), client=self._client)
+        )
         try:
             key = f"{self._topic}:0"
             end = source.positions()[key] + source.lag()[key]
@@ -191,11 +210,19 @@ class KafkaReader:
 
     At start it looks backwards from the end of the topic, a window at a
     time, for the first part of the newest snapshot, so a worker never
-    replays more history than one snapshot interval.
+    replays more history than one snapshot interval. ``client`` holds the
+    TLS and SASL settings.
     """
 
-    def __init__(self, bootstrap_servers: str, topic: str, window: int = 256) -> None:
-        ensure_topic(bootstrap_servers, topic, partitions=1)
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        window: int = 256,
+        client: KafkaClientSettings | None = None,
+    ) -> None:
+        client = client or KafkaClientSettings()
+        ensure_topic(bootstrap_servers, topic, partitions=1, client=client)
         self._source = KafkaSource(
             KafkaSourceConfig(
                 bootstrap_servers,
@@ -205,6 +232,7 @@ class KafkaReader:
                 # Updates are few and should arrive at once: do not let the
                 # broker hold an empty fetch for long.
                 options={"fetch_max_wait_ms": 20},
+                client=client,
             )
         )
         self._key = f"{topic}:0"
@@ -268,13 +296,17 @@ def parse_location(url: str) -> tuple[str, str, str]:
     )
 
 
-def open_writer(url: str) -> UpdateWriter:
-    """A writer for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``."""
+def open_writer(
+    url: str, key: SyncKey | None = None, client: KafkaClientSettings | None = None
+) -> UpdateWriter:
+    """A writer for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``; signing with ``key``."""
     kind, servers, where = parse_location(url)
-    return DirectoryWriter(where) if kind == "dir" else KafkaWriter(servers, where)
+    if kind == "dir":
+        return DirectoryWriter(where, key=key)
+    return KafkaWriter(servers, where, key=key, client=client)
 
 
-def open_reader(url: str) -> UpdateReader:
+def open_reader(url: str, client: KafkaClientSettings | None = None) -> UpdateReader:
     """A reader for ``dir://PATH`` or ``kafka://HOST:PORT/TOPIC``."""
     kind, servers, where = parse_location(url)
-    return DirectoryReader(where) if kind == "dir" else KafkaReader(servers, where)
+    return DirectoryReader(where) if kind == "dir" else KafkaReader(servers, where, client=client)

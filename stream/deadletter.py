@@ -151,7 +151,9 @@ class KafkaDeadLetterSink:
     Parameters
     ----------
     producer
-        A producer the caller owns (and closes).
+        A producer the caller owns (and closes), e.g. a
+        :class:`~headrace.stream.KafkaSink`'s, which carries the Kafka
+        client settings (TLS, SASL).
     topic
         The dead-letter topic.
     flush_timeout_s

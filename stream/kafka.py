@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import logging
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -11,6 +13,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
+
+from headrace.kafka_client import ENV_PREFIX, KafkaClientSettings
 
 from .batch import Positions, Record
 
@@ -26,7 +30,11 @@ __all__ = [
 
 
 class BrokerUnavailable(ConnectionError):
-    """No broker answered at the bootstrap address."""
+    """No broker answered at the bootstrap address, or it refused the client.
+
+    The message says which setting to fix when the broker was reached but
+    the TLS handshake or the SASL authentication failed.
+    """
 
 
 class DeliveryError(RuntimeError):
@@ -48,14 +56,98 @@ def parse_kafka_url(url: str) -> tuple[str, str]:
     return parts.netloc, topic
 
 
-def _connect(factory: Any, bootstrap_servers: str, **options: Any) -> Any:
-    """Build a kafka-python client, turning a bootstrap timeout into a clear error."""
+class _Complaints(logging.Handler):
+    """Keeps what kafka-python logs while a client bootstraps.
+
+    kafka-python retries a failed handshake or authentication until its
+    bootstrap timeout and then raises only a timeout; the cause is in its log.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextmanager
+def _complaints() -> Iterator[list[str]]:
+    handler = _Complaints()
+    logger = logging.getLogger("kafka")
+    logger.addHandler(handler)
     try:
-        return factory(bootstrap_servers=bootstrap_servers, **options)
+        yield handler.messages
+    finally:
+        logger.removeHandler(handler)
+
+
+#: Substrings of kafka-python's log that tell why a bootstrap failed, and what to fix.
+_CAUSES = (
+    (
+        ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
+        "the broker's TLS certificate is not trusted: set ssl_cafile "
+        f"({ENV_PREFIX}SSL_CAFILE) to the CA that signed it, or check ssl_check_hostname",
+    ),
+    (
+        ("CERTIFICATE_REQUIRED", "BAD_CERTIFICATE", "UNKNOWN_CA", "certificate required"),
+        "the broker refused the client certificate: set ssl_certfile and ssl_keyfile "
+        f"({ENV_PREFIX}SSL_CERTFILE, {ENV_PREFIX}SSL_KEYFILE) to one its CA signed",
+    ),
+    (
+        ("WRONG_VERSION_NUMBER", "record layer failure", "UNEXPECTED_EOF", "EOF occurred"),
+        "the TLS handshake failed: check that the broker's listener speaks TLS "
+        f"(security_protocol, {ENV_PREFIX}SECURITY_PROTOCOL)",
+    ),
+    (
+        ("UnsupportedSaslMechanism", "does not support"),
+        f"the broker does not offer this sasl_mechanism ({ENV_PREFIX}SASL_MECHANISM)",
+    ),
+    (
+        ("Sasl", "SASL", "Authentication", "unknown-user", "Abort ('v')"),
+        "SASL authentication failed: check sasl_plain_username, "
+        f"{ENV_PREFIX}SASL_PLAIN_PASSWORD (or sasl_plain_password_file) and sasl_mechanism",
+    ),
+)
+
+
+def _diagnose(bootstrap_servers: str, client: KafkaClientSettings, messages: list[str]) -> str:
+    text = "\n".join(messages)
+    if client.uses_tls and client.ssl_certfile is None and "socket disconnected" in text:
+        # Under TLS 1.3 a broker refuses a missing client certificate after
+        # the client's side of the handshake: the client sees a disconnect.
+        text += "\ncertificate required"
+    for needles, cause in _CAUSES:
+        if any(needle in text for needle in needles):
+            return f"Kafka at {bootstrap_servers} ({client.describe()}): {cause}"
+    return (
+        f"no Kafka broker answered at {bootstrap_servers} ({client.describe()}); "
+        "is it running and reachable, and does it expect this security_protocol?"
+    )
+
+
+def _connect(
+    factory: Any, bootstrap_servers: str, client: KafkaClientSettings, **options: Any
+) -> Any:
+    """Build a kafka-python client with ``client``'s security settings.
+
+    This is the one place where headrace's Kafka clients are made, so every
+    one of them talks to the brokers the same way.
+
+    Raises
+    ------
+    BrokerUnavailable
+        When the bootstrap fails, saying which setting to fix when the
+        broker was reached but refused the handshake or the credentials.
+    """
+    try:
+        with _complaints() as messages:
+            # The caller's own options win (e.g. a test's ssl_context).
+            return factory(
+                bootstrap_servers=bootstrap_servers, **(client.client_options() | options)
+            )
     except KafkaTimeoutError as exc:
-        raise BrokerUnavailable(
-            f"no Kafka broker answered at {bootstrap_servers}; is it running and reachable?"
-        ) from exc
+        raise BrokerUnavailable(_diagnose(bootstrap_servers, client, messages)) from exc
 
 
 def ensure_topic(
@@ -64,6 +156,7 @@ def ensure_topic(
     partitions: int = 1,
     *,
     bootstrap_timeout_s: float = 10.0,
+    client: KafkaClientSettings | None = None,
 ) -> bool:
     """Create ``topic`` unless it exists.
 
@@ -77,6 +170,8 @@ def ensure_topic(
         Partitions of a new topic (an existing topic is left as it is).
     bootstrap_timeout_s
         How long to wait for the broker before raising :class:`BrokerUnavailable`.
+    client
+        TLS and SASL settings (plaintext by default).
 
     Returns
     -------
@@ -86,7 +181,10 @@ def ensure_topic(
     if partitions < 1:
         raise ValueError(f"partitions must be at least 1, not {partitions}")
     admin = _connect(
-        KafkaAdminClient, bootstrap_servers, bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000)
+        KafkaAdminClient,
+        bootstrap_servers,
+        client or KafkaClientSettings(),
+        bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
     )
     try:
         admin.create_topics({topic: {"num_partitions": partitions, "replication_factor": 1}})
@@ -125,6 +223,8 @@ class KafkaSourceConfig:
         How long to wait for the broker at start.
     options
         Further ``KafkaConsumer`` keyword arguments, passed as they are.
+    client
+        TLS and SASL settings (plaintext by default).
     """
 
     bootstrap_servers: str
@@ -138,6 +238,7 @@ class KafkaSourceConfig:
     reconnect_backoff_max_ms: int = 1000
     bootstrap_timeout_s: float = 10.0
     options: Mapping[str, Any] = field(default_factory=dict)
+    client: KafkaClientSettings = field(default_factory=KafkaClientSettings)
 
     def __post_init__(self) -> None:
         if self.start not in ("earliest", "latest"):
@@ -188,7 +289,10 @@ class KafkaSource:
                 "max_poll_interval_ms": config.max_poll_interval_ms,
             }
         self.consumer: KafkaConsumer = _connect(
-            KafkaConsumer, config.bootstrap_servers, **(options | dict(config.options))
+            KafkaConsumer,
+            config.bootstrap_servers,
+            config.client,
+            **(options | dict(config.options)),
         )
         try:
             self._attach()
@@ -341,6 +445,8 @@ class KafkaSink:
         How long to wait for the broker at start.
     options
         Further ``KafkaProducer`` keyword arguments, passed as they are.
+    client
+        TLS and SASL settings (plaintext by default).
 
     Raises
     ------
@@ -357,6 +463,7 @@ class KafkaSink:
         delivery_timeout_ms: int = 120_000,
         bootstrap_timeout_s: float = 10.0,
         options: Mapping[str, Any] | None = None,
+        client: KafkaClientSettings | None = None,
     ) -> None:
         self.topic = topic
         self.sent = 0
@@ -365,6 +472,7 @@ class KafkaSink:
         self.producer: KafkaProducer = _connect(
             KafkaProducer,
             bootstrap_servers,
+            client or KafkaClientSettings(),
             linger_ms=linger_ms,
             acks="all",
             delivery_timeout_ms=delivery_timeout_ms,

@@ -11,10 +11,13 @@ each serving worker's version and sync lag (polled from the workers'
 
 from __future__ import annotations
 
+import base64
+import binascii
 import html
 import json
 import logging
 import math
+import secrets
 import threading
 import urllib.error
 import urllib.request
@@ -22,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -58,6 +62,35 @@ Points = list[tuple[float, float]]
 # -- serving workers -----------------------------------------------------------
 
 
+#: The bearer token of the dashboard and the predict API (``--api-token-file`` beats it).
+API_TOKEN_ENV = "HEADRACE_API_TOKEN"
+
+
+def open_url(url: str, timeout_s: float, token: str | None = None) -> Any:
+    """``urllib.request.urlopen`` of ``url``, with ``token`` as a bearer token if given."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+
+
+def authorized(header: str | None, token: str | None) -> bool:
+    """Whether an ``Authorization`` header carries ``token`` (always, without a token).
+
+    Takes ``Bearer <token>`` (Prometheus, scripts) and HTTP Basic with any
+    user name and the token as password (a browser's login prompt).
+    """
+    if token is None:
+        return True
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return secrets.compare_digest(value.encode(), token.encode())
+
+
 class WorkerPoller:
     """Polls serving workers' ``/metrics`` in a thread for their version and sync lag.
 
@@ -69,12 +102,21 @@ class WorkerPoller:
         Seconds between polls.
     timeout_s
         How long one worker may take to answer before it counts as down.
+    token
+        The workers' API token, sent as a bearer token.
     """
 
-    def __init__(self, urls: Sequence[str], every_s: float = 1.0, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        urls: Sequence[str],
+        every_s: float = 1.0,
+        timeout_s: float = 1.0,
+        token: str | None = None,
+    ) -> None:
         self.urls = [url.rstrip("/") for url in urls]
         self.every_s = every_s
         self.timeout_s = timeout_s
+        self._token = token
         self._status: dict[str, WorkerStatus] = {url: WorkerStatus(up=False) for url in self.urls}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -104,7 +146,7 @@ class WorkerPoller:
     def poll(self, url: str) -> WorkerStatus:
         """One worker's status now; ``up=False`` when it does not answer."""
         try:
-            with urllib.request.urlopen(f"{url}/metrics", timeout=self.timeout_s) as response:
+            with open_url(f"{url}/metrics", self.timeout_s, self._token) as response:
                 text = response.read().decode()
         except (OSError, urllib.error.URLError):
             return WorkerStatus(up=False)
@@ -411,6 +453,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path, _, query = self.path.partition("?")
+        if not authorized(self.headers.get("Authorization"), self.server.token):
+            self.send_response(HTTPStatus.UNAUTHORIZED)
+            self.send_header("WWW-Authenticate", 'Basic realm="headrace", charset="UTF-8"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
         if path == "/metrics":
             self._send(HTTPStatus.OK, CONTENT_TYPE_LATEST, generate_latest(self.server.registry))
         elif path == "/dashboard":
@@ -450,10 +498,15 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], registry: CollectorRegistry, history: TrainingHistory
+        self,
+        address: tuple[str, int],
+        registry: CollectorRegistry,
+        history: TrainingHistory,
+        token: str | None,
     ) -> None:
         self.registry = registry
         self.history = history
+        self.token = token
         super().__init__(address, _Handler)
 
 
@@ -468,6 +521,9 @@ class DashboardServer:
         The samples the dashboard draws.
     host, port
         Where to listen; port 0 picks a free one (see :attr:`port`).
+    token
+        Required of every request when given: as a bearer token, or as the
+        password of HTTP Basic (any user name) so that a browser can log in.
 
     Raises
     ------
@@ -476,9 +532,14 @@ class DashboardServer:
     """
 
     def __init__(
-        self, registry: CollectorRegistry, history: TrainingHistory, host: str, port: int
+        self,
+        registry: CollectorRegistry,
+        history: TrainingHistory,
+        host: str,
+        port: int,
+        token: str | None = None,
     ) -> None:
-        self._server = _Server((host, port), registry, history)
+        self._server = _Server((host, port), registry, history, token)
         self.host = host
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(

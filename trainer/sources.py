@@ -10,6 +10,7 @@ import time
 from collections import deque
 from urllib.parse import parse_qs, urlsplit
 
+from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
     FileSource,
     KafkaSource,
@@ -151,7 +152,13 @@ def _query_int(query: dict[str, list[str]], name: str, default: int | None) -> i
         raise SourceUrlError(f"{name}={query[name][-1]!r} must be an integer") from None
 
 
-def open_source(url: str, *, until_end: bool = False, deterministic: bool = False) -> Source:
+def open_source(
+    url: str,
+    *,
+    until_end: bool = False,
+    deterministic: bool = False,
+    kafka: KafkaClientSettings | None = None,
+) -> Source:
     """Open the source a URL names.
 
     Parameters
@@ -164,6 +171,8 @@ def open_source(url: str, *, until_end: bool = False, deterministic: bool = Fals
         written before the run is a finite source.
     deterministic
         Kafka only: read with :class:`OrderedKafkaReader`'s fixed order.
+    kafka
+        Kafka only: TLS and SASL settings (plaintext by default).
 
     Raises
     ------
@@ -178,7 +187,9 @@ def open_source(url: str, *, until_end: bool = False, deterministic: bool = Fals
             bootstrap, topic = parse_kafka_url(url)
         except ValueError as exc:
             raise SourceUrlError(str(exc)) from None
-        source = ProcessKafkaSource(KafkaSourceConfig(bootstrap, topic))
+        source = ProcessKafkaSource(
+            KafkaSourceConfig(bootstrap, topic, client=kafka or KafkaClientSettings())
+        )
         return OrderedKafkaReader(source, until_end=until_end, ordered=deterministic)
     if parts.scheme == "file":
         path = parts.netloc + parts.path

@@ -116,12 +116,15 @@ def test_replay_at_speed_paces_by_event_time_in_order(kafka_bootstrap, topic_nam
     messages = [next(reader) for _ in range(41)]
     reader.close()
     assert [json.loads(m.value)["request_id"] for m in messages] == [f"r{i}" for i in range(41)]
-    sent_at = [m.timestamp / 1000 for m in messages]  # milliseconds
-    for i, at in enumerate(sent_at):
+    sent_ms = [m.timestamp for m in messages]  # integer milliseconds
+    for i, at in enumerate(sent_ms):
         # Sleeping never ends early; 2 ms allow for the millisecond timestamps.
-        assert at - sent_at[0] >= i * gap_s / speed - 0.002
+        # Compared in integer milliseconds: in float seconds, 0.902 - 0.579 of
+        # an epoch timestamp comes out below 0.323 and failed a run that was
+        # exactly on time.
+        assert at - sent_ms[0] >= round(i * gap_s / speed * 1000) - 2
     # Paced at all, and not at event time (8 s): a generous bound for a busy machine.
-    assert 0.5 - 0.002 <= sent_at[-1] - sent_at[0] < 4.0
+    assert 500 - 2 <= sent_ms[-1] - sent_ms[0] < 4000
 
 
 def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(

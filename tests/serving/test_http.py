@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from headrace.serving import (
     ParameterPublisher,
     Scorer,
+    WorkerOptions,
     attach_publisher,
     build_worker,
     open_writer,
@@ -95,7 +96,7 @@ def test_every_response_matches_the_version_it_names(tmp_path):
         lambda t, _: expected.update({publisher.version: _trainer_scores(t, PROBE)})
     )
 
-    app, sync = build_worker(url, poll_interval=0.005)
+    app, sync = build_worker(url, WorkerOptions(poll_interval=0.005))
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
