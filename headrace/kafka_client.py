@@ -46,7 +46,7 @@ Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 
 
 class FileTokenProvider(AbstractTokenProvider):
-    """An OAUTHBEARER token read from a file at every (re)authentication.
+    """An OAUTHBEARER token: from its file, read again at every authentication, or as given.
 
     Re-reading lets a sidecar rotate the token without a restart. A plain
     class rather than a closure, so that settings holding it pickle into the
@@ -59,10 +59,8 @@ class FileTokenProvider(AbstractTokenProvider):
         self._token = token
 
     def token(self) -> str:
-        if self.path is not None:
-            return read_secret(self.path, "")  # type: ignore[return-value]
-        assert self._token is not None  # the settings' validation ensures one of the two
-        return self._token.get_secret_value()
+        # The settings' validation ensures a file or a token.
+        return _secret(self._token, self.path) or ""
 
     def extensions(self) -> dict[str, str]:
         return {}
