@@ -42,10 +42,13 @@ from headrace.trainer.checkpoint import (
     MODEL_BLOB,
     MONITOR_BLOB,
     OPTIMIZER_BLOB,
+    RECENT_IDS_BLOB,
     STATE_BLOB,
     TrainingState,
 )
 from headrace.trainer.config import TrainerConfig
+from headrace.trainer.correction import calibrated_probabilities, metric_weights
+from headrace.trainer.dedup import RecentEventIds
 from headrace.trainer.drift import DriftMonitor
 from headrace.trainer.evaluation import ProgressiveMetrics
 from headrace.trainer.models import (
@@ -180,6 +183,7 @@ class Trainer:
         self.metrics = ProgressiveMetrics(config.window)
         self.drift = DriftMonitor(config.drift, self._slot_names)
         self.state = TrainingState()
+        self.recent_ids = RecentEventIds(config.dedup_window)
         self.telemetry = TrainerTelemetry(registry or CollectorRegistry())
         self.after_step: list[Callable[[Trainer, StepResult], None]] = []
         self.lag: dict[str, int] = {}
@@ -246,6 +250,10 @@ class Trainer:
         self.state = TrainingState.from_bytes(extra[STATE_BLOB])
         # Pickle of our own numpy arrays and River detectors, written by this class.
         self.metrics, self.drift = pickle.loads(extra[MONITOR_BLOB])
+        if RECENT_IDS_BLOB in extra:
+            self.recent_ids = RecentEventIds.from_bytes(
+                extra[RECENT_IDS_BLOB], self.config.dedup_window
+            )
         if self.state.positions:
             self.stream.seek(self.state.positions)
         log.info(
@@ -264,6 +272,7 @@ class Trainer:
                 OPTIMIZER_BLOB: _torch_bytes(self.optimizer.state_dict()),
                 STATE_BLOB: self.state.to_bytes(),
                 MONITOR_BLOB: pickle.dumps((self.metrics, self.drift)),
+                RECENT_IDS_BLOB: self.recent_ids.to_bytes(),
             }
         )
         self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
@@ -302,14 +311,15 @@ class Trainer:
         )
         logits = self.model(pooled, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        weights = None if batch.weights is None else torch.from_numpy(batch.weights)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         for slot, lookup in lookups.items():
             self.store.apply_gradients(lookup, vectors[slot].grad.numpy())
-        probabilities = torch.sigmoid(logits.detach()).numpy()
-        self.metrics.update(probabilities, batch.labels)
+        probabilities = calibrated_probabilities(logits.detach().numpy(), batch.sample_rates)
+        self.metrics.update(probabilities, batch.labels, metric_weights(batch))
         stats = self.store.stats()
         detections = self.drift.update(
             float(loss.detach()),
@@ -401,8 +411,11 @@ class Trainer:
                     break
                 self._absorb_stream_counters(fetched)
                 last_records = fetched.records_read
-                batch = fetched.batch
+                batch = self.recent_ids.fresh(fetched.batch)
+                self.state.duplicates += len(fetched.batch) - len(batch)
                 if len(batch):
+                    if batch.sample_rates is not None:
+                        self.state.sample_rate = float(batch.sample_rates[-1])
                     result = self.step(batch)
                     for hook in self.after_step:
                         hook(self, result)
