@@ -79,6 +79,10 @@ class Reason(enum.StrEnum):
     BAD_WEIGHT = "bad_weight"
     BAD_SAMPLE_RATE = "bad_sample_rate"
     BAD_EVENT_ID = "bad_event_id"
+    # The joiner's inputs (headrace.joiner): impressions and actions.
+    MISSING_JOIN_KEY = "missing_join_key"
+    BAD_ACTION_TYPE = "bad_action_type"
+    DUPLICATE_JOIN_KEY = "duplicate_join_key"
 
 
 class SchemaError(ValueError):

@@ -23,11 +23,12 @@ from .kafka import (
     KafkaSourceConfig,
     ensure_topic,
     parse_kafka_url,
+    topic_partitions,
 )
 from .kafka_process import ProcessKafkaSource, ReaderProcessError
 from .parse import EventParser, ParserConfig, ParseResult
 from .pipeline import EventStream, Source
-from .replay import MessageSink, generate_events, replay_log
+from .replay import LogSink, MessageSink, generate_events, replay_log
 from .synthetic import (
     BayesAuc,
     CtrGenerator,
@@ -36,6 +37,7 @@ from .synthetic import (
     SyntheticConfig,
     SyntheticSource,
 )
+from .two_streams import TwoStreamConfig, TwoStreamGenerator, TwoStreams
 
 __all__ = [
     "Batch",
@@ -56,6 +58,7 @@ __all__ = [
     "KafkaSource",
     "KafkaSourceConfig",
     "ListDeadLetterSink",
+    "LogSink",
     "MessageSink",
     "ParseResult",
     "ParserConfig",
@@ -66,9 +69,13 @@ __all__ = [
     "Source",
     "SyntheticConfig",
     "SyntheticSource",
+    "TwoStreamConfig",
+    "TwoStreamGenerator",
+    "TwoStreams",
     "ensure_topic",
     "generate_events",
     "open_log",
     "parse_kafka_url",
     "replay_log",
+    "topic_partitions",
 ]

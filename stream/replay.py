@@ -12,7 +12,7 @@ import orjson
 from .file import open_log
 from .synthetic import BayesAuc, CtrGenerator
 
-__all__ = ["MessageSink", "generate_events", "replay_log"]
+__all__ = ["LogSink", "MessageSink", "generate_events", "replay_log"]
 
 
 class MessageSink(Protocol):
@@ -21,14 +21,28 @@ class MessageSink(Protocol):
     def send(self, value: bytes) -> None: ...
 
 
-class _LogWriter:
-    """Writes messages as lines of a JSONL file (gzip when the name ends in ``.gz``)."""
+class LogSink:
+    """Writes messages as lines of a JSONL file (gzip when the name ends in ``.gz``).
 
-    def __init__(self, path: Path) -> None:
-        self._file: IO[bytes] = open_log(path, "wb")
+    Parameters
+    ----------
+    path
+        The file; its folder is created if needed.
+    append
+        Add to an existing file instead of replacing it.
+    """
 
-    def send(self, value: bytes) -> None:
+    def __init__(self, path: Path, *, append: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[bytes] = open_log(path, "ab" if append else "wb")
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        """Write one line; ``key`` (a Kafka message key) is not kept."""
         self._file.write(value + b"\n")
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -63,7 +77,7 @@ def generate_events(
         The Bayes-optimal AUC of the labels drawn.
     """
     auc = BayesAuc()
-    sink = _LogWriter(out) if isinstance(out, Path) else out
+    sink = LogSink(out) if isinstance(out, Path) else out
     try:
         for start in range(0, count, chunk):
             generated = generator.generate(start, min(chunk, count - start))
@@ -73,7 +87,7 @@ def generate_events(
             if on_progress is not None:
                 on_progress(len(generated.events))
     finally:
-        if isinstance(sink, _LogWriter):
+        if isinstance(sink, LogSink):
             sink.close()
     return auc
 
