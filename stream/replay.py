@@ -29,12 +29,16 @@ class LogSink:
     path
         The file; its folder is created if needed.
     append
-        Add to an existing file instead of replacing it.
+        Add to an existing file instead of replacing it. A plain file's
+        unfinished last line (a writer killed mid-write) is cut off first:
+        a writer that resumes from its last flush writes it again whole.
     """
 
     def __init__(self, path: Path, *, append: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        if append and path.suffix != ".gz" and path.exists():
+            _cut_unfinished_line(path)
         self._file: IO[bytes] = open_log(path, "ab" if append else "wb")
 
     def send(self, value: bytes, key: bytes | None = None) -> None:
@@ -46,6 +50,23 @@ class LogSink:
 
     def close(self) -> None:
         self._file.close()
+
+
+def _cut_unfinished_line(path: Path) -> None:
+    """Truncate ``path`` after its last newline."""
+    with path.open("r+b") as f:
+        end = f.seek(0, 2)
+        position = end
+        while position > 0:
+            step = min(position, 1 << 16)
+            f.seek(position - step)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                position = position - step + newline + 1
+                break
+            position -= step
+        if position != end:
+            f.truncate(position)
 
 
 def generate_events(

@@ -40,8 +40,12 @@ BAD_INPUTS = [
 ]
 
 
+#: Reasons of the joiner's inputs only (tests/joiner covers them).
+JOINER_REASONS = {Reason.MISSING_JOIN_KEY, Reason.BAD_ACTION_TYPE, Reason.DUPLICATE_JOIN_KEY}
+
+
 def test_every_reason_is_covered():
-    assert {reason for _, reason in BAD_INPUTS} == set(Reason)
+    assert {reason for _, reason in BAD_INPUTS} == set(Reason) - JOINER_REASONS
 
 
 @pytest.mark.parametrize("raw, reason", BAD_INPUTS)
