@@ -2,7 +2,12 @@
 
 Each cycle reads a chunk of impressions and of actions (keeping the two
 inputs within ``align_slack_s`` of each other in event time), joins them,
-advances the watermark and writes what was emitted. Every
+advances the watermark and writes what was emitted. An input's progress is
+the smallest, over its partitions, of the newest ``ts`` read from each
+(partitions are read unevenly; one without records for
+``idle_partition_s`` does not count), and the watermark is the
+impressions' progress less the allowed lateness, held back to the actions'
+progress while actions are still coming. Every
 ``commit_every_s`` it flushes the output, the late actions and the dead
 letters, then commits the state changes, both inputs' positions and the
 counters in one RocksDB write batch. After a crash it restarts from the
@@ -105,6 +110,11 @@ class Joiner:
         self.watermark = -float("inf")
         self._read_impression = ImpressionReader(config.item_key, config.max_message_bytes)
         self._idle = {"impressions": False, "actions": False}
+        # Per input: partition -> (newest ts read, monotonic time of the last record).
+        self._seen: dict[str, dict[str, tuple[float, float]]] = {
+            "impressions": {},
+            "actions": {},
+        }
         self.emitted_this_run = 0
         for name, source in self.inputs.items():
             if name in self.state.positions:
@@ -118,13 +128,28 @@ class Joiner:
 
     # -- one cycle -----------------------------------------------------------
 
+    def progress(self, name: str) -> float:
+        """Event time up to which input ``name`` has been read in every live partition."""
+        seen = self._seen[name]
+        if not seen:
+            return -float("inf")
+        now = time.monotonic()
+        live = [ts for ts, at in seen.values() if now - at < self.config.idle_partition_s]
+        return min(live) if live else max(ts for ts, _ in seen.values())
+
+    def _saw(self, name: str, record: Record, ts: float) -> None:
+        seen = self._seen[name]
+        newest = seen.get(record.partition)
+        seen[record.partition] = (ts if newest is None else max(ts, newest[0]), time.monotonic())
+
     def _wanted(self) -> list[str]:
         """The inputs to read now: each unless it is ahead of the other by the slack."""
-        core, slack = self.core, self.config.align_slack_s
+        slack = self.config.align_slack_s
+        imps, acts = self.progress("impressions"), self.progress("actions")
         wanted = []
-        if self._idle["actions"] or core.max_impression_ts <= core.max_action_ts + slack:
+        if self._idle["actions"] or imps <= acts + slack:
             wanted.append("impressions")
-        if self._idle["impressions"] or core.max_action_ts <= core.max_impression_ts + slack:
+        if self._idle["impressions"] or acts <= imps + slack:
             wanted.append("actions")
         return wanted
 
@@ -151,6 +176,7 @@ class Joiner:
         for record in read.get("impressions", ()):
             try:
                 impression = self._read_impression(record.value)
+                self._saw("impressions", record, impression.ts)
                 try:
                     core.impression(impression)
                 except KeyError:
@@ -166,20 +192,20 @@ class Joiner:
             except SchemaError as exc:
                 self._dead("actions", exc, record)
                 continue
+            self._saw("actions", record, action.ts)
             core.action(action, record.value)  # type: ignore[arg-type]
         self._advance()
         self._write_output()
         return sum(map(len, read.values()))
 
     def _advance(self) -> None:
-        core = self.core
-        watermark = core.max_impression_ts - self.config.allowed_lateness_s
+        watermark = self.progress("impressions") - self.config.allowed_lateness_s
         if not self._idle["actions"]:
             # Actions are still coming: close no window their progress has not reached.
-            watermark = min(watermark, core.max_action_ts)
+            watermark = min(watermark, self.progress("actions"))
         if watermark > self.watermark:
             self.watermark = watermark
-            core.advance(watermark)
+            self.core.advance(watermark)
 
     def _write_output(self) -> None:
         emitted, late = self.core.take_output()
