@@ -15,8 +15,9 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
   time by the model as it stood then (what serving would have answered:
   in ``wait`` mode the model has seen impressions up to one window
   earlier), against its label within the window; the AUC and calibration
-  (mean predicted / actual rate) of those scores are ``*_auc`` and
-  ``*_calibration``. The downsampled model's logits get ``ln(r)`` added, as
+  (mean predicted / actual rate) of those scores, over the impressions after
+  the first window (before it, a ``wait`` model has learned nothing yet),
+  are ``*_auc`` and ``*_calibration``. The downsampled model's logits get ``ln(r)`` added, as
   serving does. ``sampled_speedup`` is the trainer's rate in impressions
   covered per second, sampled over unsampled (scoring time excluded).
 
@@ -167,7 +168,7 @@ def train(events: Path, imps: Path, labels: np.ndarray, lag_s: float, rate: floa
         seconds = time.perf_counter() - started - served.seconds
         served.score_until(trainer, float("inf"))
         progressive = (trainer.metrics.auc(), trainer.metrics.calibration())
-    scored = ~np.isnan(served.scores)
+    scored = ~np.isnan(served.scores) & (served.ts >= served.ts[0] + WINDOW_S)
     p, y = served.scores[scored], labels[scored]
     bins = 1 << 16
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
