@@ -558,6 +558,16 @@ def demo(
     ] = None,
     topic: Annotated[str, typer.Option(help="Events topic.")] = "headrace-events",
     params_topic: Annotated[str, typer.Option(help="Parameters topic.")] = "headrace-params",
+    joiner: Annotated[
+        bool,
+        typer.Option(
+            help="Generate impressions and delayed clicks, and join them with `headrace join`."
+        ),
+    ] = False,
+    join_window: Annotated[
+        float, typer.Option(min=1.0, help="--joiner: the join window, seconds of event time.")
+    ] = 600.0,
+    join_mode: Annotated[str, typer.Option(help="--joiner: wait or fake-negative.")] = "wait",
 ) -> None:
     """Run everything locally: broker, event generator with drift, trainer, two serving workers.
 
@@ -571,6 +581,10 @@ def demo(
         raise typer.BadParameter(f"no config file at {config}", param_hint="--config")
     if publish is not None:
         _check_params_location(publish, "--publish")
+    if join_mode not in ("wait", "fake-negative"):
+        raise typer.BadParameter(
+            f"wait or fake-negative, not {join_mode!r}", param_hint="--join-mode"
+        )
     options = DemoOptions(
         data_dir=data_dir,
         bootstrap_servers=bootstrap_servers,
@@ -584,6 +598,9 @@ def demo(
         serving_port=serving_port,
         topic=topic,
         params_topic=params_topic,
+        joiner=joiner,
+        join_window=join_window,
+        join_mode=join_mode,
     )
     try:
         summary = run_demo(options)

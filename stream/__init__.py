@@ -37,9 +37,10 @@ from .synthetic import (
     SyntheticConfig,
     SyntheticSource,
 )
-from .two_streams import TwoStreamConfig, TwoStreamGenerator, TwoStreams
+from .two_streams import ActionQueue, TwoStreamConfig, TwoStreamGenerator, TwoStreams
 
 __all__ = [
+    "ActionQueue",
     "Batch",
     "BayesAuc",
     "BrokerUnavailable",

@@ -22,7 +22,7 @@ import orjson
 
 from .synthetic import BayesAuc, CtrGenerator, SyntheticConfig, _Draws
 
-__all__ = ["TwoStreamConfig", "TwoStreamGenerator", "TwoStreams"]
+__all__ = ["ActionQueue", "TwoStreamConfig", "TwoStreamGenerator", "TwoStreams"]
 
 _DELAY = 30  # purpose of the delay draws (see synthetic._Draws)
 
@@ -142,20 +142,39 @@ class TwoStreamGenerator:
             The Bayes-optimal AUC of the labels within the window.
         """
         auc = BayesAuc()
-        waiting: list[tuple[float, str, bytes]] = []
+        queue = ActionQueue()
         for begin in range(0, count, chunk):
             part = self.generate(begin, min(chunk, count - begin))
             auc.update(part.probabilities, part.labels)
-            for action in part.actions:
-                heapq.heappush(waiting, action)
-            for ts, request_id, message in part.impressions:
-                while waiting and waiting[0][0] <= ts:
-                    _, key, value = heapq.heappop(waiting)
-                    actions.send(value, key.encode())
-                impressions.send(message, request_id.encode())
+            queue.send(part, impressions, actions)
             if on_progress is not None:
                 on_progress(len(part.impressions))
-        while waiting:
-            _, key, value = heapq.heappop(waiting)
-            actions.send(value, key.encode())
+        queue.flush(actions)
         return auc
+
+
+class ActionQueue:
+    """Actions waiting until event time reaches them, so each is sent after its impression."""
+
+    def __init__(self) -> None:
+        self._waiting: list[tuple[float, str, bytes]] = []
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def send(self, part: TwoStreams, impressions: _Sink, actions: _Sink) -> None:
+        """Send ``part``'s impressions in order, each after the actions due by its time."""
+        waiting = self._waiting
+        for action in part.actions:
+            heapq.heappush(waiting, action)
+        for ts, request_id, message in part.impressions:
+            while waiting and waiting[0][0] <= ts:
+                _, key, value = heapq.heappop(waiting)
+                actions.send(value, key.encode())
+            impressions.send(message, request_id.encode())
+
+    def flush(self, actions: _Sink) -> None:
+        """Send every waiting action, in time order (the impressions have ended)."""
+        while self._waiting:
+            _, key, value = heapq.heappop(self._waiting)
+            actions.send(value, key.encode())
