@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from headrace.joiner import JoinConfig, Joiner, open_inputs, open_sink
+from headrace.joiner import EndpointError, JoinConfig, Joiner, open_inputs, open_sink
 from headrace.stream import KafkaSink, ListDeadLetterSink, ensure_topic
 
 pytestmark = pytest.mark.kafka
@@ -140,3 +140,11 @@ def test_two_joiners_split_the_partitions_and_emit_each_impression_once(
     events = _consume(kafka_bootstrap, topics[2])
     assert sorted(e["request_id"] for e in events) == sorted(rids)
     assert {e["request_id"] for e in events if e["label"] == 1} == set(converted)
+
+
+def test_topics_with_unequal_partitions_are_refused_at_start(kafka_bootstrap, topic_name):
+    imps, acts = topic_name("imps"), topic_name("acts")
+    ensure_topic(kafka_bootstrap, imps, 2)
+    ensure_topic(kafka_bootstrap, acts, 3)
+    with pytest.raises(EndpointError, match="as many partitions"):
+        open_inputs(f"kafka://{kafka_bootstrap}/{imps}", f"kafka://{kafka_bootstrap}/{acts}")
