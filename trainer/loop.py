@@ -93,6 +93,7 @@ class Summary:
     auc: float
     logloss: float
     rolling_auc: float
+    calibration: float
     rows: int
     seconds: float
 
@@ -107,6 +108,7 @@ class Summary:
             "auc": clean(self.auc),
             "logloss": clean(self.logloss),
             "rolling_auc": clean(self.rolling_auc),
+            "calibration": clean(self.calibration),
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events / self.seconds, 1) if self.seconds else None,
@@ -362,10 +364,8 @@ class Trainer:
         self._stream_seen = (fetched.records_read, fetched.dead_letters)
 
     def _refresh_gauges(self, with_lag: bool) -> None:
-        m, t = self.metrics, self.telemetry
-        t.evaluation(
-            m.auc(), m.logloss(), m.rolling_auc(), m.rolling_logloss(), m.rolling_label_rate()
-        )
+        t = self.telemetry
+        t.evaluation(self.metrics)
         t.store(self._stats)
         # The counters as of the last batch taken: the reader thread moves the stream's own.
         t.ingest(*self._stream_seen)
@@ -448,6 +448,7 @@ class Trainer:
             auc=self.metrics.auc(),
             logloss=self.metrics.logloss(),
             rolling_auc=self.metrics.rolling_auc(),
+            calibration=self.metrics.calibration(),
             rows=sum(self._stats.rows.values()),
             seconds=time.monotonic() - started,
         )
