@@ -56,6 +56,7 @@ __all__ = [
     "Reason",
     "SchemaError",
     "ValidEvent",
+    "check_ts",
     "event_decoder",
     "fid",
     "validate_event",
@@ -166,6 +167,26 @@ def _check_dense(dense: object) -> Mapping[str, float]:
     return {name: float(value) for name, value in dense.items()}
 
 
+def check_ts(record: object, kind: str) -> float:
+    """Check that ``record`` is a JSON object with a finite ``ts``; return the ts.
+
+    ``kind`` names the record in the error (``"an event"``, ``"an action"``).
+
+    >>> check_ts({"ts": 5}, "an event")
+    5.0
+    """
+    if type(record) is not dict:
+        raise SchemaError(
+            Reason.NOT_OBJECT, f"{kind} is a JSON object, not {type(record).__name__}"
+        )
+    ts = record.get("ts")
+    if ts is None:
+        raise SchemaError(Reason.MISSING_TS, "ts (seconds since the epoch) is required")
+    if not _is_number(ts):
+        raise SchemaError(Reason.BAD_TS, f"ts must be a finite number, not {ts!r}")
+    return float(ts)
+
+
 def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
     """Check a decoded JSON value against the event schema.
 
@@ -187,16 +208,8 @@ def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
     SchemaError
         With the :class:`Reason` of the first rule the event breaks.
     """
-    if type(event) is not dict:
-        raise SchemaError(
-            Reason.NOT_OBJECT, f"an event is a JSON object, not {type(event).__name__}"
-        )
-    ts = event.get("ts")
-    if ts is None:
-        raise SchemaError(Reason.MISSING_TS, "ts (seconds since the epoch) is required")
-    if not _is_number(ts):
-        raise SchemaError(Reason.BAD_TS, f"ts must be a finite number, not {ts!r}")
-    label = event.get("label")
+    ts = check_ts(event, "an event")
+    label = event.get("label")  # type: ignore[union-attr]
     if label is None:
         if require_label:
             raise SchemaError(Reason.MISSING_LABEL, "label is required for training")
@@ -209,7 +222,7 @@ def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
     dense = event.get("dense")
     request_id = _check_optional_str(event.get("request_id"), "request_id", Reason.BAD_REQUEST_ID)
     return ValidEvent(
-        ts=float(ts),
+        ts=ts,
         label=label_value,
         sparse=_check_sparse(sparse),
         dense=_EMPTY if dense is None else _check_dense(dense),

@@ -9,12 +9,18 @@ item key configured, both carry the item too and the join key is
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 import orjson
 
-from headrace.schema import FastEvent, Reason, SchemaError, event_decoder, validate_event
+from headrace.schema import (
+    FastEvent,
+    Reason,
+    SchemaError,
+    check_ts,
+    event_decoder,
+    validate_event,
+)
 
 __all__ = ["Action", "Impression", "ImpressionReader", "join_key", "read_action"]
 
@@ -63,15 +69,6 @@ def _too_large(raw: bytes | None, limit: int) -> bytes:
     if len(raw) > limit:
         raise SchemaError(Reason.TOO_LARGE, f"{len(raw)} bytes, the limit is {limit}")
     return raw
-
-
-def _finite(value: object) -> bool:
-    if type(value) is not float and type(value) is not int:
-        return False  # bool is an int subclass, but never a time
-    try:
-        return math.isfinite(value)  # type: ignore[arg-type]
-    except OverflowError:  # an int beyond float range
-        return False
 
 
 def _loads(raw: bytes) -> object:
@@ -143,15 +140,7 @@ def read_action(raw: bytes | None, item_key: str | None, max_message_bytes: int)
     Action(ts=9.0, key='r1', type='click')
     """
     action = _loads(_too_large(raw, max_message_bytes))
-    if type(action) is not dict:
-        raise SchemaError(
-            Reason.NOT_OBJECT, f"an action is a JSON object, not {type(action).__name__}"
-        )
-    ts = action.get("ts")
-    if ts is None:
-        raise SchemaError(Reason.MISSING_TS, "ts (seconds since the epoch) is required")
-    if not _finite(ts):
-        raise SchemaError(Reason.BAD_TS, f"ts must be a finite number, not {ts!r}")
+    ts = check_ts(action, "an action")
     request_id = action.get("request_id")
     if type(request_id) is not str:
         raise SchemaError(
@@ -161,4 +150,4 @@ def read_action(raw: bytes | None, item_key: str | None, max_message_bytes: int)
     if type(kind) is not str:
         raise SchemaError(Reason.BAD_ACTION_TYPE, f"type must be a string, not {kind!r}")
     item = None if item_key is None else _item(action.get(item_key), "an action", item_key)
-    return Action(float(ts), join_key(request_id, item), kind)
+    return Action(ts, join_key(request_id, item), kind)

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import subprocess
-import time
 from pathlib import Path
 
 from headrace.stream import (
@@ -17,7 +15,8 @@ from headrace.stream import (
     TwoStreamGenerator,
 )
 from headrace.trainer import Trainer, load_trainer_config
-from tests.trainer.conftest import SMALL_CONFIG, headrace_command, run_cli
+from tests.trainer.conftest import SMALL_CONFIG, run_cli
+from tests.trainer.killing import kill_at_progress
 
 IMPRESSIONS = 60_000
 
@@ -64,25 +63,10 @@ def test_joiner_killed_three_times_then_trainer_trains_each_example_once(tmp_pat
     # Several cycles between commits, so that kills land after output that
     # was written but not committed: the restart emits it again.
     env = os.environ | {"HEADRACE_JOIN__COMMIT_EVERY_S": "0.5"}
-    rng = random.Random(3)
     killed_out = tmp_path / "killed.jsonl"
-    for target in sorted(rng.uniform(0.1, 0.8) * IMPRESSIONS for _ in range(3)):
-        proc = subprocess.Popen(
-            headrace_command(*args("killed")),
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while _lines(killed_out) < target and proc.poll() is None:
-                assert time.monotonic() < deadline, "the joiner made no progress"
-                time.sleep(0.01)
-            assert proc.poll() is None, f"the joiner exited with {proc.returncode} before the kill"
-            time.sleep(rng.uniform(0.0, 0.05))
-        finally:
-            proc.kill()
-            proc.wait()
+    rng = random.Random(3)
+    targets = sorted(rng.uniform(0.1, 0.8) * IMPRESSIONS for _ in range(3))
+    kill_at_progress(args("killed"), lambda: _lines(killed_out), targets, rng, env)
     killed_summary = run_cli(*args("killed"))
     clean_summary = run_cli(*args("clean"))
 
