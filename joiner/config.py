@@ -44,9 +44,6 @@ class JoinConfig(BaseModel):
         oldest goes to the late-actions sink.
     align_slack_s
         How far (in event time) one input may be read ahead of the other.
-    idle_partition_s
-        A partition without records for this many (wall) seconds stops
-        holding the watermark back.
     commit_every_s
         Seconds between commits of state, positions and output.
     seed
@@ -65,7 +62,6 @@ class JoinConfig(BaseModel):
     allowed_lateness_s: float = Field(10.0, ge=0)
     max_early_actions: int = Field(1_000_000, ge=1)
     align_slack_s: float = Field(60.0, ge=0)
-    idle_partition_s: float = Field(5.0, gt=0)
     commit_every_s: float = Field(1.0, gt=0)
     seed: int = Field(0, ge=0)
     max_message_bytes: int = Field(1 << 20, ge=1)

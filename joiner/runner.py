@@ -3,11 +3,11 @@
 Each cycle reads a chunk of impressions and of actions (keeping the two
 inputs within ``align_slack_s`` of each other in event time), joins them,
 advances the watermark and writes what was emitted. An input's progress is
-the smallest, over its partitions, of the newest ``ts`` read from each
-(partitions are read unevenly; one without records for
-``idle_partition_s`` does not count), and the watermark is the
-impressions' progress less the allowed lateness, held back to the actions'
-progress while actions are still coming. Every
+the smallest, over its partitions that still have records to read, of the
+newest ``ts`` read from each (partitions are read unevenly; one read to its
+end does not hold the others back), and the watermark is the impressions'
+progress less the allowed lateness, held back to the actions' progress
+while actions are still coming. Every
 ``commit_every_s`` it flushes the output, the late actions and the dead
 letters, then commits the state changes, both inputs' positions and the
 counters in one RocksDB write batch. After a crash it restarts from the
@@ -64,6 +64,15 @@ class JoinSummary:
         }
 
 
+def _at_end(source: Source, key: str) -> bool:
+    """Whether partition ``key`` of ``source`` has no record left to read now."""
+    highwater = getattr(source, "highwater", None)
+    if highwater is None:  # a file: one partition
+        return source.exhausted
+    end = highwater(key)
+    return end is not None and source.positions()[key] >= end
+
+
 class Joiner:
     """Joins an impressions source with an actions source into labelled events.
 
@@ -110,8 +119,8 @@ class Joiner:
         self.watermark = -float("inf")
         self._read_impression = ImpressionReader(config.item_key, config.max_message_bytes)
         self._idle = {"impressions": False, "actions": False}
-        # Per input: partition -> (newest ts read, monotonic time of the last record).
-        self._seen: dict[str, dict[str, tuple[float, float]]] = {
+        # Per input: partition -> newest ts read.
+        self._seen: dict[str, dict[str, float]] = {
             "impressions": {},
             "actions": {},
         }
@@ -129,18 +138,18 @@ class Joiner:
     # -- one cycle -----------------------------------------------------------
 
     def progress(self, name: str) -> float:
-        """Event time up to which input ``name`` has been read in every live partition."""
-        seen = self._seen[name]
-        if not seen:
-            return -float("inf")
-        now = time.monotonic()
-        live = [ts for ts, at in seen.values() if now - at < self.config.idle_partition_s]
-        return min(live) if live else max(ts for ts, _ in seen.values())
+        """Event time up to which input ``name`` is read in every partition with records left."""
+        source, seen = self.inputs[name], self._seen[name]
+        behind = [
+            seen.get(key, -float("inf")) for key in source.positions() if not _at_end(source, key)
+        ]
+        if behind:
+            return min(behind)
+        return max(seen.values(), default=-float("inf"))
 
     def _saw(self, name: str, record: Record, ts: float) -> None:
         seen = self._seen[name]
-        newest = seen.get(record.partition)
-        seen[record.partition] = (ts if newest is None else max(ts, newest[0]), time.monotonic())
+        seen[record.partition] = max(ts, seen.get(record.partition, ts))
 
     def _wanted(self) -> list[str]:
         """The inputs to read now: each unless it is ahead of the other by the slack."""
