@@ -73,6 +73,19 @@ class ProgressiveMetrics:
         self._head = 0
         self._filled = 0
 
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickle, upgrading one from before event weights (count histograms)."""
+        self.__dict__.update(state)
+        if "_ring_weight" in state:
+            return
+        for name in ("_pos", "_neg", "_win_pos", "_win_neg"):
+            setattr(self, name, state[name].astype(np.float64))
+        self._ring_weight = np.ones(self.window, dtype=np.float64)
+        # Predictions were not kept: calibration is NaN until the window refills.
+        self._ring_predicted = np.full(self.window, np.nan)
+        self._weight_sum = float(self.count)
+        self._predicted_sum = self._label_sum = math.nan
+
     def update(
         self, probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
     ) -> np.ndarray:
