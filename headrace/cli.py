@@ -740,6 +740,16 @@ def demo(
     ] = None,
     topic: Annotated[str, typer.Option(help="Events topic.")] = "headrace-events",
     params_topic: Annotated[str, typer.Option(help="Parameters topic.")] = "headrace-params",
+    joiner: Annotated[
+        bool,
+        typer.Option(
+            help="Generate impressions and delayed clicks, and join them with `headrace join`."
+        ),
+    ] = False,
+    join_window: Annotated[
+        float, typer.Option(min=1.0, help="--joiner: the join window, seconds of event time.")
+    ] = 600.0,
+    join_mode: Annotated[str, typer.Option(help="--joiner: wait or fake-negative.")] = "wait",
 ) -> None:
     """Run everything locally: broker, event generator with drift, trainer, two serving workers.
 
@@ -753,6 +763,10 @@ def demo(
         raise typer.BadParameter(f"no config file at {config}", param_hint="--config")
     if publish is not None:
         _check_params_location(publish, "--publish")
+    if join_mode not in ("wait", "fake-negative"):
+        raise typer.BadParameter(
+            f"wait or fake-negative, not {join_mode!r}", param_hint="--join-mode"
+        )
     options = DemoOptions(
         kafka=_kafka_settings(config),
         data_dir=data_dir,
@@ -767,12 +781,157 @@ def demo(
         serving_port=serving_port,
         topic=topic,
         params_topic=params_topic,
+        joiner=joiner,
+        join_window=join_window,
+        join_mode=join_mode,
     )
     try:
         summary = run_demo(options)
     except DemoError as exc:
         raise _fail(str(exc)) from exc
     typer.echo(json.dumps(summary))
+
+
+def _join_line(joiner: object, started: float) -> str:
+    core = joiner.core  # type: ignore[attr-defined]
+    c = core.counters
+    emitted = c["positives"] + c["negatives"]
+    rate = joiner.emitted_this_run / max(time.monotonic() - started, 1e-9)  # type: ignore[attr-defined]
+    late = sum(v for k, v in c.items() if k.startswith("late_"))
+    return (
+        f"joining  {emitted:>10,} emitted ({rate:,.0f}/s)  positives {c['positives']:,}  "
+        f"pending {core.pending:,}  early {core.early:,}  late {late:,}  "
+        f"window {core.occupancy():.0%}"
+    )
+
+
+@app.command()
+def join(
+    impressions: Annotated[
+        str, typer.Option(help="Impressions: kafka://HOST:PORT/TOPIC or file://PATH.jsonl[.gz].")
+    ],
+    actions: Annotated[
+        str, typer.Option(help="Actions: kafka://HOST:PORT/TOPIC or file://PATH.jsonl[.gz].")
+    ],
+    out: Annotated[
+        str, typer.Option(help="Labelled events: kafka://HOST:PORT/TOPIC or file://PATH.jsonl.")
+    ],
+    data_dir: Annotated[
+        Path, typer.Option(help="The joiner's state (RocksDB) and dead letters; a rerun resumes.")
+    ],
+    window: Annotated[
+        float | None, typer.Option(help="Seconds of event time an impression waits for actions.")
+    ] = None,
+    mode: Annotated[
+        str | None, typer.Option(help="wait (emit at window close) or fake-negative.")
+    ] = None,
+    negative_rate: Annotated[
+        float | None, typer.Option(help="Keep each negative with this probability (0, 1].")
+    ] = None,
+    item_key: Annotated[
+        str | None,
+        typer.Option(help="Field naming the item, when a request shows several items."),
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="Joiner config (TOML); HEADRACE_JOIN__* variables override it."),
+    ] = None,
+    late_out: Annotated[
+        str | None,
+        typer.Option(help="Where late actions go (default file://DATA_DIR/late_actions.jsonl)."),
+    ] = None,
+    rank: Annotated[int, typer.Option(min=0, help="This joiner's index among --ranks.")] = 0,
+    ranks: Annotated[
+        int, typer.Option(min=1, help="Joiner processes splitting the input partitions.")
+    ] = 1,
+    out_partitions: PartitionsOption = 1,
+    until_end: Annotated[
+        bool,
+        typer.Option(help="Stop once both inputs are read to their end, closing every window."),
+    ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(min=1, max=65535, help="Serve Prometheus /metrics on this port.")
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Interface of the --metrics-port server.")
+    ] = "0.0.0.0",
+) -> None:
+    """Join impressions with delayed actions in event time into labelled events.
+
+    Prints a progress line on stderr and, last, one JSON summary on stdout.
+    """
+    from prometheus_client import CollectorRegistry, start_http_server
+    from pydantic import ValidationError
+    from rich.live import Live
+
+    from headrace.config import ConfigError
+    from headrace.joiner import (
+        EndpointError,
+        Joiner,
+        JoinStateError,
+        load_join_config,
+        open_inputs,
+        open_sink,
+    )
+    from headrace.stream import BrokerUnavailable, JsonlDeadLetterSink
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        join_config = load_join_config(
+            config, window_s=window, mode=mode, negative_rate=negative_rate, item_key=item_key
+        )
+    except (ConfigError, ValidationError) as exc:
+        raise _fail(str(exc)) from exc
+    if rank >= ranks:
+        raise typer.BadParameter(
+            f"must be below --ranks ({ranks}), not {rank}", param_hint="--rank"
+        )
+    late_url = late_out or f"file://{(data_dir / 'late_actions.jsonl').resolve()}"
+    opened: list = []
+    try:
+        imps, acts = open_inputs(impressions, actions, rank, ranks)
+        opened += [imps, acts]
+        sink = open_sink(out, "--out", out_partitions)
+        opened.append(sink)
+        late = open_sink(late_url, "--late-out")
+        opened.append(late)
+        letters = {
+            name: JsonlDeadLetterSink(data_dir / "dead_letters" / f"{name}.jsonl")
+            for name in ("impressions", "actions")
+        }
+        registry = CollectorRegistry()
+        joiner = Joiner(
+            join_config,
+            data_dir,
+            imps,
+            acts,
+            sink,
+            late,
+            letters,
+            identity={"rank": rank, "ranks": ranks},
+            registry=registry,
+        )
+    except (EndpointError, BrokerUnavailable, ValueError, FileNotFoundError, JoinStateError) as exc:
+        for item in opened:
+            item.close()
+        raise _fail(str(exc)) from exc
+    if metrics_port is not None:
+        try:
+            start_http_server(metrics_port, metrics_host, registry)
+        except OSError as exc:
+            joiner.close()
+            raise _fail(f"cannot serve metrics on port {metrics_port}: {exc}") from exc
+    stop = threading.Event()
+    _stop_on_signals(stop)
+    started = time.monotonic()
+    with joiner, Live("starting", console=Console(stderr=True), refresh_per_second=4) as live:
+        summary = joiner.run(
+            stop=stop, until_end=until_end, on_tick=lambda j: live.update(_join_line(j, started))
+        )
+        live.update(_join_line(joiner, started))
+    typer.echo(json.dumps(summary.to_json()))
 
 
 def main() -> None:

@@ -127,6 +127,9 @@ class DemoOptions:
     topic: str = "headrace-events"
     params_topic: str = "headrace-params"
     kafka: KafkaClientSettings = field(default_factory=KafkaClientSettings)
+    joiner: bool = False
+    join_window: float = 600.0
+    join_mode: str = "wait"
 
 
 @dataclass
@@ -321,9 +324,13 @@ class Generator:
     def start(self) -> None:
         self._thread.start()
 
-    def _run(self) -> None:
+    def _produce(self, start: int, count: int) -> None:
         import orjson
 
+        for event in self.generator.generate(start, count).events:
+            self.sink.send(orjson.dumps(event))
+
+    def _run(self) -> None:
         started = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -331,8 +338,7 @@ class Generator:
                 # Bounded chunks: a stalled broker must not make one huge catch-up burst.
                 count = min(due - self.next_event, max(1, int(self.rate)))
                 if count > 0:
-                    for event in self.generator.generate(self.next_event, count).events:
-                        self.sink.send(orjson.dumps(event))
+                    self._produce(self.next_event, count)
                     self.next_event += count
                 self._stop.wait(0.05)
         except BaseException as exc:  # reported by the status loop
@@ -343,6 +349,44 @@ class Generator:
         self._stop.set()
         self._thread.join(timeout=10)
         self.sink.close()
+
+
+class TwoStreamDemoGenerator(Generator):
+    """Produces impressions, and clicks a delay later, for ``headrace demo --joiner``.
+
+    The generator's events become impressions (without labels); a clicked
+    one's action goes to the actions topic once event time reaches it (mean
+    delay: a sixth of the join window). Actions still waiting at a stop are
+    sent then.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topics: tuple[str, str],
+        seed: int,
+        drift_every: int,
+        rate: float,
+        start: int,
+        kafka: KafkaClientSettings,
+        window_s: float,
+    ) -> None:
+        from headrace.stream import ActionQueue, KafkaSink, TwoStreamConfig, TwoStreamGenerator
+
+        super().__init__(bootstrap, topics[0], seed, drift_every, rate, start, kafka)
+        self.streams = TwoStreamGenerator(
+            TwoStreamConfig(self.generator.config, mean_delay_s=window_s / 6, window_s=window_s)
+        )
+        self.actions = KafkaSink(bootstrap, topics[1], client=kafka)
+        self.queue = ActionQueue()
+
+    def _produce(self, start: int, count: int) -> None:
+        self.queue.send(self.streams.generate(start, count), self.sink, self.actions)
+
+    def stop(self) -> None:
+        super().stop()
+        self.queue.flush(self.actions)
+        self.actions.close()
 
 
 # -- the run -----------------------------------------------------------------
@@ -392,12 +436,13 @@ class _Run:
     state: DemoState
     broker: Any = None
     trainer: Child | None = None
+    joiner: Child | None = None
     workers: tuple[Child, ...] = ()
     generator: Generator | None = None
 
     def check(self) -> None:
         """Raise if a child died or the generator failed."""
-        for child in (self.trainer, *self.workers):
+        for child in (self.trainer, self.joiner, *self.workers):
             if child is not None and not child.alive():
                 raise child.failure("stopped unexpectedly")
         if self.generator is not None and self.generator.error is not None:
@@ -414,12 +459,20 @@ class _Run:
         self.generator = None
         return produced
 
+    def stop_joiner(self, say: Callable[[str], None]) -> None:
+        """Stop the joiner (it commits; open windows stay in its state for the next run)."""
+        if self.joiner is not None:
+            say("stopping the joiner")
+            self.joiner.stop(TRAINER_STOP_S)
+            self.joiner = None
+
     def stop(self, say: Callable[[str], None]) -> int | None:
-        """Stop generator, trainer, workers, broker, in that order; the trainer's exit status."""
+        """Stop generator, joiner, trainer, workers, broker, in order; the trainer's exit status."""
         status = None
         if self.generator is not None:
             say("stopping the event generator")
             self.stop_generator()
+        self.stop_joiner(say)
         if self.trainer is not None:
             say("stopping the trainer (it checkpoints and publishes its last update)")
             status = self.trainer.stop(TRAINER_STOP_S)
@@ -642,6 +695,27 @@ def _start_broker(
     return bootstrap, topic, params
 
 
+def _start_joiner(
+    options: DemoOptions,
+    bootstrap: str,
+    topics: tuple[str, str, str],
+    url: str,
+    data_dir: Path,
+) -> Child:
+    """``headrace join`` from the impressions and actions topics into the events topic."""
+    from headrace.stream import ensure_topic
+
+    for topic in topics[:2]:
+        ensure_topic(bootstrap, topic, 1, client=options.kafka)
+    imps, acts, events = (f"kafka://{bootstrap}/{t}" for t in topics)
+    port = url.rsplit(":", 1)[1]
+    args = ["join", "--impressions", imps, "--actions", acts, "--out", events]
+    args += ["--data-dir", str(data_dir / "joiner"), "--window", str(options.join_window)]
+    args += ["--mode", options.join_mode, "--metrics-port", port, "--metrics-host", "127.0.0.1"]
+    logs = data_dir / "logs"
+    return Child("the joiner", _cli(*args), logs / "joiner.log", stdout=logs / "joiner.out")
+
+
 def _run(
     options: DemoOptions, run: _Run, stop: threading.Event, free_port: Callable[[], int]
 ) -> dict[str, Any]:
@@ -710,18 +784,25 @@ def _run(
         "the trainer", _cli(*trainer_args), logs / "trainer.log", stdout=logs / "trainer.out"
     )
     state.save(data_dir)
-    run.generator = Generator(
-        bootstrap,
-        topic,
-        options.seed,
-        options.drift_every,
-        options.rate,
-        state.next_event,
-        options.kafka,
-    )
+    world = (options.seed, options.drift_every, options.rate, state.next_event, options.kafka)
+    joiner_url = None
+    if options.joiner:
+        inputs = (f"{topic}-impressions", f"{topic}-actions")
+        joiner_url = f"http://127.0.0.1:{free_port()}"
+        run.joiner = _start_joiner(options, bootstrap, (*inputs, topic), joiner_url, data_dir)
+        run.generator = TwoStreamDemoGenerator(
+            bootstrap, inputs, *world, window_s=options.join_window
+        )
+        say(
+            f"producing {options.rate:,.0f} impressions/s to kafka://{bootstrap}/{inputs[0]} "
+            f"and their clicks to {inputs[1]}; the joiner ({options.join_mode}, window "
+            f"{options.join_window:,.0f} s of event time) writes events to {topic}; starting..."
+        )
+    else:
+        run.generator = Generator(bootstrap, topic, *world)
+        say(f"producing {options.rate:,.0f} events/s to kafka://{bootstrap}/{topic}; starting...")
     run.generator.start()
     trainer_url = f"http://127.0.0.1:{port}"
-    say(f"producing {options.rate:,.0f} events/s to kafka://{bootstrap}/{topic}; starting...")
     _wait_http(run.trainer, f"{trainer_url}/api/history?last=1")
     for worker, url in zip(run.workers, serving_urls, strict=True):
         _wait_http(worker, f"{url}/healthz")
@@ -730,6 +811,7 @@ def _run(
         f"  dashboard    {trainer_url}/dashboard\n"
         f"  metrics      {trainer_url}/metrics   (trainer)\n"
         + "".join(f"               {url}/metrics   (serving)\n" for url in serving_urls)
+        + (f"               {joiner_url}/metrics   (joiner)\n" if joiner_url else "")
         + "".join(f"  predict API  {url}/v1/predict   (docs: {url}/docs)\n" for url in serving_urls)
         + f"  logs         {logs}\n"
         + "  try:  curl -s "
@@ -753,6 +835,7 @@ def _run(
     console.print()  # a non-terminal Live leaves its last line open
     say("stopping the event generator")
     generated = run.stop_generator()
+    run.stop_joiner(say)
     _drain(run.trainer, trainer_url, say)
     status = _latest(trainer_url) or status
     trainer = run.trainer

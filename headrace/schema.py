@@ -11,6 +11,13 @@ An event is one JSON object::
 - ``label`` (required for training): 0/1, a bool, or a probability in [0, 1].
 - ``dense`` (optional): feature name -> a finite number.
 - ``request_id`` (optional): a string, used to join predictions with outcomes.
+- ``weight`` (optional, default 1): a finite number >= 0 that scales the
+  event's loss (the joiner's importance weights).
+- ``sample_rate`` (optional, default 1): the probability, in (0, 1], with
+  which negatives of this event's stream were kept; serving and the
+  trainer's metrics correct the logit by ``ln(sample_rate)``.
+- ``event_id`` (optional): a string that names the event; the trainer trains
+  an id at most once (the joiner's replays after a crash repeat ids).
 
 Unknown top-level keys are ignored, so producers can add fields without
 breaking older consumers.
@@ -49,6 +56,7 @@ __all__ = [
     "Reason",
     "SchemaError",
     "ValidEvent",
+    "check_ts",
     "event_decoder",
     "fid",
     "validate_event",
@@ -69,6 +77,13 @@ class Reason(enum.StrEnum):
     BAD_SPARSE = "bad_sparse"
     BAD_DENSE = "bad_dense"
     BAD_REQUEST_ID = "bad_request_id"
+    BAD_WEIGHT = "bad_weight"
+    BAD_SAMPLE_RATE = "bad_sample_rate"
+    BAD_EVENT_ID = "bad_event_id"
+    # The joiner's inputs (headrace.joiner): impressions and actions.
+    MISSING_JOIN_KEY = "missing_join_key"
+    BAD_ACTION_TYPE = "bad_action_type"
+    DUPLICATE_JOIN_KEY = "duplicate_join_key"
 
 
 class SchemaError(ValueError):
@@ -88,6 +103,9 @@ class ValidEvent(NamedTuple):
     sparse: Mapping[str, str | int | list[str | int]]
     dense: Mapping[str, float]
     request_id: str | None
+    weight: float = 1.0
+    sample_rate: float = 1.0
+    event_id: str | None = None
 
 
 def _is_number(value: object) -> bool:
@@ -149,6 +167,26 @@ def _check_dense(dense: object) -> Mapping[str, float]:
     return {name: float(value) for name, value in dense.items()}
 
 
+def check_ts(record: object, kind: str) -> float:
+    """Check that ``record`` is a JSON object with a finite ``ts``; return the ts.
+
+    ``kind`` names the record in the error (``"an event"``, ``"an action"``).
+
+    >>> check_ts({"ts": 5}, "an event")
+    5.0
+    """
+    if type(record) is not dict:
+        raise SchemaError(
+            Reason.NOT_OBJECT, f"{kind} is a JSON object, not {type(record).__name__}"
+        )
+    ts = record.get("ts")
+    if ts is None:
+        raise SchemaError(Reason.MISSING_TS, "ts (seconds since the epoch) is required")
+    if not _is_number(ts):
+        raise SchemaError(Reason.BAD_TS, f"ts must be a finite number, not {ts!r}")
+    return float(ts)
+
+
 def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
     """Check a decoded JSON value against the event schema.
 
@@ -170,16 +208,8 @@ def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
     SchemaError
         With the :class:`Reason` of the first rule the event breaks.
     """
-    if type(event) is not dict:
-        raise SchemaError(
-            Reason.NOT_OBJECT, f"an event is a JSON object, not {type(event).__name__}"
-        )
-    ts = event.get("ts")
-    if ts is None:
-        raise SchemaError(Reason.MISSING_TS, "ts (seconds since the epoch) is required")
-    if not _is_number(ts):
-        raise SchemaError(Reason.BAD_TS, f"ts must be a finite number, not {ts!r}")
-    label = event.get("label")
+    ts = check_ts(event, "an event")
+    label = event.get("label")  # type: ignore[union-attr]
     if label is None:
         if require_label:
             raise SchemaError(Reason.MISSING_LABEL, "label is required for training")
@@ -190,18 +220,39 @@ def validate_event(event: object, *, require_label: bool = True) -> ValidEvent:
     if sparse is None:
         raise SchemaError(Reason.MISSING_SPARSE, "sparse (slot -> value) is required")
     dense = event.get("dense")
-    request_id = event.get("request_id")
-    if request_id is not None and type(request_id) is not str:
-        raise SchemaError(
-            Reason.BAD_REQUEST_ID, f"request_id must be a string, not {type(request_id).__name__}"
-        )
+    request_id = _check_optional_str(event.get("request_id"), "request_id", Reason.BAD_REQUEST_ID)
     return ValidEvent(
-        ts=float(ts),
+        ts=ts,
         label=label_value,
         sparse=_check_sparse(sparse),
         dense=_EMPTY if dense is None else _check_dense(dense),
         request_id=request_id,
+        weight=_check_weight(event.get("weight")),
+        sample_rate=_check_sample_rate(event.get("sample_rate")),
+        event_id=_check_optional_str(event.get("event_id"), "event_id", Reason.BAD_EVENT_ID),
     )
+
+
+def _check_weight(weight: object) -> float:
+    if weight is None:
+        return 1.0
+    if not _is_number(weight) or weight < 0:  # type: ignore[operator]
+        raise SchemaError(Reason.BAD_WEIGHT, f"weight must be a finite number >= 0, not {weight!r}")
+    return float(weight)  # type: ignore[arg-type]
+
+
+def _check_sample_rate(rate: object) -> float:
+    if rate is None:
+        return 1.0
+    if not _is_number(rate) or not 0.0 < rate <= 1.0:  # type: ignore[operator]
+        raise SchemaError(Reason.BAD_SAMPLE_RATE, f"sample_rate must be in (0, 1], not {rate!r}")
+    return float(rate)  # type: ignore[arg-type]
+
+
+def _check_optional_str(value: object, name: str, reason: Reason) -> str | None:
+    if value is not None and type(value) is not str:
+        raise SchemaError(reason, f"{name} must be a string, not {type(value).__name__}")
+    return value
 
 
 _EMPTY: Mapping[str, float] = {}
@@ -216,6 +267,8 @@ _Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 # takes the full check.
 _SparseInt = Annotated[int, msgspec.Meta(ge=-(1 << 63), le=(1 << 63) - 1)]
 _SparseValue = str | _SparseInt | list[str | _SparseInt]
+_Weight = Annotated[float, msgspec.Meta(ge=0.0)]
+_SampleRate = Annotated[float, msgspec.Meta(gt=0.0, le=1.0)]
 
 
 class _LabelledEvent(msgspec.Struct, gc=False):
@@ -225,6 +278,9 @@ class _LabelledEvent(msgspec.Struct, gc=False):
     label: bool | _Probability
     dense: dict[str, float] = {}
     request_id: str | None = None
+    weight: _Weight = 1.0
+    sample_rate: _SampleRate = 1.0
+    event_id: str | None = None
 
 
 class _UnlabelledEvent(msgspec.Struct, gc=False):
@@ -233,6 +289,9 @@ class _UnlabelledEvent(msgspec.Struct, gc=False):
     label: bool | _Probability = math.nan
     dense: dict[str, float] = {}
     request_id: str | None = None
+    weight: _Weight = 1.0
+    sample_rate: _SampleRate = 1.0
+    event_id: str | None = None
 
 
 #: What the fast path returns: the fields of :class:`ValidEvent` as

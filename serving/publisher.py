@@ -39,7 +39,9 @@ class ParameterPublisher:
     dense_state
         Returns the serialized dense weights.
     meta
-        The model description serving needs to build the model.
+        The model description serving needs to build the model, or a
+        callable returning the current one: when its answer changes (e.g.
+        the stream's negative sample rate), a snapshot goes out at once.
     first_version
         Version of the first snapshot; a restarted trainer continues after
         the newest version its transport holds.
@@ -54,7 +56,7 @@ class ParameterPublisher:
         store: EmbeddingStore,
         writer: UpdateWriter,
         dense_state: Callable[[], bytes],
-        meta: Mapping[str, Any],
+        meta: Mapping[str, Any] | Callable[[], Mapping[str, Any]],
         *,
         sync_interval: float = 1.0,
         dense_sync_interval: float = 30.0,
@@ -67,7 +69,8 @@ class ParameterPublisher:
         self.store = store
         self.writer = writer
         self.dense_state = dense_state
-        self.meta = dict(meta)
+        self._meta_now = meta if callable(meta) else lambda: meta
+        self.meta = dict(self._meta_now())
         self.sync_interval = sync_interval
         self.dense_sync_interval = dense_sync_interval
         self.snapshot_interval = snapshot_interval
@@ -101,11 +104,12 @@ class ParameterPublisher:
         Versions continue after the newest one ``writer`` already holds;
         ``options`` are the keyword arguments of the constructor.
         """
+        meta = model_meta(trainer.config)  # dumped once: the rate is all that changes
         return cls(
             trainer.store,
             writer,
             lambda: dense_state_bytes(trainer.model),
-            model_meta(trainer.config),
+            lambda: meta | {"sample_rate": trainer.state.sample_rate},
             first_version=writer.latest_version() + 1,
             **options,
         )
@@ -114,7 +118,7 @@ class ParameterPublisher:
         """Publish if an interval has passed; returns the update published, if any."""
         self.event_time = max(self.event_time, event_time)
         now = self.clock()
-        if now - self._last_snapshot >= self.snapshot_interval:
+        if now - self._last_snapshot >= self.snapshot_interval or self._meta_now() != self.meta:
             return self.publish_snapshot(event_time)
         if now - self._last_sync < self.sync_interval:
             return None
@@ -139,6 +143,7 @@ class ParameterPublisher:
     def publish_snapshot(self, event_time: float) -> Update:
         """Every row, the dense weights and the model description."""
         self.store.drain_changes()  # everything goes out below
+        self.meta = dict(self._meta_now())
         slots = {}
         for cfg in self.store.slots:
             fids, vectors = self.store.export(cfg.name)

@@ -10,13 +10,19 @@ import torch
 
 from headrace.stream import Batch, EventParser, ParserConfig
 from headrace.trainer import TrainerConfig, build_model, load_dense_state, lookup_pooled
+from headrace.trainer.correction import logit_offset
 
 __all__ = ["Scorer", "model_meta"]
 
 
-def model_meta(config: TrainerConfig) -> dict[str, Any]:
-    """What a snapshot carries so that serving can rebuild the model."""
-    return {"config": config.model_dump(mode="json")}
+def model_meta(config: TrainerConfig, sample_rate: float = 1.0) -> dict[str, Any]:
+    """What a snapshot carries so that serving can rebuild the model.
+
+    ``sample_rate`` is the rate at which the training stream's negatives were
+    kept: served logits get ``ln(sample_rate)`` added, so that served
+    probabilities are calibrated (Monolith's log-odds correction).
+    """
+    return {"config": config.model_dump(mode="json"), "sample_rate": sample_rate}
 
 
 class Scorer:
@@ -28,8 +34,9 @@ class Scorer:
     built, new dense weights build a new one).
     """
 
-    def __init__(self, config: TrainerConfig, dense: bytes) -> None:
+    def __init__(self, config: TrainerConfig, dense: bytes, sample_rate: float = 1.0) -> None:
         self.config = config
+        self.logit_offset = logit_offset(sample_rate)
         self.model = build_model(config)
         load_dense_state(self.model, dense)
         self.model.eval()
@@ -41,7 +48,9 @@ class Scorer:
     @classmethod
     def from_update(cls, meta: Mapping[str, Any], dense: bytes) -> Scorer:
         """The ``build_model`` hook of :class:`~headrace.serving.params.ParameterState`."""
-        return cls(TrainerConfig.model_validate(meta["config"]), dense)
+        return cls(
+            TrainerConfig.model_validate(meta["config"]), dense, meta.get("sample_rate", 1.0)
+        )
 
     def embed(self, batch: Batch, lookup: Callable[[str, np.ndarray], np.ndarray]) -> torch.Tensor:
         """Pooled embeddings of ``batch``; unknown ids count as zero vectors, as in training."""
@@ -51,4 +60,4 @@ class Scorer:
         """Click probabilities (float64) of the events of ``batch``."""
         with torch.no_grad():
             logits = self.model(pooled, torch.from_numpy(batch.dense))
-        return torch.sigmoid(logits).double().numpy()
+        return torch.sigmoid(logits.double() + self.logit_offset).numpy()

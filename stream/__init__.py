@@ -23,12 +23,13 @@ from .kafka import (
     KafkaSourceConfig,
     ensure_topic,
     parse_kafka_url,
+    topic_partitions,
 )
 from .kafka_process import ProcessKafkaSource, ReaderProcessError
 from .movielens import MOVIELENS_SLOTS, MovieLensError, movielens_events
 from .parse import EventParser, ParserConfig, ParseResult
 from .pipeline import EventStream, Source
-from .replay import MessageSink, generate_events, replay_log, write_log
+from .replay import LogSink, MessageSink, generate_events, replay_log, write_log
 from .synthetic import (
     BayesAuc,
     CtrGenerator,
@@ -37,9 +38,11 @@ from .synthetic import (
     SyntheticConfig,
     SyntheticSource,
 )
+from .two_streams import ActionQueue, TwoStreamConfig, TwoStreamGenerator, TwoStreams
 
 __all__ = [
     "MOVIELENS_SLOTS",
+    "ActionQueue",
     "Batch",
     "BayesAuc",
     "BrokerUnavailable",
@@ -58,6 +61,7 @@ __all__ = [
     "KafkaSource",
     "KafkaSourceConfig",
     "ListDeadLetterSink",
+    "LogSink",
     "MessageSink",
     "MovieLensError",
     "ParseResult",
@@ -69,11 +73,15 @@ __all__ = [
     "Source",
     "SyntheticConfig",
     "SyntheticSource",
+    "TwoStreamConfig",
+    "TwoStreamGenerator",
+    "TwoStreams",
     "ensure_topic",
     "generate_events",
     "movielens_events",
     "open_log",
     "parse_kafka_url",
     "replay_log",
+    "topic_partitions",
     "write_log",
 ]

@@ -52,6 +52,14 @@ class Batch:
         One per event, ``None`` where absent.
     positions
         Where to resume the source to read what follows this batch.
+    weights
+        ``float32`` loss weights (the events' ``weight``, 1 where absent);
+        ``None`` means 1 for every event.
+    sample_rates
+        ``float32`` rates at which the events' negatives were kept (1 where
+        absent); ``None`` means 1 for every event.
+    event_ids
+        One per event, ``None`` where absent; ``None`` for no ids at all.
     """
 
     fids: Mapping[str, np.ndarray]
@@ -62,6 +70,9 @@ class Batch:
     ts: np.ndarray
     request_ids: tuple[str | None, ...]
     positions: Positions
+    weights: np.ndarray | None = None
+    sample_rates: np.ndarray | None = None
+    event_ids: tuple[str | None, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -70,6 +81,40 @@ class Batch:
     def slots(self) -> tuple[str, ...]:
         """The sparse slots that occur in this batch, sorted."""
         return tuple(sorted(self.fids))
+
+    def select(self, keep: np.ndarray) -> Batch:
+        """The events where the boolean mask ``keep`` is true, in order, same positions."""
+        if keep.all():
+            return self
+        index = np.flatnonzero(keep)
+        fids, offsets = {}, {}
+        for slot, bounds in self.offsets.items():
+            counts = np.diff(bounds)[index]
+            starts = bounds[index]
+            # Each kept event's fid range, concatenated: start + 0..count-1.
+            within = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+            fids[slot] = self.fids[slot][np.repeat(starts, counts) + within]
+            offsets[slot] = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+
+        def pick(values: tuple | None) -> tuple | None:
+            return None if values is None else tuple(values[i] for i in index)
+
+        def take(column: np.ndarray | None) -> np.ndarray | None:
+            return None if column is None else column[index]
+
+        return Batch(
+            fids=fids,
+            offsets=offsets,
+            dense=self.dense[index],
+            dense_names=self.dense_names,
+            labels=self.labels[index],
+            ts=self.ts[index],
+            request_ids=pick(self.request_ids),  # type: ignore[arg-type]
+            positions=self.positions,
+            weights=take(self.weights),
+            sample_rates=take(self.sample_rates),
+            event_ids=pick(self.event_ids),
+        )
 
     def event_fids(self, slot: str, index: int) -> np.ndarray:
         """The feature ids of event ``index`` in ``slot`` (empty if it lacks the slot)."""

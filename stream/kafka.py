@@ -26,6 +26,7 @@ __all__ = [
     "KafkaSourceConfig",
     "ensure_topic",
     "parse_kafka_url",
+    "topic_partitions",
 ]
 
 
@@ -193,6 +194,30 @@ def ensure_topic(
     finally:
         admin.close()
     return True
+
+
+def topic_partitions(
+    bootstrap_servers: str, topic: str, *, bootstrap_timeout_s: float = 10.0
+) -> int:
+    """How many partitions ``topic`` has.
+
+    Raises
+    ------
+    BrokerUnavailable
+        When no broker answers.
+    ValueError
+        When the topic does not exist.
+    """
+    consumer = _connect(
+        KafkaConsumer, bootstrap_servers, bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000)
+    )
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+    finally:
+        consumer.close()
+    if not partitions:
+        raise ValueError(f"topic {topic!r} does not exist at {bootstrap_servers}")
+    return len(partitions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,8 +27,9 @@ from .deadletter import DeadLetter
 __all__ = ["EventParser", "ParseResult", "ParserConfig"]
 
 _SCALARS = {str, int}
-_TS, _LABEL, _SPARSE, _DENSE, _REQUEST_ID = map(
-    attrgetter, ("ts", "label", "sparse", "dense", "request_id")
+_TS, _LABEL, _SPARSE, _DENSE, _REQUEST_ID, _WEIGHT, _SAMPLE_RATE, _EVENT_ID = map(
+    attrgetter,
+    ("ts", "label", "sparse", "dense", "request_id", "weight", "sample_rate", "event_id"),
 )
 
 
@@ -145,6 +146,9 @@ class EventParser:
             ts=np.array(list(map(_TS, events)), dtype=np.float64),
             request_ids=tuple(map(_REQUEST_ID, events)),
             positions=dict(positions),
+            weights=np.array(list(map(_WEIGHT, events)), dtype=np.float32),
+            sample_rates=np.array(list(map(_SAMPLE_RATE, events)), dtype=np.float32),
+            event_ids=tuple(map(_EVENT_ID, events)),
         )
         return ParseResult(batch, dead)
 

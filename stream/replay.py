@@ -12,7 +12,7 @@ import orjson
 from .file import open_log
 from .synthetic import BayesAuc, CtrGenerator
 
-__all__ = ["MessageSink", "generate_events", "replay_log", "write_log"]
+__all__ = ["LogSink", "MessageSink", "generate_events", "replay_log", "write_log"]
 
 
 class MessageSink(Protocol):
@@ -21,14 +21,32 @@ class MessageSink(Protocol):
     def send(self, value: bytes) -> None: ...
 
 
-class _LogWriter:
-    """Writes messages as lines of a JSONL file (gzip when the name ends in ``.gz``)."""
+class LogSink:
+    """Writes messages as lines of a JSONL file (gzip when the name ends in ``.gz``).
 
-    def __init__(self, path: Path) -> None:
-        self._file: IO[bytes] = open_log(path, "wb")
+    Parameters
+    ----------
+    path
+        The file; its folder is created if needed.
+    append
+        Add to an existing file instead of replacing it. A plain file's
+        unfinished last line (a writer killed mid-write) is cut off first:
+        a writer that resumes from its last flush writes it again whole.
+    """
 
-    def send(self, value: bytes) -> None:
+    def __init__(self, path: Path, *, append: bool = False) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        if append and path.suffix != ".gz" and path.exists():
+            _cut_unfinished_line(path)
+        self._file: IO[bytes] = open_log(path, "ab" if append else "wb")
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        """Write one line; ``key`` (a Kafka message key) is not kept."""
         self._file.write(value + b"\n")
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -45,7 +63,7 @@ def write_log(
 
     ``on_progress`` is called with the number of events of every ``chunk`` written.
     """
-    sink = _LogWriter(path)
+    sink = LogSink(path)
     written = 0
     try:
         for event in events:
@@ -58,6 +76,23 @@ def write_log(
     if on_progress is not None:
         on_progress(written % chunk)
     return written
+
+
+def _cut_unfinished_line(path: Path) -> None:
+    """Truncate ``path`` after its last newline."""
+    with path.open("r+b") as f:
+        end = f.seek(0, 2)
+        position = end
+        while position > 0:
+            step = min(position, 1 << 16)
+            f.seek(position - step)
+            newline = f.read(step).rfind(b"\n")
+            if newline >= 0:
+                position = position - step + newline + 1
+                break
+            position -= step
+        if position != end:
+            f.truncate(position)
 
 
 def generate_events(
@@ -89,7 +124,7 @@ def generate_events(
         The Bayes-optimal AUC of the labels drawn.
     """
     auc = BayesAuc()
-    sink = _LogWriter(out) if isinstance(out, Path) else out
+    sink = LogSink(out) if isinstance(out, Path) else out
     try:
         for start in range(0, count, chunk):
             generated = generator.generate(start, min(chunk, count - start))
@@ -99,7 +134,7 @@ def generate_events(
             if on_progress is not None:
                 on_progress(len(generated.events))
     finally:
-        if isinstance(sink, _LogWriter):
+        if isinstance(sink, LogSink):
             sink.close()
     return auc
 

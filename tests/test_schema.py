@@ -65,7 +65,21 @@ BAD = [
     (GOOD | {"dense": {"price": "3"}}, Reason.BAD_DENSE),
     (GOOD | {"dense": [3.5]}, Reason.BAD_DENSE),
     (GOOD | {"request_id": 7}, Reason.BAD_REQUEST_ID),
+    (GOOD | {"weight": -1}, Reason.BAD_WEIGHT),
+    (GOOD | {"weight": math.inf}, Reason.BAD_WEIGHT),
+    (GOOD | {"weight": "2"}, Reason.BAD_WEIGHT),
+    (GOOD | {"weight": True}, Reason.BAD_WEIGHT),
+    (GOOD | {"sample_rate": 0}, Reason.BAD_SAMPLE_RATE),
+    (GOOD | {"sample_rate": 1.5}, Reason.BAD_SAMPLE_RATE),
+    (GOOD | {"event_id": 12}, Reason.BAD_EVENT_ID),
 ]
+
+
+def test_weight_sample_rate_and_event_id_default_and_pass_through():
+    plain = validate_event(GOOD)
+    assert (plain.weight, plain.sample_rate, plain.event_id) == (1.0, 1.0, None)
+    given = validate_event(GOOD | {"weight": 0, "sample_rate": 0.1, "event_id": "e1"})
+    assert (given.weight, given.sample_rate, given.event_id) == (0.0, 0.1, "e1")
 
 
 @pytest.mark.parametrize("event, reason", BAD)
@@ -183,6 +197,9 @@ _EVENTS = st.fixed_dictionaries(
         )
         | _VALUES,
         "request_id": st.one_of(st.text(max_size=3), _VALUES),
+        "weight": st.one_of(_EDGE_NUMBERS, _VALUES),
+        "sample_rate": st.one_of(_EDGE_NUMBERS, st.floats(0, 1), _VALUES),
+        "event_id": st.one_of(st.text(max_size=3), _VALUES),
         "extra": _VALUES,
     },
 )
@@ -205,6 +222,11 @@ def test_fast_path_accepts_only_what_the_full_check_accepts_with_the_same_values
     assert fast.sparse == full.sparse
     assert fast.dense == full.dense
     assert fast.request_id == full.request_id
+    assert (fast.weight, fast.sample_rate, fast.event_id) == (
+        full.weight,
+        full.sample_rate,
+        full.event_id,
+    )
 
 
 def test_fast_path_turns_down_valid_events_it_cannot_type():

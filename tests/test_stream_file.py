@@ -82,3 +82,14 @@ def test_wrong_positions_fail_clearly(tmp_path):
 def test_missing_log_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no event log"):
         FileSource(tmp_path / "absent.jsonl")
+
+
+def test_log_sink_appending_cuts_an_unfinished_last_line(tmp_path):
+    from headrace.stream import LogSink
+
+    path = tmp_path / "out.jsonl"
+    path.write_bytes(b'{"a": 1}\n{"b": 2}\n{"c": ')  # a writer killed mid-line
+    sink = LogSink(path, append=True)
+    sink.send(b'{"c": 3}')
+    sink.close()
+    assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'

@@ -34,11 +34,18 @@ BAD_INPUTS = [
     ({"ts": 1, "label": 1, "sparse": {"u": [1.5]}}, Reason.BAD_SPARSE),
     ({"ts": 1, "label": 1, "sparse": {}, "dense": {"p": None}}, Reason.BAD_DENSE),
     ({"ts": 1, "label": 1, "sparse": {}, "request_id": ["r"]}, Reason.BAD_REQUEST_ID),
+    ({"ts": 1, "label": 1, "sparse": {}, "weight": -0.5}, Reason.BAD_WEIGHT),
+    ({"ts": 1, "label": 1, "sparse": {}, "sample_rate": 0}, Reason.BAD_SAMPLE_RATE),
+    ({"ts": 1, "label": 1, "sparse": {}, "event_id": 3}, Reason.BAD_EVENT_ID),
 ]
 
 
+#: Reasons of the joiner's inputs only (tests/joiner covers them).
+JOINER_REASONS = {Reason.MISSING_JOIN_KEY, Reason.BAD_ACTION_TYPE, Reason.DUPLICATE_JOIN_KEY}
+
+
 def test_every_reason_is_covered():
-    assert {reason for _, reason in BAD_INPUTS} == set(Reason)
+    assert {reason for _, reason in BAD_INPUTS} == set(Reason) - JOINER_REASONS
 
 
 @pytest.mark.parametrize("raw, reason", BAD_INPUTS)
@@ -87,8 +94,9 @@ def test_validation_refuses_integers_without_a_finite_float_value(event, reason)
 def test_columns_hold_fids_offsets_dense_labels_and_ids():
     events = [
         {"ts": 1, "label": 1, "sparse": {"u": "a", "tags": ["x", "y"]}, "dense": {"p": 2.0}},
-        {"ts": 2, "label": 0.25, "sparse": {"u": 7}, "request_id": "r2"},
-        {"ts": 3, "label": False, "sparse": {"tags": []}, "dense": {"q": -1, "p": 0.5}},
+        {"ts": 2, "label": 0.25, "sparse": {"u": 7}, "request_id": "r2", "weight": 2},
+        {"ts": 3, "label": False, "sparse": {"tags": []}, "dense": {"q": -1, "p": 0.5}}
+        | {"sample_rate": 0.25, "event_id": "e3"},
     ]
     batch = EventParser().parse([_record(i, e) for i, e in enumerate(events)], {}).batch
     assert len(batch) == 3
@@ -104,6 +112,15 @@ def test_columns_hold_fids_offsets_dense_labels_and_ids():
     np.testing.assert_array_equal(batch.labels, [1.0, 0.25, 0.0])
     assert batch.fids["u"].dtype == np.int64 and batch.dense.dtype == np.float32
     assert batch.request_ids == (None, "r2", None)
+    np.testing.assert_array_equal(batch.weights, [1.0, 2.0, 1.0])
+    np.testing.assert_array_equal(batch.sample_rates, [1.0, 1.0, 0.25])
+    assert batch.event_ids == (None, None, "e3")
+    kept = batch.select(np.array([False, True, True]))
+    assert kept.event_ids == (None, "e3") and kept.ts.tolist() == [2.0, 3.0]
+    assert kept.fids["u"].tolist() == [fid("u", 7)]
+    assert kept.offsets["u"].tolist() == [0, 1, 1]
+    assert kept.offsets["tags"].tolist() == [0, 0, 0]
+    assert kept.event_fids("u", 0).tolist() == [fid("u", 7)]
 
 
 def test_fixed_dense_names_order_columns_and_drop_others():

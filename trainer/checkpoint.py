@@ -20,6 +20,7 @@ __all__ = [
     "MODEL_BLOB",
     "MONITOR_BLOB",
     "OPTIMIZER_BLOB",
+    "RECENT_IDS_BLOB",
     "STATE_BLOB",
     "TrainingState",
     "saved_model",
@@ -30,6 +31,7 @@ MODEL_BLOB = "trainer.model"  # the model's state_dict (torch.save)
 OPTIMIZER_BLOB = "trainer.optimizer"  # the dense optimizer's state_dict (torch.save)
 STATE_BLOB = "trainer.state"  # TrainingState as JSON
 MONITOR_BLOB = "trainer.monitor"  # pickled metrics and drift detectors
+RECENT_IDS_BLOB = "trainer.recent_ids"  # RecentEventIds.to_bytes()
 
 
 @dataclass
@@ -53,6 +55,11 @@ class TrainingState:
     dead_letter_bytes
         Size of the dead-letter file when the positions were saved: a
         restart cuts it there, since it reads the records after them again.
+    duplicates
+        Events dropped because their ``event_id`` was trained already.
+    sample_rate
+        The rate at which the newest trained event's negatives were kept;
+        serving adds ``ln(sample_rate)`` to the logit.
     """
 
     trained: int = 0
@@ -62,6 +69,8 @@ class TrainingState:
     positions: dict[str, int] = field(default_factory=dict)
     next_expiry: float | None = None
     dead_letter_bytes: int | None = None
+    duplicates: int = 0
+    sample_rate: float = 1.0
 
     def to_bytes(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()

@@ -164,6 +164,9 @@ class TrainerConfig(_Frozen):
         spinning threads slowed a step ~8x on a shared 2-core machine.
     drift
         Drift detector settings.
+    dedup_window
+        Event ids remembered (in the checkpoint) to drop repeats; it must
+        cover what an upstream joiner re-emits after a crash.
     """
 
     slots: tuple[SlotConfig, ...] = Field(DEFAULT_SLOTS, min_length=1)
@@ -181,6 +184,7 @@ class TrainerConfig(_Frozen):
     seed: int = Field(0, ge=0)
     threads: int | None = Field(1, ge=1)
     drift: DriftConfig = DriftConfig()
+    dedup_window: int = Field(1 << 18, ge=1)
 
     @model_validator(mode="before")
     @classmethod

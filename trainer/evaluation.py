@@ -34,12 +34,23 @@ def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
 class ProgressiveMetrics:
     """Metrics of predictions made before training, over a window and the whole run.
 
+    Each event may carry a weight: how many events of the full stream it
+    stands for (a negative kept with probability ``r`` stands for ``1 / r``),
+    so the figures of a downsampled stream are those of the stream itself.
+
     Parameters
     ----------
     window
         Events in the rolling window.
     bins
         Histogram bins over probabilities in [0, 1].
+
+    Examples
+    --------
+    >>> m = ProgressiveMetrics(window=4)
+    >>> _ = m.update(np.array([0.8, 0.2, 0.4]), np.array([1.0, 0.0, 0.0]), np.array([1, 1, 2.0]))
+    >>> m.auc(), round(m.calibration(), 3)
+    (1.0, 1.8)
     """
 
     def __init__(self, window: int, bins: int = 1 << 14) -> None:
@@ -47,58 +58,89 @@ class ProgressiveMetrics:
         self.bins = bins
         self.count = 0
         self._loss_sum = 0.0
-        self._pos = np.zeros(bins, dtype=np.int64)
-        self._neg = np.zeros(bins, dtype=np.int64)
-        self._win_pos = np.zeros(bins, dtype=np.int64)
-        self._win_neg = np.zeros(bins, dtype=np.int64)
+        self._weight_sum = 0.0
+        self._predicted_sum = 0.0
+        self._label_sum = 0.0
+        self._pos = np.zeros(bins, dtype=np.float64)
+        self._neg = np.zeros(bins, dtype=np.float64)
+        self._win_pos = np.zeros(bins, dtype=np.float64)
+        self._win_neg = np.zeros(bins, dtype=np.float64)
         self._ring_bin = np.zeros(window, dtype=np.int64)
         self._ring_label = np.zeros(window, dtype=np.float32)
         self._ring_loss = np.zeros(window, dtype=np.float64)
+        self._ring_weight = np.zeros(window, dtype=np.float64)
+        self._ring_predicted = np.zeros(window, dtype=np.float64)
         self._head = 0
         self._filled = 0
 
-    def update(self, probabilities: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    def __setstate__(self, state: dict) -> None:
+        """Restore a pickle, upgrading one from before event weights (count histograms)."""
+        self.__dict__.update(state)
+        if "_ring_weight" in state:
+            return
+        for name in ("_pos", "_neg", "_win_pos", "_win_neg"):
+            setattr(self, name, state[name].astype(np.float64))
+        self._ring_weight = np.ones(self.window, dtype=np.float64)
+        # Predictions were not kept: calibration is NaN until the window refills.
+        self._ring_predicted = np.full(self.window, np.nan)
+        self._weight_sum = float(self.count)
+        self._predicted_sum = self._label_sum = math.nan
+
+    def update(
+        self, probabilities: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None
+    ) -> np.ndarray:
         """Count a batch of predicted probabilities and their labels (0/1 or in [0, 1]).
 
+        ``weights`` (default 1 each) say how many events each one stands for.
         Returns the per-event log losses.
         """
         p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0 - _EPS)
         y = np.asarray(labels, dtype=np.float64)
+        w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64)
         losses = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
         which = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)
         positive = y >= 0.5
-        np.add.at(self._pos, which[positive], 1)
-        np.add.at(self._neg, which[~positive], 1)
+        np.add.at(self._pos, which[positive], w[positive])
+        np.add.at(self._neg, which[~positive], w[~positive])
         self.count += len(p)
-        self._loss_sum += float(losses.sum())
-        self._slide(which, y.astype(np.float32), losses)
+        self._loss_sum += float((w * losses).sum())
+        self._weight_sum += float(w.sum())
+        self._predicted_sum += float((w * p).sum())
+        self._label_sum += float((w * y).sum())
+        self._slide(which, y.astype(np.float32), losses, w, p)
         return losses
 
-    def _slide(self, which: np.ndarray, labels: np.ndarray, losses: np.ndarray) -> None:
-        if len(which) > self.window:
-            which, labels, losses = (
-                which[-self.window :],
-                labels[-self.window :],
-                losses[-self.window :],
-            )
-        slots = (self._head + np.arange(len(which))) % self.window
+    def _slide(
+        self,
+        which: np.ndarray,
+        labels: np.ndarray,
+        losses: np.ndarray,
+        weights: np.ndarray,
+        predicted: np.ndarray,
+    ) -> None:
+        n = self.window
+        which, labels, losses = which[-n:], labels[-n:], losses[-n:]
+        weights, predicted = weights[-n:], predicted[-n:]
+        slots = (self._head + np.arange(len(which))) % n
         # The ring fills from index 0, so until it is full the taken slots are [0, filled).
         evicted = slots[slots < self._filled]
         if len(evicted):
-            self._count_window(self._ring_bin[evicted], self._ring_label[evicted], -1)
-        self._ring_bin[slots], self._ring_label[slots], self._ring_loss[slots] = (
-            which,
-            labels,
-            losses,
-        )
-        self._count_window(which, labels, 1)
-        self._head = int((self._head + len(which)) % self.window)
-        self._filled = min(self.window, self._filled + len(which))
+            self._count_window(
+                self._ring_bin[evicted], self._ring_label[evicted], -self._ring_weight[evicted]
+            )
+        self._ring_bin[slots] = which
+        self._ring_label[slots] = labels
+        self._ring_loss[slots] = losses
+        self._ring_weight[slots] = weights
+        self._ring_predicted[slots] = predicted
+        self._count_window(which, labels, weights)
+        self._head = int((self._head + len(which)) % n)
+        self._filled = min(n, self._filled + len(which))
 
-    def _count_window(self, which: np.ndarray, labels: np.ndarray, sign: int) -> None:
+    def _count_window(self, which: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
         positive = labels >= 0.5
-        np.add.at(self._win_pos, which[positive], sign)
-        np.add.at(self._win_neg, which[~positive], sign)
+        np.add.at(self._win_pos, which[positive], weights[positive])
+        np.add.at(self._win_neg, which[~positive], weights[~positive])
 
     def auc(self) -> float:
         """AUC over the whole run (NaN before both labels are seen)."""
@@ -106,7 +148,17 @@ class ProgressiveMetrics:
 
     def logloss(self) -> float:
         """Mean log loss over the whole run."""
-        return self._loss_sum / self.count if self.count else math.nan
+        return self._loss_sum / self._weight_sum if self._weight_sum else math.nan
+
+    def calibration(self) -> float:
+        """Mean predicted probability over the mean label, whole run (1 is calibrated)."""
+        return self._predicted_sum / self._label_sum if self._label_sum else math.nan
+
+    def _window_mean(self, values: np.ndarray) -> float:
+        total = self._ring_weight[: self._filled].sum()
+        if not total:
+            return math.nan
+        return float((values[: self._filled] * self._ring_weight[: self._filled]).sum() / total)
 
     def rolling_auc(self) -> float:
         """AUC over the last ``window`` events."""
@@ -114,8 +166,13 @@ class ProgressiveMetrics:
 
     def rolling_logloss(self) -> float:
         """Mean log loss over the last ``window`` events."""
-        return float(self._ring_loss.sum() / self._filled) if self._filled else math.nan
+        return self._window_mean(self._ring_loss) if self._filled else math.nan
 
     def rolling_label_rate(self) -> float:
         """Mean label over the last ``window`` events."""
-        return float(self._ring_label.sum() / self._filled) if self._filled else math.nan
+        return self._window_mean(self._ring_label) if self._filled else math.nan
+
+    def rolling_calibration(self) -> float:
+        """:meth:`calibration` over the last ``window`` events."""
+        labels = self._window_mean(self._ring_label) if self._filled else 0.0
+        return self._window_mean(self._ring_predicted) / labels if labels else math.nan

@@ -43,10 +43,13 @@ from headrace.trainer.checkpoint import (
     MODEL_BLOB,
     MONITOR_BLOB,
     OPTIMIZER_BLOB,
+    RECENT_IDS_BLOB,
     STATE_BLOB,
     TrainingState,
 )
 from headrace.trainer.config import TrainerConfig
+from headrace.trainer.correction import calibrated_probabilities, metric_weights
+from headrace.trainer.dedup import RecentEventIds
 from headrace.trainer.drift import DriftMonitor, SignalWindow
 from headrace.trainer.evaluation import ProgressiveMetrics
 from headrace.trainer.models import (
@@ -92,6 +95,7 @@ class Summary:
     auc: float
     logloss: float
     rolling_auc: float
+    calibration: float
     rows: int
     seconds: float
 
@@ -106,6 +110,7 @@ class Summary:
             "auc": clean(self.auc),
             "logloss": clean(self.logloss),
             "rolling_auc": clean(self.rolling_auc),
+            "calibration": clean(self.calibration),
             "rows": self.rows,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.events / self.seconds, 1) if self.seconds else None,
@@ -205,6 +210,7 @@ class Trainer:
         self.drift = DriftMonitor(config.drift, self._slot_names)
         self.signals = SignalWindow(config.drift.window_events, self._slot_names)
         self.state = TrainingState()
+        self.recent_ids = RecentEventIds(config.dedup_window)
         self.telemetry = TrainerTelemetry(registry or CollectorRegistry())
         self.after_step: list[Callable[[Trainer, StepResult], None]] = []
         self.lag: dict[str, int] = {}
@@ -292,6 +298,10 @@ class Trainer:
         self.metrics, self.drift = monitors[:2]
         if len(monitors) > 2:
             self.signals = monitors[2]
+        if RECENT_IDS_BLOB in extra:
+            self.recent_ids = RecentEventIds.from_bytes(
+                extra[RECENT_IDS_BLOB], self.config.dedup_window
+            )
         if self.state.positions:
             self.stream.seek(self.state.positions)
         log.info(
@@ -313,6 +323,7 @@ class Trainer:
                 OPTIMIZER_BLOB: _torch_bytes(self.optimizer.state_dict()),
                 STATE_BLOB: self.state.to_bytes(),
                 MONITOR_BLOB: pickle.dumps((self.metrics, self.drift, self.signals)),
+                RECENT_IDS_BLOB: self.recent_ids.to_bytes(),
             }
         )
         self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
@@ -335,13 +346,14 @@ class Trainer:
         )
         logits = self.model(pooled, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
-        loss = F.binary_cross_entropy_with_logits(logits, labels)
+        weights = None if batch.weights is None else torch.from_numpy(batch.weights)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
         self._dense.grad.zero_()
         loss.backward()
         self.optimizer.step()
         self.store.apply_gradients(lookup, values.grad.numpy())
-        probabilities = torch.sigmoid(logits.detach()).numpy()
-        self.metrics.update(probabilities, batch.labels)
+        probabilities = calibrated_probabilities(logits.detach().numpy(), batch.sample_rates)
+        self.metrics.update(probabilities, batch.labels, metric_weights(batch))
         loss_value = float(loss.detach())
         lookups = np.zeros(len(self._slot_names), dtype=np.int64)
         lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
@@ -397,10 +409,8 @@ class Trainer:
         self._stream_seen = (fetched.records_read, fetched.dead_letters)
 
     def _refresh_gauges(self, with_lag: bool) -> None:
-        m, t = self.metrics, self.telemetry
-        t.evaluation(
-            m.auc(), m.logloss(), m.rolling_auc(), m.rolling_logloss(), m.rolling_label_rate()
-        )
+        t = self.telemetry
+        t.evaluation(self.metrics)
         self._stats = self.store.stats()
         t.store(self._stats)
         # The counters as of the last batch taken: the reader thread moves the stream's own.
@@ -447,8 +457,11 @@ class Trainer:
                     break
                 self._absorb_stream_counters(fetched)
                 last_records = fetched.records_read
-                batch = fetched.batch
+                batch = self.recent_ids.fresh(fetched.batch)
+                self.state.duplicates += len(fetched.batch) - len(batch)
                 if len(batch):
+                    if batch.sample_rates is not None:
+                        self.state.sample_rate = float(batch.sample_rates[-1])
                     result = self.step(batch)
                     for hook in self.after_step:
                         hook(self, result)
@@ -481,6 +494,7 @@ class Trainer:
             auc=self.metrics.auc(),
             logloss=self.metrics.logloss(),
             rolling_auc=self.metrics.rolling_auc(),
+            calibration=self.metrics.calibration(),
             rows=sum(self._stats.rows.values()),
             seconds=time.monotonic() - started,
         )

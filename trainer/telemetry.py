@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from headrace.embedding_store import StoreStats
+from headrace.trainer.evaluation import ProgressiveMetrics
 
 __all__ = ["TrainerTelemetry"]
 
@@ -63,6 +64,12 @@ class TrainerTelemetry:
         )
         self.label_rate = Gauge(
             "headrace_eval_label_rate", "Mean label over the rolling window", registry=r
+        )
+        self.calibration = Gauge(
+            "headrace_eval_calibration_ratio",
+            "Mean predicted probability over the mean label (1 is calibrated)",
+            ["window"],
+            registry=r,
         )
         self.drift = Counter(
             "headrace_drift_detections",
@@ -128,12 +135,12 @@ class TrainerTelemetry:
             topic, _, partition = key.rpartition(":")
             self.lag.labels(topic=topic, partition=partition).set(records)
 
-    def evaluation(
-        self, auc: float, logloss: float, rolling_auc: float, rolling_logloss: float, rate: float
-    ) -> None:
+    def evaluation(self, m: ProgressiveMetrics) -> None:
         """Publish progressive metrics over the whole run and the rolling window."""
-        self.auc.labels(window="run").set(auc)
-        self.auc.labels(window="rolling").set(rolling_auc)
-        self.logloss.labels(window="run").set(logloss)
-        self.logloss.labels(window="rolling").set(rolling_logloss)
-        self.label_rate.set(rate)
+        self.auc.labels(window="run").set(m.auc())
+        self.auc.labels(window="rolling").set(m.rolling_auc())
+        self.logloss.labels(window="run").set(m.logloss())
+        self.logloss.labels(window="rolling").set(m.rolling_logloss())
+        self.label_rate.set(m.rolling_label_rate())
+        self.calibration.labels(window="run").set(m.calibration())
+        self.calibration.labels(window="rolling").set(m.rolling_calibration())

@@ -141,3 +141,24 @@ def test_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     result = run_cli("--data-dir", str(path))
     assert result.returncode == 2
     assert "is a file; give a directory" in result.stderr
+
+
+@pytest.mark.slow
+def test_joiner_demo_trains_on_joined_impressions_and_serves(tmp_path: Path) -> None:
+    require_tansu()
+    data_dir = tmp_path / "data"
+    process = subprocess.Popen(
+        demo_command(data_dir, "--joiner", "--join-window", "120", "--duration", "45"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    out, err = finish(process, timeout_s=240)
+    summary = summary_of(out)
+    assert "(joiner)" in err
+    assert summary["events_trained"] > 0
+    assert all(worker["version"] for worker in summary["serving"].values())
+    # Every event the trainer read came out of the joiner, labelled and with an id.
+    joiner = json.loads((data_dir / "logs" / "joiner.out").read_text().splitlines()[-1])
+    assert joiner["positives"] > 0 and joiner["negatives"] > 0
+    assert summary["trained_total"] <= joiner["positives"] + joiner["negatives"]

@@ -1,7 +1,7 @@
 """Every headrace_* metric that rules or dashboards reference is one the issues define.
 
-The list is deploy/metrics.txt (issues 4 and 5); a test with the running
-trainer and workers checks that they export every name in it.
+The list is deploy/metrics.txt (issues 4, 5 and 14); tests with the running
+trainer, workers and joiner check that they export every name in it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,10 @@ TARGET_LABELS = {"job", "instance"}
 SELECTOR = re.compile(r"(headrace_[a-z0-9_]+)\{([^}]*)\}")
 MATCHER_LABEL = re.compile(r"(\w+)\s*(?:=~|!~|!=|=)")
 # Units in base units (Prometheus naming), or plain counts of a thing.
-UNIT_SUFFIXES = ("_seconds", "_bytes", "_records", "_rows", "_auc", "_logloss", "_rate")
+UNIT_SUFFIXES = (
+    *("_seconds", "_bytes", "_records", "_rows", "_auc", "_logloss", "_rate", "_ratio"),
+    *("_impressions", "_actions"),
+)
 
 
 def family(name: str) -> str:
@@ -61,7 +64,7 @@ def test_metric_list_is_well_formed() -> None:
     for spec in specs.values():
         assert re.fullmatch(r"headrace_[a-z0-9_]+", spec.name), spec.name
         assert spec.type in {"counter", "gauge", "histogram"}, spec
-        assert spec.exporter in {"trainer", "serving"}, spec
+        assert spec.exporter in {"trainer", "serving", "joiner"}, spec
         # prometheus-client appends _total to counters; nothing else may end so.
         assert (spec.type == "counter") == spec.name.endswith("_total"), spec
         if spec.type == "histogram":
@@ -123,5 +126,11 @@ def test_dashboard_covers_the_issue_panels() -> None:
         "headrace_embedding_expired_total",
         "headrace_sync_version",
         "headrace_serving_sync_lag_seconds",
+        # Issue 14: the joiner.
+        "rate(headrace_join_emitted_events_total[1m])",
+        "headrace_join_pending_impressions",
+        "headrace_join_early_actions",
+        "headrace_join_late_actions_total",
+        "headrace_join_window_occupancy_ratio",
     ]:
         assert fragment in text, f"the dashboard has no query with {fragment}"

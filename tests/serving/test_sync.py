@@ -199,3 +199,27 @@ def test_urls_pick_the_transport(tmp_path):
     assert isinstance(open_reader(f"dir://{tmp_path}/p"), DirectoryReader)
     with pytest.raises(ValueError, match="neither dir://PATH nor kafka://HOST:PORT/TOPIC"):
         open_writer("http://example/p")
+
+
+def test_a_new_sample_rate_goes_out_at_once_in_a_snapshot(tmp_path):
+    store = EmbeddingStore.open(tmp_path / "store", SLOTS)
+    meta = {"model": "test", "sample_rate": 1.0}
+    clock = FakeClock()
+    publisher = ParameterPublisher(
+        store,
+        DirectoryWriter(tmp_path / "params"),
+        lambda: b"dense",
+        lambda: dict(meta),
+        snapshot_interval=600.0,
+        clock=clock,
+    )
+    try:
+        assert publisher(0.0).kind == "snapshot"
+        clock.now += 1.0
+        assert publisher(1.0).kind == "delta"
+        meta["sample_rate"] = 0.1  # the stream's negatives are now downsampled
+        clock.now += 0.1  # well before the next delta, let alone snapshot
+        update = publisher(1.1)
+        assert update.kind == "snapshot" and update.meta["sample_rate"] == 0.1
+    finally:
+        store.close()

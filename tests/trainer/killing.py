@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import subprocess
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from headrace.embedding_store import EmbeddingStore, StoreError
@@ -22,6 +23,34 @@ def persisted_trained(data_dir: Path) -> int:
     return TrainingState.from_bytes(blob).trained if blob else 0
 
 
+def kill_at_progress(
+    args: list[str],
+    progress: Callable[[], float],
+    targets: list[float],
+    rng: random.Random,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run the CLI with ``args`` once per target; SIGKILL it when ``progress()`` passes it.
+
+    Each kill comes a random 0-50 ms after the target is passed, so it lands
+    at any point of the work.
+    """
+    for target in targets:
+        proc = subprocess.Popen(
+            headrace_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while progress() < target and proc.poll() is None:
+                assert time.monotonic() < deadline, "the process made no progress"
+                time.sleep(0.01)
+            assert proc.poll() is None, f"the process exited with {proc.returncode} before the kill"
+            time.sleep(rng.uniform(0.0, 0.05))
+        finally:
+            proc.kill()
+            proc.wait()
+
+
 def train_with_kills(args: list[str], data_dir: Path, total: int, seed: int) -> list[int]:
     """Kill the trainer three times at random points, then let it finish.
 
@@ -33,19 +62,7 @@ def train_with_kills(args: list[str], data_dir: Path, total: int, seed: int) -> 
     targets = sorted(rng.uniform(0.1, 0.85) * total for _ in range(3))
     after_kills = []
     for target in targets:
-        proc = subprocess.Popen(
-            headrace_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            deadline = time.monotonic() + 120
-            while persisted_trained(data_dir) < target and proc.poll() is None:
-                assert time.monotonic() < deadline, "the trainer made no progress"
-                time.sleep(0.05)
-            assert proc.poll() is None, f"the trainer exited with {proc.returncode} before the kill"
-            time.sleep(rng.uniform(0.0, 0.05))
-        finally:
-            proc.kill()
-            proc.wait()
+        kill_at_progress(args, lambda: persisted_trained(data_dir), [target], rng)
         after_kills.append(persisted_trained(data_dir))
     run_cli(*args)
     return after_kills

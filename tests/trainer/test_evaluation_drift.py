@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 
@@ -55,3 +57,22 @@ def test_drift_is_detected_counted_and_timed(detector, caplog):
     assert all(d.event_time >= 1300.0 for d in detections if d.signal == "loss")
     assert sum(monitor.counts.values()) == len(detections)
     assert "drift detected" in caplog.text
+
+
+def test_metrics_pickled_before_event_weights_restore_and_go_on():
+    old = ProgressiveMetrics(window=100)
+    rng = np.random.default_rng(0)
+    old.update(rng.random(50), (rng.random(50) < 0.3).astype(np.float32))
+    auc = old.auc()
+    # What a checkpoint written before weights held: count histograms, no weights.
+    state = dict(old.__dict__)
+    for name in ("_ring_weight", "_ring_predicted", "_weight_sum", "_predicted_sum"):
+        del state[name]
+    del state["_label_sum"]
+    for name in ("_pos", "_neg", "_win_pos", "_win_neg"):
+        state[name] = state[name].astype(np.int64)
+    restored = ProgressiveMetrics.__new__(ProgressiveMetrics)
+    restored.__setstate__(pickle.loads(pickle.dumps(state)))
+    assert restored.auc() == auc
+    restored.update(rng.random(100), (rng.random(100) < 0.3).astype(np.float32))
+    assert 0.0 <= restored.auc() <= 1.0 and restored.rolling_calibration() > 0.0

@@ -1,0 +1,300 @@
+"""The join itself, in memory: pending impressions, early actions, windows in event time.
+
+:class:`JoinCore` takes checked impressions and actions in arrival order,
+closes windows as the watermark passes them, and collects what to emit, what
+is late, and every state change as RocksDB puts and deletes, which the
+runner commits together with the input positions.
+
+Event time
+----------
+The watermark is the newest impression's ``ts`` minus ``allowed_lateness_s``
+(held back, by the runner, to the actions' progress while the actions input
+has records waiting). An impression's window closes once the watermark
+reaches ``ts + window_s``. Impressions out of order by less than the allowed
+lateness are joined as if in order; an older one is joined with the actions
+buffered so far and its window closes at the next advance. An action whose
+impression has not come waits in a bounded buffer until the watermark passes
+its own ``ts`` (its impression, older than the action, should have come by
+then); it then counts as late (``no_impression``), as does an action after
+its impression's window (``after_window``) and the oldest buffered action
+when the buffer is full (``buffer_full``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import struct
+from collections import Counter
+from dataclasses import dataclass
+
+import orjson
+
+from headrace.joiner.config import JoinConfig
+from headrace.joiner.records import Action, Impression
+
+__all__ = ["Emitted", "JoinCore", "Late", "keep_negative"]
+
+PENDING, EARLY = b"p:", b"e:"
+_PENDING = struct.Struct("<d?")
+_EARLY = struct.Struct("<d")
+
+
+def keep_negative(seed: int, key: str, rate: float) -> bool:
+    """Whether the negative of join key ``key`` is kept when negatives are kept at ``rate``.
+
+    A hash of (seed, key), so a replay keeps the same negatives.
+
+    >>> keep_negative(0, "r1", 1.0), keep_negative(0, "r1", 1e-9)
+    (True, False)
+    """
+    if rate >= 1.0:
+        return True
+    digest = hashlib.blake2b(key.encode(), digest_size=8, key=seed.to_bytes(8, "little"))
+    return int.from_bytes(digest.digest(), "little") < rate * 2.0**64
+
+
+@dataclass(frozen=True, slots=True)
+class Emitted:
+    """One labelled event to write: its join key (the message key) and JSON bytes."""
+
+    key: str
+    value: bytes
+    label: int
+
+
+@dataclass(frozen=True, slots=True)
+class Late:
+    """An action that joined nothing, with why."""
+
+    reason: str
+    raw: bytes
+
+
+class _Pending:
+    __slots__ = ("body", "positive", "ts")
+
+    def __init__(self, ts: float, body: bytes, positive: bool) -> None:
+        self.ts, self.body, self.positive = ts, body, positive
+
+    def pack(self) -> bytes:
+        return _PENDING.pack(self.ts, self.positive) + self.body
+
+
+class JoinCore:
+    """Joins impressions with actions; see the module docstring for event time.
+
+    Parameters
+    ----------
+    config
+        Window, mode, sampling.
+    state
+        RocksDB key -> value of the pending impressions and early actions
+        restored from the last commit (empty on a first start).
+    counters
+        Counters restored from the last commit.
+
+    Attributes
+    ----------
+    emitted, late
+        What to write since the last :meth:`take_output`.
+    changes
+        RocksDB key -> new value (``None``: delete) since the last :meth:`take_changes`.
+    counters
+        Running totals: impressions, actions, positives, negatives, dropped
+        (sampled-out) negatives, late actions by reason, duplicate actions, ...
+    """
+
+    def __init__(
+        self,
+        config: JoinConfig,
+        state: dict[bytes, bytes] | None = None,
+        counters: dict[str, int] | None = None,
+    ) -> None:
+        self.config = config
+        self.counters: Counter[str] = Counter(counters or {})
+        self.emitted: list[Emitted] = []
+        self.late: list[Late] = []
+        self.changes: dict[bytes, bytes | None] = {}
+        self.max_impression_ts = -float("inf")
+        self.max_action_ts = -float("inf")
+        self._pending: dict[str, _Pending] = {}
+        self._closing: list[tuple[float, str]] = []
+        self._early: dict[str, tuple[float, bytes]] = {}
+        self._early_order: list[tuple[float, str]] = []
+        self._rate_suffix = (
+            b""
+            if config.negative_rate >= 1
+            else b',"sample_rate":' + orjson.dumps(config.negative_rate)
+        )
+        for key, value in (state or {}).items():
+            self._restore(key, value)
+
+    def _restore(self, key: bytes, value: bytes) -> None:
+        join_key = key[2:].decode()
+        if key.startswith(PENDING):
+            ts, positive = _PENDING.unpack_from(value)
+            self._add_pending(join_key, _Pending(ts, value[_PENDING.size :], positive))
+            self.max_impression_ts = max(self.max_impression_ts, ts)
+        elif key.startswith(EARLY):
+            (ts,) = _EARLY.unpack_from(value)
+            self._early[join_key] = (ts, value[_EARLY.size :])
+            heapq.heappush(self._early_order, (ts, join_key))
+
+    # -- figures -------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Impressions whose window is open."""
+        return len(self._pending)
+
+    @property
+    def early(self) -> int:
+        """Actions waiting for their impression."""
+        return len(self._early)
+
+    def occupancy(self) -> float:
+        """How much of the window the pending impressions span (0 to about 1)."""
+        if not self._closing:
+            return 0.0
+        oldest = self._closing[0][0] - self.config.window_s
+        return max(0.0, self.max_impression_ts - oldest) / self.config.window_s
+
+    # -- input ---------------------------------------------------------------
+
+    def impression(self, impression: Impression) -> None:
+        """Take one checked impression; a join key seen and still pending raises KeyError."""
+        key = impression.key
+        if key in self._pending:
+            raise KeyError(key)
+        self.counters["impressions"] += 1
+        self.max_impression_ts = max(self.max_impression_ts, impression.ts)
+        pending = _Pending(impression.ts, impression.body, False)
+        early = self._early.pop(key, None)
+        if early is not None:
+            self.changes[EARLY + key.encode()] = None
+            if early[0] - impression.ts <= self.config.window_s:
+                pending.positive = True
+            else:
+                self._late("after_window", early[1])
+        self._add_pending(key, pending)
+        self.changes[PENDING + key.encode()] = pending.pack()
+        if self.config.mode == "fake-negative":
+            self._emit_negative(key, pending, b"n")
+            if pending.positive:
+                self._emit_positive(key, pending, b"p")
+
+    def action(self, action: Action, raw: bytes) -> None:
+        """Take one checked action (``raw``: its message, for the late-actions sink)."""
+        if self.config.positive_types and action.type not in self.config.positive_types:
+            self.counters["ignored_actions"] += 1
+            return
+        self.counters["actions"] += 1
+        self.max_action_ts = max(self.max_action_ts, action.ts)
+        key = action.key
+        pending = self._pending.get(key)
+        if pending is None:
+            self._buffer_early(action, raw)
+        elif action.ts - pending.ts > self.config.window_s:
+            self._late("after_window", raw)
+        elif pending.positive:
+            self.counters["duplicate_actions"] += 1
+        else:
+            pending.positive = True
+            self.changes[PENDING + key.encode()] = pending.pack()
+            if self.config.mode == "fake-negative":
+                self._emit_positive(key, pending, b"p")
+
+    def advance(self, watermark: float) -> None:
+        """Close every window that ends at or before ``watermark``; drop orphaned early actions."""
+        closing = self._closing
+        while closing and closing[0][0] <= watermark:
+            _, key = heapq.heappop(closing)
+            pending = self._pending.pop(key)
+            self.changes[PENDING + key.encode()] = None
+            self.counters["closed"] += 1
+            if self.config.mode == "wait":
+                if pending.positive:
+                    self._emit_positive(key, pending, b"w")
+                else:
+                    self._emit_negative(key, pending, b"w")
+        order = self._early_order
+        while order and order[0][0] < watermark:
+            ts, key = heapq.heappop(order)
+            early = self._early.get(key)
+            if early is not None and early[0] == ts:
+                del self._early[key]
+                self.changes[EARLY + key.encode()] = None
+                self._late("no_impression", early[1])
+
+    # -- output --------------------------------------------------------------
+
+    def take_output(self) -> tuple[list[Emitted], list[Late]]:
+        """What to write since the last call."""
+        emitted, late = self.emitted, self.late
+        self.emitted, self.late = [], []
+        return emitted, late
+
+    def take_changes(self) -> dict[bytes, bytes | None]:
+        """State changes since the last call, for one write batch."""
+        changes, self.changes = self.changes, {}
+        return changes
+
+    # -- internals -----------------------------------------------------------
+
+    def _add_pending(self, key: str, pending: _Pending) -> None:
+        self._pending[key] = pending
+        heapq.heappush(self._closing, (pending.ts + self.config.window_s, key))
+
+    def _buffer_early(self, action: Action, raw: bytes) -> None:
+        key = action.key
+        if key in self._early:
+            self.counters["duplicate_actions"] += 1
+            return
+        self._early[key] = (action.ts, raw)
+        heapq.heappush(self._early_order, (action.ts, key))
+        self.changes[EARLY + key.encode()] = _EARLY.pack(action.ts) + raw
+        while len(self._early) > self.config.max_early_actions:
+            ts, oldest = heapq.heappop(self._early_order)
+            early = self._early.get(oldest)
+            if early is not None and early[0] == ts:
+                del self._early[oldest]
+                self.changes[EARLY + oldest.encode()] = None
+                self._late("buffer_full", early[1])
+
+    def _late(self, reason: str, raw: bytes) -> None:
+        self.counters[f"late_{reason}"] += 1
+        self.late.append(Late(reason, raw))
+
+    def _emit_negative(self, key: str, pending: _Pending, kind: bytes) -> None:
+        if not keep_negative(self.config.seed, key, self.config.negative_rate):
+            self.counters["negatives_dropped"] += 1
+            return
+        self._emit(key, pending, 0, kind, b"")
+
+    def _emit_positive(self, key: str, pending: _Pending, kind: bytes) -> None:
+        weight = b""
+        if self.config.mode == "fake-negative":
+            # Every impression was emitted as a negative, so a positive's
+            # observed odds are p, not p / (1 - p): weighting positives by
+            # 1 / (1 - p) restores them (Ktena et al., with the stream's
+            # conversion rate standing in for each example's p).
+            rate = min(self.counters["positives"] / max(self.counters["impressions"], 1), 0.5)
+            weight = b',"weight":' + orjson.dumps(round(1.0 / (1.0 - rate), 4))
+        self._emit(key, pending, 1, kind, weight)
+
+    def _emit(self, key: str, pending: _Pending, label: int, kind: bytes, extra: bytes) -> None:
+        self.counters["positives" if label else "negatives"] += 1
+        event_id = orjson.dumps(f"{key}#{kind.decode()}")
+        value = b"".join(
+            (
+                pending.body[:-1],
+                b',"label":1' if label else b',"label":0',
+                b',"event_id":',
+                event_id,
+                extra,
+                self._rate_suffix,
+                b"}",
+            )
+        )
+        self.emitted.append(Emitted(key, value, label))

@@ -1,0 +1,153 @@
+"""Impressions and actions: checking raw messages and finding their join keys.
+
+An impression is an event without a label (the features at request time)
+with a ``request_id``; an action is ``{"ts", "request_id", "type"}``. With an
+item key configured, both carry the item too and the join key is
+``request_id`` and item together. A message that breaks a rule raises
+:class:`~headrace.schema.SchemaError` with the reason, for the dead letters.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import orjson
+
+from headrace.schema import (
+    FastEvent,
+    Reason,
+    SchemaError,
+    check_ts,
+    event_decoder,
+    validate_event,
+)
+
+__all__ = ["Action", "Impression", "ImpressionReader", "join_key", "read_action"]
+
+#: Fields the joiner writes into an emitted event; an impression's own are dropped.
+_OWNED = ("label", "weight", "sample_rate", "event_id")
+_OWNED_BYTES = tuple(f'"{name}"'.encode() for name in _OWNED)
+
+
+class Impression(NamedTuple):
+    """A checked impression: its time, join key and JSON body without joiner fields."""
+
+    ts: float
+    key: str
+    body: bytes
+
+
+class Action(NamedTuple):
+    """A checked action."""
+
+    ts: float
+    key: str
+    type: str
+
+
+def join_key(request_id: str, item: str | int | None) -> str:
+    """The key impressions and actions meet on.
+
+    >>> join_key("r1", None), join_key("r1", 981), join_key("r1", "981")
+    ('r1', 'r1\\x1f981', 'r1\\x1f981')
+    """
+    return request_id if item is None else f"{request_id}\x1f{item}"
+
+
+def _item(value: object, where: str, item_key: str) -> str | int:
+    if type(value) is str or type(value) is int:
+        return value  # type: ignore[return-value]
+    raise SchemaError(
+        Reason.MISSING_JOIN_KEY,
+        f"{where} needs the item key {item_key!r} as a string or an int, not {value!r}",
+    )
+
+
+def _too_large(raw: bytes | None, limit: int) -> bytes:
+    if raw is None:
+        raise SchemaError(Reason.NOT_JSON, "empty message (a tombstone?)")
+    if len(raw) > limit:
+        raise SchemaError(Reason.TOO_LARGE, f"{len(raw)} bytes, the limit is {limit}")
+    return raw
+
+
+def _loads(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise SchemaError(Reason.NOT_JSON, str(exc)) from None
+
+
+class ImpressionReader:
+    """Checks impressions: the event schema (no label needed) plus a join key.
+
+    Parameters
+    ----------
+    item_key
+        See :attr:`JoinConfig.item_key <headrace.joiner.JoinConfig>`.
+    max_message_bytes
+        Larger messages are refused (``too_large``).
+
+    Examples
+    --------
+    >>> read = ImpressionReader(item_key="item_id")
+    >>> read(b'{"ts": 5, "sparse": {"item_id": 7}, "request_id": "r1", "label": 1}')
+    Impression(ts=5.0, key='r1\\x1f7', body=b'{"ts":5,"sparse":{"item_id":7},"request_id":"r1"}')
+    """
+
+    def __init__(self, item_key: str | None = None, max_message_bytes: int = 1 << 20) -> None:
+        self.item_key = item_key
+        self.max_message_bytes = max_message_bytes
+        self._decode = event_decoder(require_label=False)
+
+    def __call__(self, raw: bytes | None) -> Impression:
+        """Check one message; raises :class:`SchemaError` with the reason."""
+        raw = _too_large(raw, self.max_message_bytes)
+        try:
+            event: FastEvent | object = self._decode(raw)
+        except Exception:  # not a verdict: the full check gives the reason or accepts
+            event = validate_event(_loads(raw), require_label=False)
+        request_id = event.request_id  # type: ignore[attr-defined]
+        if request_id is None:
+            raise SchemaError(Reason.MISSING_JOIN_KEY, "an impression needs a request_id")
+        item = None
+        if self.item_key is not None:
+            sparse = event.sparse  # type: ignore[attr-defined]
+            item = sparse.get(self.item_key)
+            if item is None:
+                item = _loads(raw).get(self.item_key)  # type: ignore[union-attr]
+            item = _item(item, "an impression", self.item_key)
+        return Impression(event.ts, join_key(request_id, item), self._body(raw))  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _body(raw: bytes) -> bytes:
+        """The impression as a JSON object without the fields the joiner writes."""
+        body = raw.strip()
+        if body.endswith(b"}") and not any(name in body for name in _OWNED_BYTES):
+            return body
+        # Rare: the impression carries a field the joiner owns (or the bytes
+        # mention one inside a string); rewrite it without them.
+        event = orjson.loads(raw)
+        for name in _OWNED:
+            event.pop(name, None)
+        return orjson.dumps(event)
+
+
+def read_action(raw: bytes | None, item_key: str | None, max_message_bytes: int) -> Action:
+    """Check one action message; raises :class:`SchemaError` with the reason.
+
+    >>> read_action(b'{"ts": 9, "request_id": "r1", "type": "click"}', None, 1024)
+    Action(ts=9.0, key='r1', type='click')
+    """
+    action = _loads(_too_large(raw, max_message_bytes))
+    ts = check_ts(action, "an action")
+    request_id = action.get("request_id")
+    if type(request_id) is not str:
+        raise SchemaError(
+            Reason.MISSING_JOIN_KEY, f"an action needs a request_id string, not {request_id!r}"
+        )
+    kind = action.get("type")
+    if type(kind) is not str:
+        raise SchemaError(Reason.BAD_ACTION_TYPE, f"type must be a string, not {kind!r}")
+    item = None if item_key is None else _item(action.get(item_key), "an action", item_key)
+    return Action(ts, join_key(request_id, item), kind)

@@ -1,0 +1,317 @@
+"""The joiner process: read both inputs, join, emit, commit; exactly once across crashes.
+
+Each cycle reads a chunk of impressions and of actions (keeping the two
+inputs within ``align_slack_s`` of each other in event time), joins them,
+advances the watermark and writes what was emitted. An input's progress is
+the smallest, over its partitions that still have records to read, of the
+newest ``ts`` read from each (partitions are read unevenly; one read to its
+end does not hold the others back), and the watermark is the impressions'
+progress less the allowed lateness, held back to the actions' progress
+while actions are still coming. Every
+``commit_every_s`` it flushes the output, the late actions and the dead
+letters, then commits the state changes, both inputs' positions and the
+counters in one RocksDB write batch. After a crash it restarts from the
+last commit: what it emitted since then is emitted again with the same
+``event_id`` values, and the trainer drops the ids it has already trained.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from headrace.joiner.config import JoinConfig
+from headrace.joiner.core import JoinCore
+from headrace.joiner.endpoints import Sink
+from headrace.joiner.records import ImpressionReader, read_action
+from headrace.joiner.state import JoinState
+from headrace.joiner.telemetry import JoinTelemetry
+from headrace.schema import Reason, SchemaError
+from headrace.stream import DeadLetter, DeadLetterSink, Record, Source
+
+__all__ = ["JoinSummary", "Joiner"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 4096
+_TICK_S = 0.5
+
+
+@dataclass(frozen=True)
+class JoinSummary:
+    """What a run did (running totals over every run on the data directory)."""
+
+    counters: dict[str, int]
+    pending: int
+    early: int
+    seconds: float
+    emitted_this_run: int
+
+    def to_json(self) -> dict[str, object]:
+        rate = self.emitted_this_run / self.seconds if self.seconds else None
+        return {
+            **dict(sorted(self.counters.items())),
+            "pending": self.pending,
+            "early": self.early,
+            "seconds": round(self.seconds, 3),
+            "emitted_per_s": None if rate is None else round(rate, 1),
+        }
+
+
+def _at_end(source: Source, key: str) -> bool:
+    """Whether partition ``key`` of ``source`` has no record left to read now."""
+    highwater = getattr(source, "highwater", None)
+    if highwater is None:  # a file: one partition
+        return source.exhausted
+    end = highwater(key)
+    return end is not None and source.positions()[key] >= end
+
+
+class Joiner:
+    """Joins an impressions source with an actions source into labelled events.
+
+    Parameters
+    ----------
+    config
+        Window, mode, sampling.
+    data_dir
+        The state (RocksDB); a rerun resumes here.
+    impressions, actions
+        The inputs (the joiner owns and closes them).
+    out
+        Where labelled events go.
+    late
+        Where actions that joined nothing go.
+    dead_letters
+        Where bad records of each input go: ``{"impressions": ..., "actions": ...}``.
+    identity
+        Further settings the state depends on (e.g. the partitions read).
+    registry
+        Prometheus registry for ``headrace_join_*`` metrics.
+    """
+
+    def __init__(
+        self,
+        config: JoinConfig,
+        data_dir: str | Path,
+        impressions: Source,
+        actions: Source,
+        out: Sink,
+        late: Sink,
+        dead_letters: dict[str, DeadLetterSink],
+        *,
+        identity: dict[str, object] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self.config = config
+        self.inputs = {"impressions": impressions, "actions": actions}
+        self.out, self.late, self.dead_letters = out, late, dead_letters
+        self.state = JoinState(Path(data_dir) / "state", config.identity() | (identity or {}))
+        self.core = JoinCore(config, self.state.entries, self.state.counters)
+        self.state.entries = {}  # the core holds them now
+        self.telemetry = JoinTelemetry(registry or CollectorRegistry())
+        self.watermark = -float("inf")
+        self._read_impression = ImpressionReader(config.item_key, config.max_message_bytes)
+        self._idle = {"impressions": False, "actions": False}
+        # Per input: partition -> newest ts read.
+        self._seen: dict[str, dict[str, float]] = {
+            "impressions": {},
+            "actions": {},
+        }
+        self.emitted_this_run = 0
+        for name, source in self.inputs.items():
+            if name in self.state.positions:
+                source.seek(self.state.positions[name])
+        if self.state.positions:
+            log.info(
+                "resuming at %s with %d pending impressions",
+                self.state.positions,
+                self.core.pending,
+            )
+
+    # -- one cycle -----------------------------------------------------------
+
+    def progress(self, name: str) -> float:
+        """Event time up to which input ``name`` is read in every partition with records left."""
+        source, seen = self.inputs[name], self._seen[name]
+        behind = [
+            seen.get(key, -float("inf")) for key in source.positions() if not _at_end(source, key)
+        ]
+        if behind:
+            return min(behind)
+        return max(seen.values(), default=-float("inf"))
+
+    def _saw(self, name: str, record: Record, ts: float) -> None:
+        seen = self._seen[name]
+        seen[record.partition] = max(ts, seen.get(record.partition, ts))
+
+    def _wanted(self) -> list[str]:
+        """The inputs to read now: each unless it is ahead of the other by the slack."""
+        slack = self.config.align_slack_s
+        imps, acts = self.progress("impressions"), self.progress("actions")
+        wanted = []
+        if self._idle["actions"] or imps <= acts + slack:
+            wanted.append("impressions")
+        if self._idle["impressions"] or acts <= imps + slack:
+            wanted.append("actions")
+        return wanted
+
+    def _read(self, name: str, timeout_s: float) -> list[Record]:
+        records = self.inputs[name].poll(_CHUNK, timeout_s)
+        self._idle[name] = not records
+        self.core.counters[f"records_{name}"] += len(records)
+        return records
+
+    def _dead(self, name: str, exc: SchemaError, record: Record) -> None:
+        self.core.counters[f"dead_{name}:{exc.reason.value}"] += 1
+        letter = DeadLetter(
+            exc.reason, exc.detail, record.partition, record.offset, record.value or b""
+        )
+        self.dead_letters[name].write(letter)
+
+    def cycle(self, timeout_s: float = 0.1) -> int:
+        """Read, join and emit one chunk of each wanted input; returns the records read."""
+        wanted = self._wanted()
+        each = timeout_s / len(wanted)
+        read = {name: self._read(name, each) for name in wanted}
+        core, cfg = self.core, self.config
+        # Impressions first: an action read in the same cycle finds its impression.
+        for record in read.get("impressions", ()):
+            try:
+                impression = self._read_impression(record.value)
+                self._saw("impressions", record, impression.ts)
+                try:
+                    core.impression(impression)
+                except KeyError:
+                    raise SchemaError(
+                        Reason.DUPLICATE_JOIN_KEY,
+                        f"join key {impression.key!r} is already pending",
+                    ) from None
+            except SchemaError as exc:
+                self._dead("impressions", exc, record)
+        for record in read.get("actions", ()):
+            try:
+                action = read_action(record.value, cfg.item_key, cfg.max_message_bytes)
+            except SchemaError as exc:
+                self._dead("actions", exc, record)
+                continue
+            self._saw("actions", record, action.ts)
+            core.action(action, record.value)  # type: ignore[arg-type]
+        self._advance()
+        self._write_output()
+        return sum(map(len, read.values()))
+
+    def _advance(self) -> None:
+        watermark = self.progress("impressions") - self.config.allowed_lateness_s
+        if not self._idle["actions"]:
+            # Actions are still coming: close no window their progress has not reached.
+            watermark = min(watermark, self.progress("actions"))
+        if watermark > self.watermark:
+            self.watermark = watermark
+            self.core.advance(watermark)
+
+    def _write_output(self) -> None:
+        emitted, late = self.core.take_output()
+        send = self.out.send
+        for event in emitted:
+            send(event.value, event.key.encode())
+        for action in late:
+            self.late.send(action.raw)
+        self.emitted_this_run += len(emitted)
+
+    def commit(self) -> None:
+        """Flush every output, then commit state, positions and counters in one write."""
+        started = time.perf_counter()
+        self.out.flush()
+        self.late.flush()
+        for sink in self.dead_letters.values():
+            sink.flush()
+        positions = {name: source.positions() for name, source in self.inputs.items()}
+        self.state.commit(self.core.take_changes(), positions, dict(self.core.counters))
+        self.telemetry.commit_duration.observe(time.perf_counter() - started)
+
+    def close_all_windows(self) -> None:
+        """Treat the inputs as ended: close every window now (for finite replays)."""
+        self.watermark = float("inf")
+        self.core.advance(self.watermark)
+        self._write_output()
+
+    # -- the loop ------------------------------------------------------------
+
+    def _ended(self) -> bool:
+        """Both inputs read to their end (files at EOF; Kafka partitions caught up)."""
+        for source in self.inputs.values():
+            if source.exhausted:
+                continue
+            lag = getattr(source, "lag", None)
+            if lag is None or sum(lag().values()) > 0:
+                return False
+        return True
+
+    def refresh_gauges(self) -> None:
+        core, t = self.core, self.telemetry
+        t.update(core.counters)
+        t.pending.set(core.pending)
+        t.early.set(core.early)
+        t.occupancy.set(core.occupancy())
+        if self.watermark > 0:
+            t.watermark.set(self.watermark)
+
+    def run(
+        self,
+        *,
+        stop: threading.Event | None = None,
+        until_end: bool = False,
+        on_tick: Callable[[Joiner], None] | None = None,
+    ) -> JoinSummary:
+        """Join until ``stop`` is set (or, with ``until_end``, both inputs are read to their end).
+
+        With ``until_end`` every window is closed at the end, as if event
+        time had run on. A last commit is written before returning.
+        """
+        stop = stop or threading.Event()
+        started = last_commit = last_tick = time.monotonic()
+        while not stop.is_set():
+            read = self.cycle()
+            now = time.monotonic()
+            if until_end and not read and all(self._idle.values()) and self._ended():
+                self.close_all_windows()
+                break
+            if now - last_commit >= self.config.commit_every_s:
+                self.commit()
+                last_commit = now
+            if now - last_tick >= _TICK_S:
+                self.refresh_gauges()
+                last_tick = now
+                if on_tick is not None:
+                    on_tick(self)
+        self.commit()
+        self.refresh_gauges()
+        return JoinSummary(
+            dict(self.core.counters),
+            self.core.pending,
+            self.core.early,
+            time.monotonic() - started,
+            self.emitted_this_run,
+        )
+
+    def close(self) -> None:
+        """Close inputs, outputs and state (without a commit: :meth:`run` writes one)."""
+        closers = [*self.inputs.values(), self.out, self.late, *self.dead_letters.values()]
+        try:
+            for closer in closers:
+                closer.close()
+        finally:
+            self.state.close()
+
+    def __enter__(self) -> Joiner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,122 @@
+"""``headrace join`` as users run it: help, bad flags, metrics while running, a clean stop."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from headrace.cli import app
+from headrace.stream import KafkaSink, ensure_topic
+from headrace.tansu import free_port
+from tests.deploy.conftest import read_metric_list
+from tests.trainer.conftest import headrace_command
+
+runner = CliRunner()
+
+
+def test_help_names_the_inputs_modes_and_state():
+    result = runner.invoke(app, ["join", "--help"])
+    assert result.exit_code == 0
+    for flag in ("--impressions", "--actions", "--out", "--window", "--negative-rate", "--ranks"):
+        assert flag in result.output
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--mode", "sometimes"], "mode"),
+        (["--negative-rate", "0"], "negative_rate"),
+        (["--impressions", "http://x/y"], "file://PATH"),
+        (["--rank", "2", "--ranks", "2"], "--ranks"),
+    ],
+)
+def test_wrong_flags_fail_at_start_naming_what_to_fix(tmp_path, flags, message):
+    (tmp_path / "i.jsonl").write_text("")
+    (tmp_path / "a.jsonl").write_text("")
+    base = {
+        "--impressions": f"file://{tmp_path}/i.jsonl",
+        "--actions": f"file://{tmp_path}/a.jsonl",
+        "--out": f"file://{tmp_path}/o.jsonl",
+        "--data-dir": str(tmp_path / "d"),
+    }
+    given = dict(zip(flags[::2], flags[1::2], strict=True))
+    args = [item for pair in (base | given).items() for item in pair]
+    result = runner.invoke(app, ["join", *args])
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+@pytest.mark.kafka
+def test_running_joiner_exports_every_listed_metric_and_stops_cleanly(
+    kafka_bootstrap, topic_name, tmp_path
+):
+    imps, acts, out = topic_name("imps"), topic_name("acts"), topic_name("events")
+    for topic in (imps, acts):
+        ensure_topic(kafka_bootstrap, topic, 1)
+    sink = KafkaSink(kafka_bootstrap, imps)
+    for i in range(50):
+        event = {"ts": i, "sparse": {"u": i}, "request_id": f"r{i}"}
+        sink.send(json.dumps(event).encode())
+    sink.send(b"not json")
+    sink.close()
+    sink = KafkaSink(kafka_bootstrap, acts)
+    sink.send(json.dumps({"ts": 3, "request_id": "r1", "type": "click"}).encode())
+    sink.close()
+    port = free_port()
+    args = [
+        "join",
+        "--impressions",
+        f"kafka://{kafka_bootstrap}/{imps}",
+        "--actions",
+        f"kafka://{kafka_bootstrap}/{acts}",
+        "--out",
+        f"kafka://{kafka_bootstrap}/{out}",
+        "--data-dir",
+        str(tmp_path / "join"),
+        "--window",
+        "10",
+        "--metrics-port",
+        str(port),
+        "--metrics-host",
+        "127.0.0.1",
+    ]
+    proc = subprocess.Popen(
+        headrace_command(*args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        families = {}
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+                    text = r.read().decode()
+            except OSError:
+                time.sleep(0.5)
+                continue
+            families = {f.name: f for f in text_string_to_metric_families(text) if f.samples}
+            emitted = families.get("headrace_join_emitted_events")
+            if emitted and sum(s.value for s in emitted.samples if s.name.endswith("_total")) > 0:
+                break
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr[-2000:]
+    for spec in read_metric_list().values():
+        if spec.exporter == "joiner":
+            name = spec.name.removesuffix("_total") if spec.type == "counter" else spec.name
+            assert name in families, f"{spec.name} is not exported"
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    assert summary["impressions"] == 50 and summary["positives"] >= 1
+    assert summary["dead_impressions:not_json"] == 1
