@@ -8,15 +8,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from headrace.model import (
+    ModelSpec,
+    SequenceInput,
+    build_model,
+    load_dense_state,
+    lookup_inputs,
+)
 from headrace.stream import Batch, EventParser, ParserConfig
-from headrace.trainer import TrainerConfig, build_model, load_dense_state, lookup_pooled
 
-__all__ = ["Scorer", "model_meta"]
+__all__ = ["ModelInputs", "Scorer", "model_meta"]
+
+#: What :meth:`Scorer.embed` gathers: pooled ``(n, slots, dim)`` and the sequence slots' vectors.
+ModelInputs = tuple[torch.Tensor, dict[str, SequenceInput]]
 
 
-def model_meta(config: TrainerConfig) -> dict[str, Any]:
-    """What a snapshot carries so that serving can rebuild the model."""
-    return {"config": config.model_dump(mode="json")}
+def model_meta(spec: ModelSpec) -> dict[str, Any]:
+    """What a snapshot carries to rebuild the model (its class is ``spec.model.kind``)."""
+    return {"spec": spec.model_dump(mode="json")}
 
 
 class Scorer:
@@ -28,27 +37,46 @@ class Scorer:
     built, new dense weights build a new one).
     """
 
-    def __init__(self, config: TrainerConfig, dense: bytes) -> None:
-        self.config = config
-        self.model = build_model(config)
+    def __init__(self, spec: ModelSpec, dense: bytes) -> None:
+        self.spec = spec
+        self.model = build_model(spec)
         load_dense_state(self.model, dense)
         self.model.eval()
         self.parser = EventParser(
-            ParserConfig(require_label=False, dense_names=config.model.dense_features)
+            ParserConfig(
+                require_label=False,
+                dense_names=spec.model.dense_features,
+                fid_names=tuple(spec.shared_tables.items()),
+            )
         )
-        self._slots = tuple(slot.name for slot in config.slots)
+        self._sequence_slots = tuple(getattr(self.model, "sequence_slots", ()))
 
     @classmethod
     def from_update(cls, meta: Mapping[str, Any], dense: bytes) -> Scorer:
         """The ``build_model`` hook of :class:`~headrace.serving.params.ParameterState`."""
-        return cls(TrainerConfig.model_validate(meta["config"]), dense)
+        if "spec" not in meta:
+            raise ValueError(
+                "the snapshot carries no model spec: it was published by an older headrace; "
+                "restart the trainer with this version so that it publishes a new snapshot"
+            )
+        return cls(ModelSpec.model_validate(meta["spec"]), dense)
 
-    def embed(self, batch: Batch, lookup: Callable[[str, np.ndarray], np.ndarray]) -> torch.Tensor:
-        """Pooled embeddings of ``batch``; unknown ids count as zero vectors, as in training."""
-        return lookup_pooled(batch, self._slots, lookup, self.config.model.pooling, self.config.dim)
+    def embed(self, batch: Batch, lookup: Callable[[str, np.ndarray], np.ndarray]) -> ModelInputs:
+        """The model inputs of ``batch``; unknown ids count as zero vectors, as in training."""
+        spec = self.spec
+        return lookup_inputs(
+            batch,
+            spec.slots,
+            spec.tables,
+            lookup,
+            spec.model.pooling,
+            spec.dim,
+            self._sequence_slots,
+        )
 
-    def predict(self, pooled: torch.Tensor, batch: Batch) -> np.ndarray:
+    def predict(self, inputs: ModelInputs, batch: Batch) -> np.ndarray:
         """Click probabilities (float64) of the events of ``batch``."""
+        pooled, sequences = inputs
         with torch.no_grad():
-            logits = self.model(pooled, torch.from_numpy(batch.dense))
+            logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
         return torch.sigmoid(logits).double().numpy()
