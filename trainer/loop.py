@@ -239,10 +239,7 @@ class Trainer:
         self.store = store
         self.stream = stream
         self.model_spec = config.model_spec
-        try:
-            self.model = build_model(self.model_spec)
-        except ModelError as exc:
-            raise TrainerError(str(exc)) from exc
+        self.model = build_model(self.model_spec)
         self._sequence_slots = tuple(getattr(self.model, "sequence_slots", ()))
         self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
@@ -276,9 +273,17 @@ class Trainer:
         Raises
         ------
         TrainerError
-            When the directory holds a store of another model or is unusable.
+            When the model cannot be built (naming its class and what is
+            wrong), or the directory holds a store of another model or is
+            unusable.
         """
         data_dir = Path(data_dir)
+        try:
+            # A model class that cannot be built fails before the data dir is touched.
+            build_model(config.model_spec)
+        except ModelError as exc:
+            source.close()
+            raise TrainerError(str(exc)) from exc
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             store = EmbeddingStore.open(data_dir / "store", config.store_slots, seed=config.seed)
