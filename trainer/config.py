@@ -24,7 +24,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from headrace.config import load_config
 from headrace.embedding_store import Adagrad, SlotConfig
@@ -73,6 +80,11 @@ class Slot(SlotConfig):
     """
 
     table: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_serializer(mode="wrap")
+    def _table_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A slot of a table saves its name and table: the row settings are the table's."""
+        return {"name": self.name, "table": self.table} if self.table else handler(self)
 
 
 def slot_defaults(name: str) -> Slot:
