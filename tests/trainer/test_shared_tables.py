@@ -69,6 +69,16 @@ def _with_history(events: list[dict], length: int = 5) -> list[dict]:
     return events
 
 
+def _served_inputs(trainer: Trainer, events: list[dict]) -> tuple:
+    """A batch of ``events`` and its model inputs read from the trainer's rows, as serving reads."""
+    records = [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(events)]
+    batch = trainer.stream.parser.parse(records, {}).batch
+    spec = trainer.model_spec
+    lookup = trainer.store.lookup
+    sequences = ("hist_item_ids",)
+    return batch, lookup_inputs(batch, spec.slots, spec.tables, lookup, "sum", spec.dim, sequences)
+
+
 @pytest.fixture
 def din_log(tmp_path):
     (tmp_path / "din.toml").write_text(DIN_CONFIG)
@@ -132,18 +142,7 @@ def test_din_trains_restores_publishes_and_serves_on_a_shared_table(tmp_path, di
         spec = trainer.model_spec
         # An item's row is the same in both slots: the history's pooled vector
         # is the sum of the rows that item_id trained.
-        batch = trainer.stream.parser.parse(
-            [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(events[3000:3040])], {}
-        ).batch
-        pooled, sequences = lookup_inputs(
-            batch,
-            spec.slots,
-            spec.tables,
-            trainer.store.lookup,
-            "sum",
-            spec.dim,
-            ("hist_item_ids",),
-        )
+        batch, (pooled, sequences) = _served_inputs(trainer, events[3000:3040])
         hist = spec.index("hist_item_ids")
         offsets = batch.offsets["hist_item_ids"]
         for i in range(len(batch)):
@@ -189,19 +188,9 @@ def test_a_step_regrouping_a_tables_slots_predicts_as_serving_does(tmp_path, din
     config, path, events = din_log
     with Trainer.open(config, tmp_path / "data", FileSource(path)) as trainer:
         trainer.run(max_events=1000)
-        spec = trainer.model_spec
-        records = [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(events[1000:1064])]
-        batch = trainer.stream.parser.parse(records, {}).batch
+        batch, _ = _served_inputs(trainer, events[1000:1064])
         trainer.step(batch)  # every id of the batch has a row now
-        inputs = lookup_inputs(
-            batch,
-            spec.slots,
-            spec.tables,
-            trainer.store.lookup,
-            "sum",
-            spec.dim,
-            ("hist_item_ids",),
-        )
+        _, inputs = _served_inputs(trainer, events[1000:1064])
         with torch.no_grad():
             served = torch.sigmoid(trainer.model(*inputs, torch.from_numpy(batch.dense))).numpy()
         step = trainer.step(batch)
