@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,19 @@ def test_prometheus_metrics_of_a_run(tmp_path, small_config):
     assert value("headrace_last_event_timestamp_seconds") == pytest.approx(
         SyntheticConfig().start_ts + (1500 - 1) / 50
     )
+
+
+def test_a_checkpoint_without_tables_or_model_options_resumes(tmp_path, small_config):
+    """Data dirs of the version before shared tables and model options still open."""
+    config = load_trainer_config(small_config)
+    with Trainer.open(config, tmp_path, _synthetic(500)) as trainer:
+        trainer.run()
+    with EmbeddingStore.open(tmp_path / "store") as store:
+        saved = json.loads(store.extra["trainer.config"])
+        del saved["tables"], saved["model"]["options"]
+        for slot in saved["slots"]:
+            del slot["table"]
+        store.checkpoint(store.extra | {"trainer.config": json.dumps(saved).encode()})
+    with Trainer.open(config, tmp_path, _synthetic(800)) as again:
+        assert again.state.trained == 500
+        assert again.run().trained == 800
