@@ -253,8 +253,11 @@ class TrainerConfig(_Frozen):
 
     @property
     def dim(self) -> int:
-        """The embedding size every slot shares."""
-        return self.store_slots[0].dim
+        """The embedding size every slot shares (read on every training step: no copies here)."""
+        first = self.slots[0]
+        if first.table is None:
+            return first.dim
+        return next(table.dim for table in self.tables if table.name == first.table)
 
 
 def slot_table(slot: Slot) -> str | None:
