@@ -29,6 +29,7 @@ bench: $(INSTALLED)
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(PY) tests/layers.py
 
 format: $(INSTALLED)
 	$(VENV)/bin/ruff check --fix .

@@ -10,7 +10,12 @@ the same order:
   factors), one event at a time;
 - ``headrace_file`` and ``headrace_kafka``: the trainer at its default
   settings (only the slots named), from the log file and from a
-  one-partition Kafka topic (one partition keeps the time order).
+  one-partition Kafka topic (one partition keeps the time order);
+- ``deepfm_hist`` and ``din``: the same events with ``hist_item_ids`` (the
+  user's last ``--history`` items before the event, newest first) in the
+  item table that ``item_id`` uses, trained from a log file by DeepFM (the
+  history sum-pooled) and by DIN (the history pooled by attention from the
+  candidate item); ``din_minus_deepfm_hist_auc_second_half`` compares them.
 
 Each object holds ``auc``, ``auc_second_half`` and ``events_per_s``; the
 comparison figures come from the Kafka run. Prints one JSON object.
@@ -39,7 +44,7 @@ from headrace.stream import (
     movielens_events,
 )
 from headrace.tansu import kafka_bootstrap
-from headrace.trainer import ModelConfig, TrainerConfig
+from headrace.trainer import ModelConfig, Slot, TrainerConfig
 from headrace.trainer.config import slot_defaults
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small"
@@ -53,6 +58,28 @@ def movielens_config(**overrides: object) -> TrainerConfig:
         model=ModelConfig(dense_features=()),
         **overrides,
     )
+
+
+def history_config(kind: str) -> TrainerConfig:
+    """:func:`movielens_config` plus ``hist_item_ids``, sharing the item table with ``item_id``."""
+    slots = [
+        Slot(name=name, table="item") if name == "item_id" else slot_defaults(name)
+        for name in MOVIELENS_SLOTS
+    ]
+    slots.append(Slot(name="hist_item_ids", table="item"))
+    table = slot_defaults("item").model_dump(exclude={"table"})
+    return TrainerConfig(
+        slots=tuple(slots), tables=(table,), model=ModelConfig(kind=kind, dense_features=())
+    )
+
+
+def history_figures(data: Path, history: int, tmp: Path) -> dict[str, dict]:
+    log = tmp / "movielens-history.jsonl"
+    log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in movielens_events(data, history)))
+    return {
+        kind: headrace_figures(history_config(kind.split("_")[0]), f"file://{log}")
+        for kind in ("deepfm_hist", "din")
+    }
 
 
 def river_figures(events: list[dict]) -> dict[str, dict]:
@@ -85,6 +112,10 @@ def main() -> None:
     parser.add_argument(
         "data", nargs="?", type=Path, default=DEFAULT_DATA, help="a MovieLens directory"
     )
+    parser.add_argument(
+        "--history", type=int, default=20, help="items in hist_item_ids (deepfm_hist and din)"
+    )
+    parser.add_argument("--history-only", action="store_true", help="run deepfm_hist and din only")
     args = parser.parse_args()
     try:
         events = list(movielens_events(args.data))
@@ -93,11 +124,21 @@ def main() -> None:
     config = movielens_config()
     lines = [orjson.dumps(e) for e in events]
     result: dict[str, object] = {"data": str(args.data), "events": len(events)}
-    result |= river_figures(events)
     with tempfile.TemporaryDirectory() as tmp:
+        result |= history_figures(args.data, args.history, Path(tmp))
+        deepfm, din = result["deepfm_hist"], result["din"]
+        result["history"] = args.history
+        result["din_minus_deepfm_hist_auc_second_half"] = round(
+            din["auc_second_half"] - deepfm["auc_second_half"], 4
+        )
+        result["din_over_deepfm_hist_rate"] = round(din["events_per_s"] / deepfm["events_per_s"], 2)
+        if args.history_only:
+            print(json.dumps(result))
+            return
         log = Path(tmp) / "movielens.jsonl"
         log.write_bytes(b"".join(line + b"\n" for line in lines))
         result["headrace_file"] = headrace_figures(config, f"file://{log}")
+    result |= river_figures(events)
     result["headrace_kafka"] = kafka = kafka_figures(config, lines)
     fm = result["river_fm"]
     result["batch_size"] = config.batch_size

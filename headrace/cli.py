@@ -279,7 +279,12 @@ def movielens(
     out: Annotated[Path, typer.Option(help="The event log to write: FILE.jsonl[.gz].")],
     history: Annotated[
         int,
-        typer.Option(min=0, help="Add hist_item_ids: the user's last N items before the event."),
+        typer.Option(
+            min=0,
+            help="Add hist_item_ids: the user's last N items before the event, newest first "
+            "(20 is a good start; with --config-out, item_id and hist_item_ids share a table "
+            "and the model is DIN).",
+        ),
     ] = 0,
     config_out: Annotated[
         Path | None,
@@ -305,10 +310,17 @@ def movielens(
         raise _fail(str(exc)) from exc
     slots = MOVIELENS_SLOTS + (("hist_item_ids",) if history else ())
     if config_out is not None:
-        tables = "".join(f'\n[[slots]]\nname = "{slot}"\n' for slot in slots)
+        # With a history, the items share one table and DIN attends over the history.
+        shared = {"item_id", "hist_item_ids"} if history else set()
+        entries = "".join(
+            f'\n[[slots]]\nname = "{slot}"\n' + ('table = "item"\n' if slot in shared else "")
+            for slot in slots
+        )
+        model = 'kind = "din"\n' if history else ""
         config_out.write_text(
             f"# Trainer config for {out.name} (headrace datasets movielens).\n"
-            f"[model]\ndense_features = []\n{tables}"
+            f"[model]\n{model}dense_features = []\n{entries}"
+            + ('\n[[tables]]\nname = "item"\n' if history else "")
         )
     typer.echo(json.dumps({"events": written, "out": str(out), "slots": list(slots)}))
 

@@ -112,9 +112,9 @@ def create_app(
         with state.read() as view:
             scorer = view.model
             batch = _parse(scorer, body.events)
-            pooled = scorer.embed(batch, view.lookup)
+            inputs = scorer.embed(batch, view.lookup)
             version = view.version
-        scores = scorer.predict(pooled, batch)
+        scores = scorer.predict(inputs, batch)
         return PredictResponse(version=version, scores=np.asarray(scores).tolist())
 
     @app.get("/healthz")

@@ -5,19 +5,34 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from torch import nn
 
 from headrace.embedding_store import EmbeddingStore
+from headrace.model import ModelSpec, dense_state_bytes
 from headrace.serving.protocol import SlotRows, Update
 from headrace.serving.scorer import model_meta
 from headrace.serving.transport import UpdateWriter
-from headrace.trainer import Trainer, dense_state_bytes
 
 __all__ = ["ParameterPublisher", "attach_publisher"]
 
 log = logging.getLogger(__name__)
+
+
+class TrainerLike(Protocol):
+    """What the publisher reads of a trainer (:class:`headrace.trainer.Trainer`).
+
+    Serving does not import the trainer: the CLI hands its trainer over.
+    """
+
+    store: EmbeddingStore
+    model: nn.Module
+    model_spec: ModelSpec
+    after_step: list[Callable[[Any, Any], None]]
+    #: ``state.sample_rate``: the rate the newest trained negatives were kept at.
+    state: Any
 
 
 class ParameterPublisher:
@@ -97,14 +112,14 @@ class ParameterPublisher:
 
     @classmethod
     def for_trainer(
-        cls, trainer: Trainer, writer: UpdateWriter, **options: Any
+        cls, trainer: TrainerLike, writer: UpdateWriter, **options: Any
     ) -> ParameterPublisher:
         """A publisher of ``trainer``'s rows, dense weights and model description.
 
         Versions continue after the newest one ``writer`` already holds;
         ``options`` are the keyword arguments of the constructor.
         """
-        meta = model_meta(trainer.config)  # dumped once: the rate is all that changes
+        meta = model_meta(trainer.model_spec)  # dumped once: the rate is all that changes
         return cls(
             trainer.store,
             writer,
@@ -183,7 +198,9 @@ class ParameterPublisher:
         return update
 
 
-def attach_publisher(trainer: Trainer, writer: UpdateWriter, **options: Any) -> ParameterPublisher:
+def attach_publisher(
+    trainer: TrainerLike, writer: UpdateWriter, **options: Any
+) -> ParameterPublisher:
     """:meth:`ParameterPublisher.for_trainer`, called after every training step."""
     publisher = ParameterPublisher.for_trainer(trainer, writer, **options)
     trainer.after_step.append(lambda _, step: publisher(float(step.batch.ts.max())))

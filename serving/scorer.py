@@ -8,21 +8,30 @@ from typing import Any
 import numpy as np
 import torch
 
+from headrace.model import (
+    ModelSpec,
+    SequenceInput,
+    build_model,
+    load_dense_state,
+    logit_offset,
+    lookup_inputs,
+)
 from headrace.stream import Batch, EventParser, ParserConfig
-from headrace.trainer import TrainerConfig, build_model, load_dense_state, lookup_pooled
-from headrace.trainer.correction import logit_offset
 
-__all__ = ["Scorer", "model_meta"]
+__all__ = ["ModelInputs", "Scorer", "model_meta"]
+
+#: What :meth:`Scorer.embed` gathers: pooled ``(n, slots, dim)`` and the sequence slots' vectors.
+ModelInputs = tuple[torch.Tensor, dict[str, SequenceInput]]
 
 
-def model_meta(config: TrainerConfig, sample_rate: float = 1.0) -> dict[str, Any]:
-    """What a snapshot carries so that serving can rebuild the model.
+def model_meta(spec: ModelSpec, sample_rate: float = 1.0) -> dict[str, Any]:
+    """What a snapshot carries to rebuild the model (its class is ``spec.model.kind``).
 
     ``sample_rate`` is the rate at which the training stream's negatives were
     kept: served logits get ``ln(sample_rate)`` added, so that served
     probabilities are calibrated (Monolith's log-odds correction).
     """
-    return {"config": config.model_dump(mode="json"), "sample_rate": sample_rate}
+    return {"spec": spec.model_dump(mode="json"), "sample_rate": sample_rate}
 
 
 class Scorer:
@@ -34,30 +43,47 @@ class Scorer:
     built, new dense weights build a new one).
     """
 
-    def __init__(self, config: TrainerConfig, dense: bytes, sample_rate: float = 1.0) -> None:
-        self.config = config
+    def __init__(self, spec: ModelSpec, dense: bytes, sample_rate: float = 1.0) -> None:
+        self.spec = spec
         self.logit_offset = logit_offset(sample_rate)
-        self.model = build_model(config)
+        self.model = build_model(spec)
         load_dense_state(self.model, dense)
         self.model.eval()
         self.parser = EventParser(
-            ParserConfig(require_label=False, dense_names=config.model.dense_features)
+            ParserConfig(
+                require_label=False,
+                dense_names=spec.model.dense_features,
+                fid_names=tuple(spec.shared_tables.items()),
+            )
         )
-        self._slots = tuple(slot.name for slot in config.slots)
+        self._sequence_slots = tuple(getattr(self.model, "sequence_slots", ()))
 
     @classmethod
     def from_update(cls, meta: Mapping[str, Any], dense: bytes) -> Scorer:
         """The ``build_model`` hook of :class:`~headrace.serving.params.ParameterState`."""
-        return cls(
-            TrainerConfig.model_validate(meta["config"]), dense, meta.get("sample_rate", 1.0)
+        if "spec" not in meta:
+            raise ValueError(
+                "the snapshot carries no model spec: it was published by an older headrace; "
+                "restart the trainer with this version so that it publishes a new snapshot"
+            )
+        return cls(ModelSpec.model_validate(meta["spec"]), dense, meta.get("sample_rate", 1.0))
+
+    def embed(self, batch: Batch, lookup: Callable[[str, np.ndarray], np.ndarray]) -> ModelInputs:
+        """The model inputs of ``batch``; unknown ids count as zero vectors, as in training."""
+        spec = self.spec
+        return lookup_inputs(
+            batch,
+            spec.slots,
+            spec.tables,
+            lookup,
+            spec.model.pooling,
+            spec.dim,
+            self._sequence_slots,
         )
 
-    def embed(self, batch: Batch, lookup: Callable[[str, np.ndarray], np.ndarray]) -> torch.Tensor:
-        """Pooled embeddings of ``batch``; unknown ids count as zero vectors, as in training."""
-        return lookup_pooled(batch, self._slots, lookup, self.config.model.pooling, self.config.dim)
-
-    def predict(self, pooled: torch.Tensor, batch: Batch) -> np.ndarray:
+    def predict(self, inputs: ModelInputs, batch: Batch) -> np.ndarray:
         """Click probabilities (float64) of the events of ``batch``."""
+        pooled, sequences = inputs
         with torch.no_grad():
-            logits = self.model(pooled, torch.from_numpy(batch.dense))
+            logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
         return torch.sigmoid(logits.double() + self.logit_offset).numpy()

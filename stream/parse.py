@@ -48,12 +48,17 @@ class ParserConfig:
         ``None``, each batch has the sorted names that occur in it.
     fid_cache_entries
         Bound on the (slot, value) -> fid cache.
+    fid_names
+        ``(slot, name)`` pairs: the slot's values are hashed as ``name``'s
+        (the table that several slots share), so that one value is one fid
+        in all of them. Other slots hash with their own name.
     """
 
     max_message_bytes: int = 1 << 20
     require_label: bool = True
     dense_names: tuple[str, ...] | None = None
     fid_cache_entries: int = 1 << 20
+    fid_names: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_message_bytes < 1:
@@ -80,6 +85,7 @@ class EventParser:
     def __init__(self, config: ParserConfig | None = None) -> None:
         self.config = config or ParserConfig()
         self._hasher = FidHasher(self.config.fid_cache_entries)
+        self._fid_names = dict(self.config.fid_names)
         self._decode = event_decoder(require_label=self.config.require_label)
 
     def parse(self, records: Sequence[Record], positions: Positions) -> ParseResult:
@@ -186,9 +192,10 @@ class EventParser:
         self, slot: str, values: Sequence[str | int | list[str | int] | None]
     ) -> tuple[np.ndarray, np.ndarray]:
         """Fids and offsets of one slot from each event's value (``None``: absent)."""
+        name = self._fid_names.get(slot, slot)  # a shared table hashes as the table
         kinds = set(map(type, values))
         if kinds <= _SCALARS:  # the common case: one value per event
-            return self._hasher.array(slot, values), np.arange(len(values) + 1, dtype=np.int64)  # type: ignore[arg-type]
+            return self._hasher.array(name, values), np.arange(len(values) + 1, dtype=np.int64)  # type: ignore[arg-type]
         if kinds == {list}:  # multi-valued in every event
             flat = list(chain.from_iterable(values))  # type: ignore[arg-type]
             counts = list(map(len, values))  # type: ignore[arg-type]
@@ -204,7 +211,7 @@ class EventParser:
                     counts[i] = 1
         bounds = np.zeros(len(values) + 1, dtype=np.int64)
         np.cumsum(counts, out=bounds[1:])
-        return self._hasher.array(slot, flat), bounds
+        return self._hasher.array(name, flat), bounds
 
     def _dense_matrix(self, dense: list[Mapping[str, float]]) -> tuple[np.ndarray, tuple[str, ...]]:
         names = self.config.dense_names

@@ -1,9 +1,8 @@
 """Models, the online training loop, metrics, drift and checkpoints (``headrace.trainer``).
 
-Serving reuses the model half without the loop: :func:`saved_model` rebuilds
-the config and dense model from a store's checkpoint blobs,
-:func:`lookup_pooled` pools a batch's vectors, and :class:`CtrModel` maps
-(pooled embeddings, dense features) to logits.
+The model itself (pooling, built-in and user models, dense weights as
+bytes) is :mod:`headrace.model`, which serving shares without this package;
+:func:`saved_model` rebuilds the config and dense model of a checkpoint.
 
 Examples
 --------
@@ -22,24 +21,16 @@ from headrace.trainer.config import (
     DenseOptimizerConfig,
     DriftConfig,
     ModelConfig,
+    Slot,
     TrainerConfig,
     load_trainer_config,
 )
 from headrace.trainer.drift import Detection, DriftMonitor
 from headrace.trainer.evaluation import ProgressiveMetrics, histogram_auc
 from headrace.trainer.loop import StepResult, Summary, Trainer, TrainerError
-from headrace.trainer.models import (
-    CtrModel,
-    build_model,
-    dense_state_bytes,
-    load_dense_state,
-    lookup_pooled,
-    pool_embeddings,
-)
 from headrace.trainer.sources import OrderedKafkaReader, SourceUrlError, open_source
 
 __all__ = [
-    "CtrModel",
     "DenseOptimizerConfig",
     "Detection",
     "DriftConfig",
@@ -47,6 +38,7 @@ __all__ = [
     "ModelConfig",
     "OrderedKafkaReader",
     "ProgressiveMetrics",
+    "Slot",
     "SourceUrlError",
     "StepResult",
     "Summary",
@@ -54,13 +46,8 @@ __all__ = [
     "TrainerConfig",
     "TrainerError",
     "TrainingState",
-    "build_model",
-    "dense_state_bytes",
     "histogram_auc",
-    "load_dense_state",
     "load_trainer_config",
-    "lookup_pooled",
     "open_source",
-    "pool_embeddings",
     "saved_model",
 ]

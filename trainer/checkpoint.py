@@ -12,8 +12,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
+from torch import nn
+
+from headrace.model import build_model, load_dense_state
 from headrace.trainer.config import TrainerConfig
-from headrace.trainer.models import CtrModel, build_model, load_dense_state
 
 __all__ = [
     "CONFIG_BLOB",
@@ -80,7 +82,7 @@ class TrainingState:
         return cls(**json.loads(blob))
 
 
-def saved_model(extra: Mapping[str, bytes]) -> tuple[TrainerConfig, CtrModel]:
+def saved_model(extra: Mapping[str, bytes]) -> tuple[TrainerConfig, nn.Module]:
     """The config and dense model of a checkpoint (``EmbeddingStore.extra``).
 
     Raises
@@ -92,7 +94,7 @@ def saved_model(extra: Mapping[str, bytes]) -> tuple[TrainerConfig, CtrModel]:
     if missing:
         raise KeyError(f"the store holds no trainer checkpoint (missing {missing})")
     config = TrainerConfig.model_validate_json(extra[CONFIG_BLOB])
-    model = build_model(config)
+    model = build_model(config.model_spec)
     load_dense_state(model, extra[MODEL_BLOB])
     model.eval()
     return config, model

@@ -24,16 +24,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+    model_validator,
+)
 
 from headrace.config import load_config
 from headrace.embedding_store import Adagrad, SlotConfig
+from headrace.model import ModelConfig, ModelSpec
 
 __all__ = [
     "ENV_PREFIX",
     "DenseOptimizerConfig",
     "DriftConfig",
     "ModelConfig",
+    "Slot",
     "TrainerConfig",
     "load_trainer_config",
     "slot_defaults",
@@ -54,12 +63,38 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-def slot_defaults(name: str) -> SlotConfig:
+class Slot(SlotConfig):
+    """A sparse slot of the events: rows of its own (the :class:`SlotConfig` settings) or a table's.
+
+    Parameters
+    ----------
+    table
+        The name of a ``[[tables]]`` entry whose rows this slot shares with
+        the other slots naming it (e.g. ``item_id`` and ``hist_item_ids``
+        both ``"item"``): a value is one row in all of them, and admission,
+        expiry and optimizer are the table's. Such a slot sets no row
+        settings of its own.
+
+    Examples
+    --------
+    >>> Slot(name="hist_item_ids", table="item").table
+    'item'
+    """
+
+    table: str | None = Field(None, min_length=1, max_length=200)
+
+    @model_serializer(mode="wrap")
+    def _table_only(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A slot of a table saves its name and table: the row settings are the table's."""
+        return {"name": self.name, "table": self.table} if self.table else handler(self)
+
+
+def slot_defaults(name: str) -> Slot:
     """A slot with the trainer's defaults (dim and optimizer differ from :class:`SlotConfig`'s).
 
     A ``[[slots]]`` table in the config file gets these for the keys it omits.
     """
-    return SlotConfig(name=name, dim=_DEFAULT_DIM, optimizer=_SPARSE_OPTIMIZER)
+    return Slot(name=name, dim=_DEFAULT_DIM, optimizer=_SPARSE_OPTIMIZER)
 
 
 #: The synthetic generator's sparse slots.
@@ -67,40 +102,6 @@ DEFAULT_SLOTS = tuple(
     slot_defaults(name)
     for name in ("user_id", "item_id", "segment", "category", "tags", "device", "position", "hour")
 )
-
-
-class ModelConfig(_Frozen):
-    """The dense part of the model.
-
-    Parameters
-    ----------
-    kind
-        ``"lr"`` (logistic regression on the pooled embeddings and dense
-        features), ``"fm"`` (plus pairwise interactions) or ``"deepfm"``
-        (plus an MLP over all of them).
-    pooling
-        How the vectors of a multi-valued slot combine: ``"sum"`` or ``"mean"``.
-    hidden
-        Sizes of the DeepFM MLP's hidden layers.
-    dense_features
-        Names of the events' dense features, in model input order; an event
-        lacking one gets 0.
-    id_bias
-        Column 0 of every slot's rows is the id's bias (see
-        :class:`~headrace.trainer.CtrModel`); slots then need ``dim >= 2``.
-    """
-
-    kind: Literal["lr", "fm", "deepfm"] = "deepfm"
-    pooling: Literal["sum", "mean"] = "sum"
-    hidden: tuple[int, ...] = Field((128, 64), min_length=0, max_length=8)
-    dense_features: tuple[str, ...] = ("price", "ctx_score")
-    id_bias: bool = True
-
-    @model_validator(mode="after")
-    def _positive_layers(self) -> ModelConfig:
-        if any(size < 1 for size in self.hidden):
-            raise ValueError(f"hidden layer sizes must be >= 1, got {list(self.hidden)}")
-        return self
 
 
 class DenseOptimizerConfig(_Frozen):
@@ -167,9 +168,13 @@ class TrainerConfig(_Frozen):
     dedup_window
         Event ids remembered (in the checkpoint) to drop repeats; it must
         cover what an upstream joiner re-emits after a crash.
+    tables
+        Embedding tables shared by several slots (``slots[].table``), each
+        with its row settings (``name`` is the table's); the trainer's slot
+        defaults apply to the keys a table omits.
     """
 
-    slots: tuple[SlotConfig, ...] = Field(DEFAULT_SLOTS, min_length=1)
+    slots: tuple[Slot, ...] = Field(DEFAULT_SLOTS, min_length=1)
     model: ModelConfig = ModelConfig()
     dense_optimizer: DenseOptimizerConfig = DenseOptimizerConfig()
     # Real users act in bursts, and an event is predicted with the parameters
@@ -185,6 +190,7 @@ class TrainerConfig(_Frozen):
     threads: int | None = Field(1, ge=1)
     drift: DriftConfig = DriftConfig()
     dedup_window: int = Field(1 << 18, ge=1)
+    tables: tuple[SlotConfig, ...] = ()
 
     @model_validator(mode="before")
     @classmethod
@@ -192,11 +198,14 @@ class TrainerConfig(_Frozen):
         """Slots given as tables take the trainer's defaults for the keys they omit."""
         if isinstance(data, dict) and isinstance(data.get("slots"), list | tuple):
             data = dict(data)
-            data["slots"] = [
-                slot_defaults(slot["name"]).model_dump() | slot
-                if isinstance(slot, dict) and isinstance(slot.get("name"), str)
-                else slot
-                for slot in data["slots"]
+            data["slots"] = [_slot_entry(slot) for slot in data["slots"]]
+        if isinstance(data, dict) and isinstance(data.get("tables"), list | tuple):
+            data = dict(data)
+            data["tables"] = [
+                slot_defaults(table["name"]).model_dump(exclude={"table"}) | table
+                if isinstance(table, dict) and isinstance(table.get("name"), str)
+                else table
+                for table in data["tables"]
             ]
         return data
 
@@ -205,7 +214,8 @@ class TrainerConfig(_Frozen):
         names = [slot.name for slot in self.slots]
         if len(set(names)) != len(names):
             raise ValueError(f"slot names must be unique, got {names}")
-        dims = {slot.dim for slot in self.slots}
+        self._check_tables()
+        dims = {slot.dim for slot in self.store_slots}
         if len(dims) > 1:
             raise ValueError(
                 f"all slots must share one dim (the model stacks them), got {sorted(dims)}"
@@ -214,10 +224,67 @@ class TrainerConfig(_Frozen):
             raise ValueError(f"model.id_bias needs slots of dim >= 2, got {self.dim}")
         return self
 
+    def _check_tables(self) -> None:
+        tables = [table.name for table in self.tables]
+        if len(set(tables)) != len(tables):
+            raise ValueError(f"table names must be unique, got {tables}")
+        used = {slot.table for slot in self.slots if slot.table}
+        if unknown := sorted(used - set(tables)):
+            raise ValueError(f"slots name the tables {unknown}; add them as [[tables]] entries")
+        if unused := sorted(set(tables) - used):
+            raise ValueError(f"no slot uses the tables {unused}; name them in slots[].table")
+        clash = sorted({slot.name for slot in self.slots if not slot_table(slot)} & set(tables))
+        if clash:
+            raise ValueError(f"{clash} name both a slot with its own rows and a table")
+
+    @property
+    def store_slots(self) -> tuple[SlotConfig, ...]:
+        """The embedding store's slots: each slot with rows of its own, then each table."""
+        own = tuple(
+            SlotConfig.model_validate(slot.model_dump(exclude={"table"}))
+            for slot in self.slots
+            if not slot_table(slot)
+        )
+        return own + self.tables
+
+    @property
+    def model_spec(self) -> ModelSpec:
+        """The slot layout and model config that trainer and serving build the model from."""
+        return ModelSpec(
+            slots=tuple(slot.name for slot in self.slots),
+            tables=tuple(slot_table(slot) or slot.name for slot in self.slots),
+            dim=self.dim,
+            model=self.model,
+        )
+
     @property
     def dim(self) -> int:
-        """The embedding size every slot shares."""
-        return self.slots[0].dim
+        """The embedding size every slot shares (read on every training step: no copies here)."""
+        first = self.slots[0]
+        if first.table is None:
+            return first.dim
+        return next(table.dim for table in self.tables if table.name == first.table)
+
+
+def slot_table(slot: Slot) -> str | None:
+    """The shared table ``slot`` uses, if any (``None``: rows of its own)."""
+    return slot.table
+
+
+def _slot_entry(slot: Any) -> Any:
+    """A ``[[slots]]`` table with the trainer's defaults, or as a :class:`Slot` of a table."""
+    if isinstance(slot, SlotConfig) and not isinstance(slot, Slot):
+        return Slot.model_validate(slot.model_dump())
+    if not (isinstance(slot, dict) and isinstance(slot.get("name"), str)):
+        return slot
+    if slot.get("table") is None:
+        return slot_defaults(slot["name"]).model_dump() | slot
+    if own := sorted(slot.keys() - {"name", "table"}):
+        raise ValueError(
+            f"slot {slot['name']!r} uses table {slot['table']!r}, so it cannot set {own}: "
+            "set them on the [[tables]] entry"
+        )
+    return Slot(name=slot["name"], table=slot["table"])
 
 
 def load_trainer_config(path: str | Path | None = None) -> TrainerConfig:

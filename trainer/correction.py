@@ -12,18 +12,7 @@ import numpy as np
 
 from headrace.stream import Batch
 
-__all__ = ["calibrated_probabilities", "logit_offset", "metric_weights"]
-
-
-def logit_offset(sample_rate: float) -> float:
-    """What to add to the logit of a model trained on negatives kept at ``sample_rate``.
-
-    >>> logit_offset(1.0)
-    0.0
-    >>> round(logit_offset(0.1), 4)
-    -2.3026
-    """
-    return float(np.log(sample_rate))
+__all__ = ["calibrated_probabilities", "metric_weights"]
 
 
 def calibrated_probabilities(logits: np.ndarray, sample_rates: np.ndarray | None) -> np.ndarray:

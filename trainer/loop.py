@@ -30,6 +30,14 @@ from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
 from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
+from headrace.model import (
+    ModelError,
+    batch_fids,
+    build_model,
+    dense_state_bytes,
+    load_dense_state,
+    model_inputs,
+)
 from headrace.stream import (
     Batch,
     EventParser,
@@ -52,13 +60,6 @@ from headrace.trainer.correction import calibrated_probabilities, metric_weights
 from headrace.trainer.dedup import RecentEventIds
 from headrace.trainer.drift import DriftMonitor, SignalWindow
 from headrace.trainer.evaluation import ProgressiveMetrics
-from headrace.trainer.models import (
-    batch_fids,
-    build_model,
-    dense_state_bytes,
-    load_dense_state,
-    pool_embeddings,
-)
 from headrace.trainer.prefetch import BatchPrefetcher, Fetched
 from headrace.trainer.telemetry import TrainerTelemetry
 
@@ -159,6 +160,45 @@ def _torch_bytes(obj: object) -> bytes:
     return buffer.getvalue()
 
 
+class _TableGrouping:
+    """Slots that share a table are one store slot: their fids go to the store together.
+
+    A store lookup takes each table's fids as one run; :meth:`slot_order`
+    brings the vectors back into slot order where that differs (only when
+    a table's slots are not adjacent in model order).
+    """
+
+    def __init__(self, slots: tuple[str, ...], tables: tuple[str, ...]) -> None:
+        self.table_of = dict(zip(slots, tables, strict=True))
+        self.shared = len(set(tables)) < len(tables)
+        self.identity = slots == tables
+        grouped = sorted(slots, key=lambda slot: tables.index(self.table_of[slot]))
+        self.reordered = grouped != list(slots)
+
+    def store_fids(self, fids: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Store slot -> fids: each table's slots' fids concatenated in model order."""
+        if self.identity:
+            return fids
+        if not self.shared:
+            return {self.table_of[slot]: array for slot, array in fids.items()}
+        runs: dict[str, list[np.ndarray]] = {}
+        for slot, array in fids.items():
+            runs.setdefault(self.table_of[slot], []).append(array)
+        return {table: np.concatenate(parts) for table, parts in runs.items()}
+
+    def slot_order(self, values: torch.Tensor, fids: dict[str, np.ndarray]) -> torch.Tensor:
+        """``values`` (in :meth:`store_fids` order) in slot order (gradients flow back)."""
+        if not self.reordered:
+            return values
+        tables = dict.fromkeys(self.table_of[slot] for slot in fids)
+        grouped = [slot for table in tables for slot in fids if self.table_of[slot] == table]
+        starts = dict(zip(grouped, np.cumsum([0] + [len(fids[s]) for s in grouped]), strict=False))
+        order = np.concatenate(
+            [np.arange(starts[slot], starts[slot] + len(array)) for slot, array in fids.items()]
+        )
+        return values[torch.from_numpy(order)]
+
+
 class Trainer:
     """Trains a model online from an :class:`EventStream` into an :class:`EmbeddingStore`.
 
@@ -203,12 +243,15 @@ class Trainer:
         self.config = config
         self.store = store
         self.stream = stream
-        self.model = build_model(config)
+        self.model_spec = config.model_spec
+        self.model = build_model(self.model_spec)
+        self._sequence_slots = tuple(getattr(self.model, "sequence_slots", ()))
+        self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
         self.optimizer = _dense_optimizer(config, self._dense)
         self.metrics = ProgressiveMetrics(config.window)
-        self.drift = DriftMonitor(config.drift, self._slot_names)
-        self.signals = SignalWindow(config.drift.window_events, self._slot_names)
+        self.drift = DriftMonitor(config.drift, self._store_slots)
+        self.signals = SignalWindow(config.drift.window_events, self._store_slots)
         self.state = TrainingState()
         self.recent_ids = RecentEventIds(config.dedup_window)
         self.telemetry = TrainerTelemetry(registry or CollectorRegistry())
@@ -236,16 +279,29 @@ class Trainer:
         Raises
         ------
         TrainerError
-            When the directory holds a store of another model or is unusable.
+            When the model cannot be built (naming its class and what is
+            wrong), or the directory holds a store of another model or is
+            unusable.
         """
         data_dir = Path(data_dir)
         try:
+            # A model class that cannot be built fails before the data dir is touched.
+            build_model(config.model_spec)
+        except ModelError as exc:
+            source.close()
+            raise TrainerError(str(exc)) from exc
+        try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            store = EmbeddingStore.open(data_dir / "store", config.slots, seed=config.seed)
+            store = EmbeddingStore.open(data_dir / "store", config.store_slots, seed=config.seed)
         except (StoreError, OSError) as exc:
             source.close()
             raise TrainerError(str(exc)) from exc
-        parser = EventParser(ParserConfig(dense_names=config.model.dense_features))
+        parser = EventParser(
+            ParserConfig(
+                dense_names=config.model.dense_features,
+                fid_names=tuple(config.model_spec.shared_tables.items()),
+            )
+        )
         stream = EventStream(source, JsonlDeadLetterSink(data_dir / "dead_letters.jsonl"), parser)
         try:
             return cls(config, store, stream, registry=registry, deterministic=deterministic)
@@ -259,8 +315,13 @@ class Trainer:
         return tuple(slot.name for slot in self.config.slots)
 
     @functools.cached_property
+    def _store_slots(self) -> tuple[str, ...]:
+        """The store's slots: the slots with rows of their own, then the shared tables."""
+        return tuple(slot.name for slot in self.config.store_slots)
+
+    @functools.cached_property
     def _slot_index(self) -> dict[str, int]:
-        return {slot: k for k, slot in enumerate(self._slot_names)}
+        return {slot: k for k, slot in enumerate(self._store_slots)}
 
     # -- checkpoints ---------------------------------------------------------
 
@@ -339,12 +400,18 @@ class Trainer:
         """
         started = time.perf_counter()
         event_time = float(batch.ts.max())
-        lookup = self.store.lookup_slots(batch_fids(batch, self._slot_names), event_time)
+        fids = batch_fids(batch, self._slot_names)
+        lookup = self.store.lookup_slots(self._tables.store_fids(fids), event_time)
         values = torch.from_numpy(lookup.values).requires_grad_()
-        pooled = pool_embeddings(
-            batch, self._slot_names, values, self.config.model.pooling, self.config.dim
+        pooled, sequences = model_inputs(
+            batch,
+            self._slot_names,
+            self._tables.slot_order(values, fids),
+            self.config.model.pooling,
+            self.config.dim,
+            self._sequence_slots,
         )
-        logits = self.model(pooled, torch.from_numpy(batch.dense))
+        logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
         weights = None if batch.weights is None else torch.from_numpy(batch.weights)
         loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
@@ -355,7 +422,7 @@ class Trainer:
         probabilities = calibrated_probabilities(logits.detach().numpy(), batch.sample_rates)
         self.metrics.update(probabilities, batch.labels, metric_weights(batch))
         loss_value = float(loss.detach())
-        lookups = np.zeros(len(self._slot_names), dtype=np.int64)
+        lookups = np.zeros(len(self._store_slots), dtype=np.int64)
         lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
         if self.signals.add(
             loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
@@ -380,7 +447,7 @@ class Trainer:
             - before.admitted[slot]
             + stats.filtered[slot]
             - before.filtered[slot]
-            for slot in self._slot_names
+            for slot in self._store_slots
         }
         self._window_stats = stats
         for detection in self.drift.update(*self.signals.take(unseen), event_time):

@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 
+from headrace.model import dense_state_bytes
 from headrace.serving import (
     ParameterPublisher,
     Scorer,
@@ -21,7 +22,7 @@ from headrace.serving import (
     open_writer,
 )
 from headrace.stream import CtrGenerator, Record, SyntheticConfig, SyntheticSource
-from headrace.trainer import Trainer, TrainerConfig, dense_state_bytes
+from headrace.trainer import Trainer, TrainerConfig
 
 CONFIG = TrainerConfig(batch_size=128, checkpoint_every_s=None)
 PROBE = CtrGenerator(SyntheticConfig(seed=99)).generate(0, 40).events
@@ -40,7 +41,7 @@ def _publisher(trainer: Trainer, url: str, **intervals) -> ParameterPublisher:
 
 def _trainer_scores(trainer: Trainer, events: list[dict]) -> np.ndarray:
     """What the trainer's own model and rows say about ``events``, right now."""
-    scorer = Scorer(trainer.config, dense_state_bytes(trainer.model))
+    scorer = Scorer(trainer.model_spec, dense_state_bytes(trainer.model))
     records = [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(events)]
     batch = scorer.parser.parse(records, {}).batch
     return scorer.predict(scorer.embed(batch, trainer.store.lookup), batch)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 from prometheus_client import CollectorRegistry
 
 from headrace.embedding_store import EmbeddingStore
+from headrace.model import lookup_inputs
 from headrace.stream import FileSource, SyntheticConfig, SyntheticSource
 from headrace.trainer import (
     Trainer,
     TrainerError,
     load_trainer_config,
-    lookup_pooled,
     saved_model,
 )
 from tests.trainer.conftest import write_log
@@ -77,22 +79,22 @@ def test_predictions_precede_training_and_serving_reproduces_them(tmp_path, smal
         trainer.step(batch)  # tags need two sightings (occurrence_threshold = 2)
         first = trainer.step(batch)
         # Every id of the batch has a row now, so a plain read sees what training sees.
-        pooled = lookup_pooled(batch, names, trainer.store.lookup, "sum", config.dim)
+        pooled = lookup_inputs(batch, names, names, trainer.store.lookup, "sum", config.dim)[0]
         with torch.no_grad():
-            before = torch.sigmoid(trainer.model(pooled, torch.from_numpy(batch.dense))).numpy()
+            before = torch.sigmoid(trainer.model(pooled, {}, torch.from_numpy(batch.dense))).numpy()
         second = trainer.step(batch)
         assert np.allclose(second.probabilities, before, atol=1e-6)
         assert not np.allclose(second.probabilities, first.probabilities)
         trainer.checkpoint()
         with torch.no_grad():
-            pooled = lookup_pooled(batch, names, trainer.store.lookup, "sum", config.dim)
-            after = trainer.model(pooled, torch.from_numpy(batch.dense))
+            pooled = lookup_inputs(batch, names, names, trainer.store.lookup, "sum", config.dim)[0]
+            after = trainer.model(pooled, {}, torch.from_numpy(batch.dense))
     with EmbeddingStore.open(tmp_path / "store", read_only=True) as store:
         served_config, model = saved_model(store.extra)
         assert served_config == config
         with torch.no_grad():
-            pooled = lookup_pooled(batch, names, store.lookup, "sum", config.dim)
-            assert torch.equal(model(pooled, torch.from_numpy(batch.dense)), after)
+            pooled = lookup_inputs(batch, names, names, store.lookup, "sum", config.dim)[0]
+            assert torch.equal(model(pooled, {}, torch.from_numpy(batch.dense)), after)
 
 
 def test_expiry_runs_on_event_time(tmp_path, small_config, monkeypatch):
@@ -160,3 +162,19 @@ def test_prometheus_metrics_of_a_run(tmp_path, small_config):
     assert value("headrace_last_event_timestamp_seconds") == pytest.approx(
         SyntheticConfig().start_ts + (1500 - 1) / 50
     )
+
+
+def test_a_checkpoint_without_tables_or_model_options_resumes(tmp_path, small_config):
+    """Data dirs of the version before shared tables and model options still open."""
+    config = load_trainer_config(small_config)
+    with Trainer.open(config, tmp_path, _synthetic(500)) as trainer:
+        trainer.run()
+    with EmbeddingStore.open(tmp_path / "store") as store:
+        saved = json.loads(store.extra["trainer.config"])
+        del saved["tables"], saved["model"]["options"]
+        for slot in saved["slots"]:
+            del slot["table"]
+        store.checkpoint(store.extra | {"trainer.config": json.dumps(saved).encode()})
+    with Trainer.open(config, tmp_path, _synthetic(800)) as again:
+        assert again.state.trained == 500
+        assert again.run().trained == 800

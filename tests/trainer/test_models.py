@@ -1,4 +1,4 @@
-"""Pooling, the three models, and dense weights saved for serving."""
+"""Pooling, the built-in models, and dense weights saved for serving."""
 
 from __future__ import annotations
 
@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from headrace.stream import Batch
-from headrace.trainer import (
+from headrace.model import (
     CtrModel,
-    TrainerConfig,
     build_model,
     dense_state_bytes,
     load_dense_state,
-    lookup_pooled,
+    lookup_inputs,
     pool_embeddings,
 )
+from headrace.stream import Batch
+from headrace.trainer import TrainerConfig
 
 
 def _batch() -> Batch:
@@ -65,13 +65,15 @@ def test_one_id_per_event_and_slot_pools_without_copying():
     assert users.grad.tolist() == [[0.0, 1.0]] * 3
 
 
-def test_lookup_pooled_reads_vectors_through_a_function():
+def test_lookup_inputs_reads_vectors_through_a_function():
     table = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [2.0, 2.0], 7: [1, 1], 8: [2, 2], 9: [3, 3]}
 
-    def lookup(slot, fids):
+    def lookup(name, fids):
+        assert name in ("t", "u")  # each slot's table
         return np.array([table[int(f)] for f in fids], dtype=np.float32)
 
-    pooled = lookup_pooled(_batch(), ["tags", "user"], lookup, "sum", 2)
+    pooled, sequences = lookup_inputs(_batch(), ["tags", "user"], ["t", "u"], lookup, "sum", 2)
+    assert sequences == {}
     assert pooled[0].tolist() == [[1.0, 1.0], [1.0, 1.0]]
     assert pooled[2].tolist() == [[2.0, 2.0], [3.0, 3.0]]
 
@@ -85,12 +87,14 @@ def test_models_give_one_logit_per_event_and_learn(kind):
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     losses = []
     for _ in range(50):
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(model(pooled, dense), labels)
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(
+            model(pooled, {}, dense), labels
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert model(pooled, dense).shape == (64,)
+    assert model(pooled, {}, dense).shape == (64,)
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -100,17 +104,17 @@ def test_fm_interactions_are_the_pairwise_dot_products():
     torch.nn.init.zeros_(model.linear.bias)
     pooled = torch.tensor([[[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]]])
     expected = (1 * 2 + 0 * 1) + (1 * 0 + 0 * 3) + (2 * 0 + 1 * 3)
-    assert model(pooled, torch.zeros(1, 0)).item() == pytest.approx(expected)
+    assert model(pooled, {}, torch.zeros(1, 0)).item() == pytest.approx(expected)
 
 
 def test_dense_weights_round_trip_through_bytes():
     config = TrainerConfig()
     torch.manual_seed(1)
-    trained, fresh = build_model(config), build_model(config)
+    trained, fresh = build_model(config.model_spec), build_model(config.model_spec)
     pooled, dense = torch.randn(5, len(config.slots), config.dim), torch.rand(5, 2) * 100
-    assert not torch.equal(trained(pooled, dense), fresh(pooled, dense))
+    assert not torch.equal(trained(pooled, {}, dense), fresh(pooled, {}, dense))
     load_dense_state(fresh, dense_state_bytes(trained))
-    assert torch.equal(trained(pooled, dense), fresh(pooled, dense))
+    assert torch.equal(trained(pooled, {}, dense), fresh(pooled, {}, dense))
 
 
 def test_id_bias_is_column_zero_added_as_is():
@@ -119,7 +123,7 @@ def test_id_bias_is_column_zero_added_as_is():
     torch.nn.init.constant_(model.linear.bias, 0.5)
     # Biases 1.5 and -4; vectors (1, 2) and (3, -1) interact: 1*3 + 2*-1 = 1.
     pooled = torch.tensor([[[1.5, 1.0, 2.0], [-4.0, 3.0, -1.0]]])
-    assert model(pooled, torch.ones(1, 1)).item() == pytest.approx(0.5 + 1.5 - 4.0 + 1.0)
+    assert model(pooled, {}, torch.ones(1, 1)).item() == pytest.approx(0.5 + 1.5 - 4.0 + 1.0)
     assert model.linear.in_features == 1  # the dense features only
     with pytest.raises(ValueError, match="dim >= 2"):
         CtrModel("lr", n_slots=2, dim=1, n_dense=1, id_bias=True)
