@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "CorruptStoreError",
     "EmbeddingStore",
+    "MemoryBudgetError",
     "SlotChanges",
     "StoreError",
     "StoreStats",
@@ -254,7 +255,7 @@ class EmbeddingStore:
         try:
             meta_blob = db.get(layout.META_KEY)
             if meta_blob is None:
-                store = cls._create(db, path, slots, seed, filter, read_only)
+                store = cls._create(db, path, slots, seed, filter, read_only, memory_budget)
             else:
                 store = cls._restore(db, path, meta_blob, slots, seed, filter, memory_budget)
                 if not read_only:
@@ -289,6 +290,7 @@ class EmbeddingStore:
         seed: int | None,
         filter_config: FilterConfig | None,
         read_only: bool,
+        memory_budget: int | None,
     ) -> EmbeddingStore:
         if next(iter(db.keys()), None) is not None:
             raise CorruptStoreError(f"the store at {path} has data but no metadata record")
@@ -298,7 +300,13 @@ class EmbeddingStore:
             raise StoreError(f"{path} holds no store yet; pass slot configs to create one")
         configs = _unique_slots(slots)
         store = cls(
-            db, path, list(enumerate(configs)), seed or 0, filter_config or FilterConfig(), 0
+            db,
+            path,
+            list(enumerate(configs)),
+            seed or 0,
+            filter_config or FilterConfig(),
+            0,
+            memory_budget,
         )
         # Written at once so that an empty store reopens with its settings.
         db.put(layout.META_KEY, store._meta(), _sync_writes())
@@ -617,6 +625,8 @@ class EmbeddingStore:
         """
         found: list[np.ndarray] = []
         protected: dict[int, list[np.ndarray]] = {}
+        # Bytes of the rows that earlier tables of the lookup may still create.
+        reserved = 0
         for table, slots, fids in parts:
             keys = table.keys(slots, fids)
             rows = table.index.find(keys)
@@ -626,7 +636,9 @@ class EmbeddingStore:
             mine = protected.setdefault(id(table), [])
             mine.append(rows[rows >= 0])
             if len(missing):
-                self._fetch(table, keys, slots, fids, rows, missing, protected)
+                reserved += table.row_bytes * self._fetch(
+                    table, keys, slots, fids, rows, missing, protected, reserved
+                )
                 fetched = rows[missing]
                 mine.append(fetched[fetched >= 0])
             found.append(rows)
@@ -641,15 +653,19 @@ class EmbeddingStore:
         rows: np.ndarray,
         missing: np.ndarray,
         protected: dict[int, list[np.ndarray]],
-    ) -> None:
-        """Bring the rows of ``missing`` positions that are on disk into memory (into ``rows``)."""
+        reserved: int,
+    ) -> int:
+        """Bring the rows of ``missing`` positions that are on disk into memory (into ``rows``).
+
+        Returns the number of distinct pairs still missing (new ids).
+        """
         _, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
-        self._make_room(table, len(first), protected)
+        self._make_room(table, len(first), protected, reserved)
         candidates = missing[first]
         candidate_slots = slots if np.ndim(slots) == 0 else slots[candidates]
         found, records = self._read_disk(table, candidate_slots, fids[candidates])
         if not found.any():
-            return
+            return len(first)
         placed = np.full(len(candidates), -1, dtype=np.int64)
         t = records["t"]
         placed[found] = table.place(
@@ -661,6 +677,7 @@ class EmbeddingStore:
             t,
         )
         rows[missing] = placed[inverse]
+        return len(first) - int(np.count_nonzero(found))
 
     def _read_disk(
         self, table: RowTable, slots: np.ndarray | int, fids: np.ndarray
@@ -692,13 +709,18 @@ class EmbeddingStore:
         return found, records
 
     def _make_room(
-        self, table: RowTable, needed: int, protected: dict[int, list[np.ndarray]]
+        self,
+        table: RowTable,
+        needed: int,
+        protected: dict[int, list[np.ndarray]],
+        reserved: int = 0,
     ) -> None:
         """Evict clean rows so that ``needed`` more rows of ``table`` fit in the budget.
 
         Evicts down to :data:`SLACK` of the budget below the need, from
         ``table`` first, then from the others; never ``protected`` rows
-        (by table id).
+        (by table id). ``reserved`` bytes are taken already (by rows that
+        the lookup will create in other tables).
 
         Raises
         ------
@@ -708,7 +730,7 @@ class EmbeddingStore:
         """
         budget = self.memory_budget
         assert budget is not None
-        excess = self._resident_bytes() + needed * table.row_bytes - budget
+        excess = self._resident_bytes() + reserved + needed * table.row_bytes - budget
         if excess <= 0:
             return
         pools = []

@@ -27,7 +27,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headrace.config import load_config
-from headrace.embedding_store import Adagrad, SlotConfig
+from headrace.embedding_store import Adagrad, SlotConfig, StoreConfig
 
 __all__ = [
     "ENV_PREFIX",
@@ -162,6 +162,9 @@ class TrainerConfig(_Frozen):
         spinning threads slowed a step ~8x on a shared 2-core machine.
     drift
         Drift detector settings.
+    store
+        The store's memory budget and eviction policy (every row in memory
+        by default).
     """
 
     slots: tuple[SlotConfig, ...] = Field(DEFAULT_SLOTS, min_length=1)
@@ -179,6 +182,7 @@ class TrainerConfig(_Frozen):
     seed: int = Field(0, ge=0)
     threads: int | None = Field(1, ge=1)
     drift: DriftConfig = DriftConfig()
+    store: StoreConfig = StoreConfig()
 
     @model_validator(mode="before")
     @classmethod

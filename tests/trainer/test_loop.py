@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -160,3 +162,35 @@ def test_prometheus_metrics_of_a_run(tmp_path, small_config):
     assert value("headrace_last_event_timestamp_seconds") == pytest.approx(
         SyntheticConfig().start_ts + (1500 - 1) / 50
     )
+
+
+def test_a_memory_budget_trains_the_same_and_checkpoints_early(tmp_path, small_config, caplog):
+    """The table on disk under a budget of ~500 rows gives the very same model."""
+    caplog.set_level(logging.INFO, logger="headrace.trainer.loop")
+    config = load_trainer_config(small_config)
+    runs = {}
+    for budget in (None, 64 << 10):
+        tiered = config.model_copy(
+            update={"store": config.store.model_copy(update={"memory_budget": budget})}
+        )
+        registry = CollectorRegistry()
+        with Trainer.open(
+            tiered, tmp_path / str(budget), _synthetic(3000), registry=registry, deterministic=True
+        ) as trainer:
+            trainer.run()
+            rows = {
+                slot.name: dict(zip(*[a.tolist() for a in trainer.store.export(slot.name)]))
+                for slot in config.slots
+            }
+            runs[budget] = (trainer.metrics.auc(), rows, trainer.store.stats())
+        forced = registry.get_sample_value("headrace_checkpoint_forced_total")
+        evictions = registry.get_sample_value("headrace_embedding_evictions_total")
+        if budget is None:
+            assert forced == evictions == 0
+        else:
+            assert forced > 0 and evictions > 0
+    assert runs[None][0] == runs[64 << 10][0]
+    assert runs[None][1] == runs[64 << 10][1]
+    tiered_stats = runs[64 << 10][2]
+    assert tiered_stats.memory_rows * 100 < 64 << 10 < sum(tiered_stats.rows.values()) * 100
+    assert "checkpoint taken early" in caplog.text
