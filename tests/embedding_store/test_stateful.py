@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from headrace.embedding_store import FTRL, EmbeddingStore, SlotConfig
-from headrace.embedding_store.store import MemoryBudgetError
 from headrace.embedding_store._hashing import initial_rows
 from headrace.embedding_store.optimizers import initial_state, update
+from headrace.embedding_store.store import MemoryBudgetError
 
 SEED = 9
 SLOTS = {

@@ -179,7 +179,9 @@ def test_a_memory_budget_trains_the_same_and_checkpoints_early(tmp_path, small_c
         ) as trainer:
             trainer.run()
             rows = {
-                slot.name: dict(zip(*[a.tolist() for a in trainer.store.export(slot.name)]))
+                slot.name: dict(
+                    zip(*[a.tolist() for a in trainer.store.export(slot.name)], strict=True)
+                )
                 for slot in config.slots
             }
             runs[budget] = (trainer.metrics.auc(), rows, trainer.store.stats())
