@@ -261,8 +261,11 @@ class EmbeddingStore:
                 if not read_only:
                     store._index_expiry()
             store._eviction = eviction
-        except BaseException:
+        except BaseException as exc:
             db.close()
+            # rocksdict raises plain Exceptions for RocksDB's errors.
+            if type(exc) is Exception:
+                raise _disk_error(path, exc) from exc
             raise
         return store
 
@@ -354,10 +357,6 @@ class EmbeddingStore:
             store._load(committed)
         except ValueError as exc:
             raise CorruptStoreError(f"the store at {path} is damaged: {exc}") from exc
-        except BaseException as exc:
-            if "Corruption" in str(exc) or "IO error" in str(exc):
-                raise _disk_error(path, exc) from exc
-            raise
         return store
 
     def _load(self, committed: dict[int, int]) -> None:
