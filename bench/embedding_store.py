@@ -190,7 +190,7 @@ def false_admission_rate(filter_config: FilterConfig, occurrences: int, vocab: i
 TIERED_ROWS, TIERED_ROWS_QUICK = 20_000_000, 1_000_000
 BUDGET_SHARE = 0.10
 # Rows written per training lookup while building the tiered table.
-_BUILD_CHUNK = 500_000
+_BUILD_CHUNK = 200_000
 
 
 class RankedWorkload:

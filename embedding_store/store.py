@@ -58,6 +58,8 @@ class MemoryBudgetError(StoreError):
 DIRTY_SHARE = 0.5
 # Rows per write batch when an expiry index is built from the rows on disk.
 _INDEX_BATCH = 100_000
+# Rows encoded at a time into a checkpoint's write batch.
+_ENCODE_CHUNK = 65_536
 
 
 @dataclass(frozen=True)
@@ -941,13 +943,17 @@ class EmbeddingStore:
                 batch.delete(key)
             if table.config.expire_after is not None:
                 _index_changes(batch, table, rows)
-            keys = layout.row_keys(slot_ids[table.row_slot[rows]], table.row_fid[rows])
             dtype = self._row_dtype(table)
-            values = layout.encode_rows(
-                dtype, table.weights[rows], table.state[rows], table.last_seen[rows]
-            )
-            for key, value in zip(keys, values, strict=True):
-                batch.put(key, value)
+            # In chunks: the keys and values of all rows at once, as Python
+            # bytes, would take several times the rows' own memory.
+            for start in range(0, len(rows), _ENCODE_CHUNK):
+                chunk = rows[start : start + _ENCODE_CHUNK]
+                keys = layout.row_keys(slot_ids[table.row_slot[chunk]], table.row_fid[chunk])
+                values = layout.encode_rows(
+                    dtype, table.weights[chunk], table.state[chunk], table.last_seen[chunk]
+                )
+                for key, value in zip(keys, values, strict=True):
+                    batch.put(key, value)
             written.append((table, rows))
         for chunk, blob in self._filter.dirty_chunks():
             batch.put(layout.filter_key(chunk), blob)
