@@ -245,9 +245,7 @@ def part_build(path: str, rows: int, budget: int) -> dict:
     step = min(_BUILD_CHUNK, budget // store._tables[0].row_bytes // 4) // SLOTS
     for first in range(0, per_slot, step):
         ranks = np.arange(first, min(first + step, per_slot))
-        batch = {
-            f"s{i}": np.repeat(RankedWorkload.fids(i, ranks), THRESHOLD) for i in range(SLOTS)
-        }
+        batch = {f"s{i}": np.repeat(RankedWorkload.fids(i, ranks), THRESHOLD) for i in range(SLOTS)}
         store.lookup_slots(batch, 0.0)
         if store.checkpoint_due or first + step >= per_slot:
             dirty = sum(int(np.count_nonzero(t.dirty.rows)) for t in store._tables)

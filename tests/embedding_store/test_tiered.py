@@ -72,14 +72,14 @@ def test_training_under_a_budget_matches_training_in_memory(tmp_path):
         stats = tiered.stats()
         assert stats.evictions > 0
         assert stats.memory_rows * ROW_BYTES <= 600 * ROW_BYTES
-        assert 0 < stats.cache_hits and 0 < stats.cache_misses
+        assert stats.cache_hits > 0 and stats.cache_misses > 0
 
 
 def test_a_lookup_larger_than_the_budget_fails_and_changes_nothing(tmp_path):
     _build(tmp_path)
     with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=100 * ROW_BYTES) as store:
         before = store.stats()
-        with pytest.raises(MemoryBudgetError, match="Raise store.memory_budget"):
+        with pytest.raises(MemoryBudgetError, match=r"Raise store\.memory_budget"):
             store.lookup_slots({"user": _ids(60), "item": _ids(60)}, 5.0)
         after = store.stats()
         assert (after.rows, after.admitted, after.filtered) == (
@@ -157,7 +157,7 @@ def test_an_unreadable_sst_file_gives_a_clear_error(tmp_path):
         data = bytearray(sst.read_bytes())
         data[100 : len(data) * 3 // 4] = bytes(len(data) * 3 // 4 - 100)  # the data blocks
         sst.write_bytes(bytes(data))
-    with pytest.raises(CorruptStoreError, match="damaged or unreadable"):  # noqa: PT012
+    with pytest.raises(CorruptStoreError, match="damaged or unreadable"):
         store = EmbeddingStore.open(tmp_path, SLOTS, memory_budget=1000 * ROW_BYTES)
         try:
             store.lookup("user", _ids())
