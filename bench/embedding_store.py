@@ -263,10 +263,11 @@ def part_build(path: str, rows: int, budget: int) -> dict:
     return figures
 
 
-def part_tiered(path: str, rows: int, budget: int, n_batches: int) -> dict:
+def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0) -> dict:
     """Reopen the built table under the budget and train on Zipf batches."""
     started = time.perf_counter()
-    store = EmbeddingStore.open(path, _slots(), memory_budget=budget)
+    eviction = "lru" if lru else "lfu"
+    store = EmbeddingStore.open(path, _slots(), memory_budget=budget, eviction=eviction)
     open_s = time.perf_counter() - started
     workload = RankedWorkload(rows // SLOTS, seed=3)
     _train(store, workload, max(3, n_batches // 2), 1.0)  # warm-up: fill the cache
@@ -324,6 +325,14 @@ def tiered_section(quick: bool) -> dict:
         build = _child("build", Path(tmp) / "tiered", rows, budget)
         tiered = _child("tiered", Path(tmp) / "tiered", rows, budget, n_batches)
         memory = _child("memory", Path(tmp) / "memory", rows // 10, n_batches)
+        # The eviction policies on a smaller table, the same share of it in memory.
+        small = TIERED_ROWS_QUICK
+        small_budget = int(BUDGET_SHARE * small * _row_bytes())
+        _child("build", Path(tmp) / "small", small, small_budget)
+        policies = {
+            name: _child("tiered", Path(tmp) / "small", small, small_budget, 10, lru)
+            for name, lru in (("lfu", 0), ("lru", 1))
+        }
     return {
         "tiered_rows": build["rows"],
         "tiered_budget_bytes": budget,
@@ -337,6 +346,11 @@ def tiered_section(quick: bool) -> dict:
         "tiered_filter_bytes": tiered["filter_bytes"],
         "tiered_memory_rows": tiered["memory_rows"],
         "memory_rows": rows // 10,
+        "policy_rows": small,
+        "policy_lfu_hit_ratio": round(policies["lfu"]["hit_ratio"], 4),
+        "policy_lru_hit_ratio": round(policies["lru"]["hit_ratio"], 4),
+        "policy_lfu_lookup_update_rows_per_s": round(policies["lfu"]["lookup_update_rows_per_s"]),
+        "policy_lru_lookup_update_rows_per_s": round(policies["lru"]["lookup_update_rows_per_s"]),
         "memory_lookup_update_rows_per_s": round(memory["lookup_update_rows_per_s"]),
     }
 
