@@ -11,6 +11,14 @@ the same run:
 - the counting filter's false-admission rate, with its default size and
   overloaded 30-fold.
 
+The tiered section: a table of 20M rows (the same slots) under a memory
+budget of 10% of what it takes in memory, with the same Zipf batches, against
+the all-in-memory store on a 2M-row table in the same run. Each part runs in
+a child process of its own, so that its peak RSS is its own: ``build``
+writes the table through the store's own path (training lookups, checkpoints
+when changed rows fill half the budget), ``tiered`` reopens it and trains,
+``memory`` trains the all-in-memory store.
+
 Run: ``python bench/embedding_store.py [--quick]``.
 """
 
@@ -20,6 +28,7 @@ import argparse
 import gc
 import json
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from headrace.embedding_store import Adagrad, EmbeddingStore, FilterConfig, SlotConfig
+from headrace.embedding_store._hashing import salted
 
 SLOTS, DIM, BATCH, THRESHOLD = 26, 16, 4096, 2
 WARM_ROWS = 1_000_000
@@ -177,10 +187,189 @@ def false_admission_rate(filter_config: FilterConfig, occurrences: int, vocab: i
     }
 
 
+TIERED_ROWS, TIERED_ROWS_QUICK = 20_000_000, 1_000_000
+BUDGET_SHARE = 0.10
+# Rows written per training lookup while building the tiered table.
+_BUILD_CHUNK = 200_000
+
+
+class RankedWorkload:
+    """Zipf batches over ``rows`` ids per slot that are a hash of (slot, rank): no vocabulary."""
+
+    def __init__(self, rows_per_slot: int, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+        self.per_slot = rows_per_slot
+
+    @staticmethod
+    def fids(slot: int, ranks: np.ndarray) -> np.ndarray:
+        return salted(ranks.astype(np.int64), 1000 + slot).view(np.int64)
+
+    def batch(self) -> dict[str, np.ndarray]:
+        out = {}
+        n_new = int(BATCH * NEW_SHARE)
+        for slot in range(SLOTS):
+            ranks = (self.rng.zipf(ZIPF_A, size=BATCH) - 1) % self.per_slot
+            fids = self.fids(slot, ranks)
+            fresh = self.rng.integers(-(2**63), 2**63 - 1, size=max(1, n_new * 3 // 4))
+            fids[self.rng.choice(BATCH, n_new, replace=False)] = self.rng.choice(fresh, n_new)
+            out[f"s{slot}"] = fids
+        return out
+
+
+def _peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _row_bytes() -> int:
+    """Memory of one row of the bench's slots in the store's tables."""
+    with tempfile.TemporaryDirectory() as tmp, EmbeddingStore.open(tmp, _slots()) as store:
+        return store._tables[0].row_bytes
+
+
+def _train(store: EmbeddingStore, workload: RankedWorkload, n_batches: int, t0: float) -> None:
+    grads = np.full((BATCH * SLOTS, DIM), 0.01, dtype=np.float32)
+    for t in range(n_batches):
+        hit = store.lookup_slots(workload.batch(), t0 + t)
+        store.apply_gradients(hit, grads)
+        if store.checkpoint_due:  # as the trainer does
+            store.checkpoint()
+
+
+def part_build(path: str, rows: int, budget: int) -> dict:
+    """Write ``rows`` rows through training lookups and checkpoints."""
+    store = EmbeddingStore.open(path, _slots(), memory_budget=budget)
+    per_slot = rows // SLOTS
+    checkpoint_s = checkpoint_rows = 0.0
+    started = time.perf_counter()
+    # A quarter of the budget's rows at a time, so that a chunk always fits.
+    step = min(_BUILD_CHUNK, budget // store._tables[0].row_bytes // 4) // SLOTS
+    for first in range(0, per_slot, step):
+        ranks = np.arange(first, min(first + step, per_slot))
+        batch = {f"s{i}": np.repeat(RankedWorkload.fids(i, ranks), THRESHOLD) for i in range(SLOTS)}
+        store.lookup_slots(batch, 0.0)
+        if store.checkpoint_due or first + step >= per_slot:
+            dirty = sum(int(np.count_nonzero(t.dirty.rows)) for t in store._tables)
+            t = time.perf_counter()
+            store.checkpoint({"bench": b"1"})
+            checkpoint_s += time.perf_counter() - t
+            checkpoint_rows += dirty
+    figures = {
+        "rows": sum(store.stats().rows.values()),
+        "build_s": time.perf_counter() - started,
+        "checkpoint_rows_per_s": checkpoint_rows / checkpoint_s,
+        "build_peak_rss_bytes": _peak_rss_bytes(),
+    }
+    store.close()
+    return figures
+
+
+def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0) -> dict:
+    """Reopen the built table under the budget and train on Zipf batches."""
+    started = time.perf_counter()
+    eviction = "lru" if lru else "lfu"
+    store = EmbeddingStore.open(path, _slots(), memory_budget=budget, eviction=eviction)
+    open_s = time.perf_counter() - started
+    workload = RankedWorkload(rows // SLOTS, seed=3)
+    _train(store, workload, max(3, n_batches // 2), 1.0)  # warm-up: fill the cache
+    before = store.stats()
+    started = time.perf_counter()
+    _train(store, workload, n_batches, 100.0)
+    elapsed = time.perf_counter() - started
+    after = store.stats()
+    hits = after.cache_hits - before.cache_hits
+    misses = after.cache_misses - before.cache_misses
+    figures = {
+        "open_s": open_s,
+        "lookup_update_rows_per_s": n_batches * BATCH * SLOTS / elapsed,
+        "hit_ratio": hits / max(hits + misses, 1),
+        "peak_rss_bytes": _peak_rss_bytes(),
+        "filter_bytes": after.filter_bytes,
+        "memory_rows": after.memory_rows,
+    }
+    store.close()
+    return figures
+
+
+def part_memory(path: str, rows: int, n_batches: int) -> dict:
+    """The all-in-memory store on a table of ``rows`` rows, the same workload."""
+    store = EmbeddingStore.open(path, _slots())
+    per_slot = rows // SLOTS
+    ranks = np.arange(per_slot)
+    store.lookup_slots(
+        {f"s{i}": np.repeat(RankedWorkload.fids(i, ranks), THRESHOLD) for i in range(SLOTS)}, 0.0
+    )
+    workload = RankedWorkload(per_slot, seed=3)
+    _train(store, workload, 3, 1.0)
+    started = time.perf_counter()
+    _train(store, workload, n_batches, 100.0)
+    elapsed = time.perf_counter() - started
+    store.close()
+    return {"lookup_update_rows_per_s": n_batches * BATCH * SLOTS / elapsed}
+
+
+def _child(*args: object) -> dict:
+    done = subprocess.run(
+        [sys.executable, __file__, "--part", *map(str, args)],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    return json.loads(done.stdout)
+
+
+def tiered_section(quick: bool) -> dict:
+    rows = TIERED_ROWS_QUICK if quick else TIERED_ROWS
+    n_batches = 10 if quick else 30
+    budget = int(BUDGET_SHARE * rows * _row_bytes())
+    with tempfile.TemporaryDirectory() as tmp:
+        build = _child("build", Path(tmp) / "tiered", rows, budget)
+        tiered = _child("tiered", Path(tmp) / "tiered", rows, budget, n_batches)
+        memory = _child("memory", Path(tmp) / "memory", rows // 10, n_batches)
+        # The eviction policies on a smaller table, the same share of it in memory.
+        small = TIERED_ROWS_QUICK
+        small_budget = int(BUDGET_SHARE * small * _row_bytes())
+        _child("build", Path(tmp) / "small", small, small_budget)
+        policies = {
+            name: _child("tiered", Path(tmp) / "small", small, small_budget, 10, lru)
+            for name, lru in (("lfu", 0), ("lru", 1))
+        }
+    return {
+        "tiered_rows": build["rows"],
+        "tiered_budget_bytes": budget,
+        "tiered_build_s": round(build["build_s"], 1),
+        "tiered_build_peak_rss_bytes": build["build_peak_rss_bytes"],
+        "tiered_checkpoint_rows_per_s": round(build["checkpoint_rows_per_s"]),
+        "tiered_open_s": round(tiered["open_s"], 2),
+        "tiered_lookup_update_rows_per_s": round(tiered["lookup_update_rows_per_s"]),
+        "tiered_hit_ratio": round(tiered["hit_ratio"], 4),
+        "tiered_peak_rss_bytes": tiered["peak_rss_bytes"],
+        "tiered_filter_bytes": tiered["filter_bytes"],
+        "tiered_memory_rows": tiered["memory_rows"],
+        "memory_rows": rows // 10,
+        "policy_rows": small,
+        "policy_lfu_hit_ratio": round(policies["lfu"]["hit_ratio"], 4),
+        "policy_lru_hit_ratio": round(policies["lru"]["hit_ratio"], 4),
+        "policy_lfu_lookup_update_rows_per_s": round(policies["lfu"]["lookup_update_rows_per_s"]),
+        "policy_lru_lookup_update_rows_per_s": round(policies["lru"]["lookup_update_rows_per_s"]),
+        "memory_lookup_update_rows_per_s": round(memory["lookup_update_rows_per_s"]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer batches (a smoke run)")
+    parser.add_argument("--tiered-only", action="store_true", help="only the tiered section")
+    parser.add_argument("--part", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.part:
+        name, path, *numbers = args.part
+        part = {"build": part_build, "tiered": part_tiered, "memory": part_memory}[name]
+        json.dump(part(path, *map(int, numbers)), sys.stdout)
+        return
+    if args.tiered_only:
+        json.dump(tiered_section(args.quick), sys.stdout)
+        print()
+        return
     n_batches, n_baseline, repeats = (4, 1, 1) if args.quick else (20, 2, 3)
 
     workload = Workload()
@@ -253,6 +442,7 @@ def main() -> None:
     figures["lookup_update_speedup"] = round(
         figures["lookup_update_rows_per_s"] / figures["baseline_lookup_update_rows_per_s"], 1
     )
+    figures.update(tiered_section(args.quick))
     json.dump(figures, sys.stdout)
     print()
 

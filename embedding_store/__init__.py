@@ -23,10 +23,12 @@ from headrace.embedding_store.config import (
     FilterConfig,
     Initializer,
     SlotConfig,
+    StoreConfig,
 )
 from headrace.embedding_store.store import (
     CorruptStoreError,
     EmbeddingStore,
+    MemoryBudgetError,
     SlotChanges,
     StoreError,
     StoreStats,
@@ -41,8 +43,10 @@ __all__ = [
     "EmbeddingStore",
     "FilterConfig",
     "Initializer",
+    "MemoryBudgetError",
     "SlotChanges",
     "SlotConfig",
+    "StoreConfig",
     "StoreError",
     "StoreStats",
     "TrainingLookup",

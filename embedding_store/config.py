@@ -18,6 +18,7 @@ __all__ = [
     "Initializer",
     "Optimizer",
     "SlotConfig",
+    "StoreConfig",
 ]
 
 
@@ -154,3 +155,29 @@ class FilterConfig(_Frozen):
                 f"bucket_size {self.bucket_size}"
             )
         return self
+
+
+class StoreConfig(_Frozen):
+    """Where the store keeps its rows (``[store]`` in the trainer's config).
+
+    Parameters
+    ----------
+    memory_budget
+        Bytes of memory for rows (about 200 a row at dim 16 with Adagrad).
+        ``None`` (the default) keeps every row in memory, the fastest when
+        they fit. With a budget, RocksDB holds the table and memory the hot
+        rows and those changed since the last checkpoint; a store opens in
+        seconds whatever its size, and the trainer checkpoints early when
+        changed rows fill half the budget.
+    eviction
+        Which clean rows leave memory first: ``"lfu"`` (fewest uses, with
+        aging) or ``"lru"``.
+
+    Examples
+    --------
+    >>> StoreConfig(memory_budget=4 << 30).eviction
+    'lfu'
+    """
+
+    memory_budget: int | None = Field(None, ge=4096)
+    eviction: Literal["lfu", "lru"] = "lfu"

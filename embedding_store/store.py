@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import logging
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,13 +16,24 @@ from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
 from headrace.embedding_store import _layout as layout
 from headrace.embedding_store._hashing import as_uint64, mix64
 from headrace.embedding_store.admission import CountingFilter, probabilistic_admit
+from headrace.embedding_store.cache import (
+    SLACK,
+    CacheCounters,
+    EvictionPolicy,
+    UseClock,
+    choose_victims,
+)
 from headrace.embedding_store.config import FilterConfig, SlotConfig
+from headrace.embedding_store.index import FidIndex
 from headrace.embedding_store.optimizers import state_width
-from headrace.embedding_store.table import RowTable
+from headrace.embedding_store.table import RowTable, distinct_pairs
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "CorruptStoreError",
     "EmbeddingStore",
+    "MemoryBudgetError",
     "SlotChanges",
     "StoreError",
     "StoreStats",
@@ -34,6 +47,19 @@ class StoreError(Exception):
 
 class CorruptStoreError(StoreError):
     """The store directory holds data this version cannot read back."""
+
+
+class MemoryBudgetError(StoreError):
+    """A lookup needs more memory than the budget has room for; nothing was changed."""
+
+
+# A checkpoint is due once changed rows fill this share of the memory budget:
+# they cannot leave memory before one, and a lookup needs room besides them.
+DIRTY_SHARE = 0.5
+# Rows per write batch when an expiry index is built from the rows on disk.
+_INDEX_BATCH = 100_000
+# Rows encoded at a time into a checkpoint's write batch.
+_ENCODE_CHUNK = 65_536
 
 
 @dataclass(frozen=True)
@@ -75,6 +101,16 @@ class StoreStats:
     expired: dict[str, int]
     memory_bytes: int
     filter_bytes: int
+    #: Rows in memory, and rows written to RocksDB by the last checkpoint.
+    memory_rows: int = 0
+    disk_rows: int = 0
+    #: Size of RocksDB's files (SST files and memtables).
+    disk_bytes: int = 0
+    #: ``None`` without a memory budget; then every row is in memory.
+    memory_budget: int | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
+    evictions: int = 0
 
 
 def _check_fids(fids: Any) -> np.ndarray:
@@ -134,18 +170,31 @@ class EmbeddingStore:
         seed: int,
         filter_config: FilterConfig,
         draws: int,
+        memory_budget: int | None = None,
+        eviction: EvictionPolicy = "lfu",
     ) -> None:
         self._db = db
         self.path = path
         self.seed = seed
         self._slot_ids = {cfg.name: slot_id for slot_id, cfg in slots}
         self._configs = {cfg.name: cfg for _, cfg in slots}
-        self._tables, self._where = _group_tables(slots, seed)
+        self._tables, self._where = _group_tables(slots, seed, memory_budget is not None)
         self._filter = CountingFilter(filter_config)
         self._draws = draws
         self._generation = 0
         self._closed = False
         self.extra: dict[str, bytes] = {}
+        self.memory_budget = memory_budget
+        self._eviction = eviction
+        self._cache = CacheCounters()
+        self._clocks = {id(table): UseClock() for table in self._tables}
+        # Rows per slot id as of the last checkpoint (what RocksDB holds).
+        self._committed: dict[int, int] = {}
+        # Slot ids whose expiry index on disk is complete.
+        self._indexed = self._expiring()
+        if memory_budget is not None:
+            for table in self._tables:
+                table.max_rows = memory_budget // table.row_bytes + 1
 
     # -- opening and closing -------------------------------------------------
 
@@ -158,6 +207,8 @@ class EmbeddingStore:
         seed: int | None = None,
         filter: FilterConfig | None = None,
         read_only: bool = False,
+        memory_budget: int | None = None,
+        eviction: EvictionPolicy = "lfu",
     ) -> EmbeddingStore:
         """Create a store in an empty directory, or reopen one and restore it.
 
@@ -175,7 +226,22 @@ class EmbeddingStore:
             Size of the counting filter; fixed when the store is created.
         read_only
             Open without taking the write lock (for inspection).
+        memory_budget
+            Bytes of memory for rows; ``None`` (the default) keeps every row
+            in memory and reads them all back on open. With a budget, RocksDB
+            holds the table: opening reads metadata and the filter only, rows
+            come into memory on demand (one multi-get per lookup) and clean
+            rows leave it by the ``eviction`` policy. Changed rows stay in
+            memory until a checkpoint; :attr:`checkpoint_due` says when they
+            fill half the budget.
+        eviction
+            ``"lfu"`` (use counts with aging) or ``"lru"``; see
+            :mod:`headrace.embedding_store.cache`.
         """
+        if memory_budget is not None and memory_budget <= 0:
+            raise StoreError(
+                f"memory_budget must be a positive number of bytes, got {memory_budget}"
+            )
         path = Path(path)
         has_db = (path / "CURRENT").exists()
         if path.exists() and not path.is_dir():
@@ -191,11 +257,17 @@ class EmbeddingStore:
         try:
             meta_blob = db.get(layout.META_KEY)
             if meta_blob is None:
-                store = cls._create(db, path, slots, seed, filter, read_only)
+                store = cls._create(db, path, slots, seed, filter, read_only, memory_budget)
             else:
-                store = cls._restore(db, path, meta_blob, slots, seed, filter)
-        except BaseException:
+                store = cls._restore(db, path, meta_blob, slots, seed, filter, memory_budget)
+                if not read_only:
+                    store._index_expiry()
+            store._eviction = eviction
+        except BaseException as exc:
             db.close()
+            # rocksdict raises plain Exceptions for RocksDB's errors.
+            if type(exc) is Exception:
+                raise _disk_error(path, exc) from exc
             raise
         return store
 
@@ -223,6 +295,7 @@ class EmbeddingStore:
         seed: int | None,
         filter_config: FilterConfig | None,
         read_only: bool,
+        memory_budget: int | None,
     ) -> EmbeddingStore:
         if next(iter(db.keys()), None) is not None:
             raise CorruptStoreError(f"the store at {path} has data but no metadata record")
@@ -232,7 +305,13 @@ class EmbeddingStore:
             raise StoreError(f"{path} holds no store yet; pass slot configs to create one")
         configs = _unique_slots(slots)
         store = cls(
-            db, path, list(enumerate(configs)), seed or 0, filter_config or FilterConfig(), 0
+            db,
+            path,
+            list(enumerate(configs)),
+            seed or 0,
+            filter_config or FilterConfig(),
+            0,
+            memory_budget,
         )
         # Written at once so that an empty store reopens with its settings.
         db.put(layout.META_KEY, store._meta(), _sync_writes())
@@ -247,12 +326,16 @@ class EmbeddingStore:
         slots: Iterable[SlotConfig] | None,
         seed: int | None,
         filter_config: FilterConfig | None,
+        memory_budget: int | None,
     ) -> EmbeddingStore:
         try:
             meta = json.loads(meta_blob)
             stored = [(int(s["id"]), SlotConfig.model_validate(s["config"])) for s in meta["slots"]]
             stored_filter = FilterConfig.model_validate(meta["filter"])
             stored_seed, draws, version = int(meta["seed"]), int(meta["draws"]), meta["format"]
+            # Absent in stores written before the table could live on disk.
+            committed = {int(k): int(v) for k, v in meta.get("rows", {}).items()}
+            indexed = {int(slot_id) for slot_id in meta.get("indexed", [])}
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptStoreError(
                 f"the metadata of the store at {path} is unreadable: {exc}"
@@ -270,26 +353,42 @@ class EmbeddingStore:
                 f"it cannot change to {filter_config!r}"
             )
         merged = stored if slots is None else _merge_slots(path, stored, _unique_slots(slots))
-        store = cls(db, path, merged, stored_seed, stored_filter, draws)
+        store = cls(db, path, merged, stored_seed, stored_filter, draws, memory_budget)
+        store._indexed = indexed
         try:
-            store._load()
+            store._load(committed)
         except ValueError as exc:
             raise CorruptStoreError(f"the store at {path} is damaged: {exc}") from exc
         return store
 
-    def _load(self) -> None:
+    def _load(self, committed: dict[int, int]) -> None:
+        """Read the filter, the blobs and, without a memory budget, every row.
+
+        With a budget the rows stay on disk, and their counts per slot come
+        from the metadata (or, for a store written before it held them, from
+        one pass over the row keys).
+        """
         names = {slot_id: name for name, slot_id in self._slot_ids.items()}
-        keys: list[bytes] = []
-        values: list[bytes] = []
-        for key, value in self._db.items(from_key=layout.FILTER_PREFIX):
-            kind = key[:1]
-            if kind == layout.FILTER_PREFIX:
-                self._filter.load_chunk(int.from_bytes(key[1:], "big"), value)
-            elif kind == layout.ROW_PREFIX:
-                keys.append(key)
-                values.append(value)
-            elif kind == layout.EXTRA_PREFIX:
-                self.extra[key[1:].decode()] = value
+        for key, value in self._range(layout.FILTER_PREFIX, layout.META_KEY):
+            self._filter.load_chunk(int.from_bytes(key[1:], "big"), value)
+        for key, value in self._range(layout.EXTRA_PREFIX, b"\xff"):
+            self.extra[key[1:].decode()] = value
+        if self.memory_budget is None:
+            committed = {}
+        elif not committed:
+            committed = self._count_rows()
+        for slot_id, count in committed.items():
+            if slot_id not in names:
+                raise ValueError(f"rows of an unknown slot id {slot_id}")
+            table, local = self._where[names[slot_id]]
+            table.rows[local] = count
+        if self.memory_budget is not None:
+            self._committed = committed
+            return
+        keys, values = [], []
+        for key, value in self._range(layout.ROW_PREFIX, layout.EXTRA_PREFIX):
+            keys.append(key)
+            values.append(value)
         if not keys:
             return
         slot_ids, fids = layout.parse_row_keys(keys)
@@ -301,7 +400,74 @@ class EmbeddingStore:
                 raise ValueError(f"rows of an unknown slot id {slot_id}")
             table, local = self._where[names[slot_id]]
             records = layout.decode_rows(self._row_dtype(table), values[start:stop])
-            table.load(local, fids[start:stop], records["w"], records["s"], records["t"])
+            t = records["t"]
+            table.load(local, fids[start:stop], records["w"], records["s"], t, t)
+            self._committed[slot_id] = stop - start
+
+    def _range(self, first: bytes, stop: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Items with ``first <= key < stop``."""
+        for key, value in self._db.items(from_key=first):
+            if key >= stop:
+                return
+            yield key, value
+
+    def _count_rows(self) -> dict[int, int]:
+        counts: dict[int, int] = {}
+        for key in self._db.keys(from_key=layout.ROW_PREFIX):
+            if key[:1] != layout.ROW_PREFIX:
+                break
+            slot_id = int.from_bytes(key[1:3], "big")
+            counts[slot_id] = counts.get(slot_id, 0) + 1
+        return counts
+
+    def _index_expiry(self) -> None:
+        """Build the expiry index of expiring slots that lack one, from the rows on disk.
+
+        A store written before the index existed, or a slot that gained
+        ``expire_after``, has none (or a stale one): it is rebuilt once, in
+        batches. It is derived from committed rows only, so a crash halfway
+        leaves an index that the next open rebuilds again.
+        """
+        missing = [
+            slot_id
+            for name, slot_id in self._slot_ids.items()
+            if self._configs[name].expire_after is not None and slot_id not in self._indexed
+        ]
+        for slot_id in missing:
+            table = self._table_of(slot_id)
+            first, stop = layout.slot_range(layout.EXPIRY_PREFIX, slot_id)
+            self._db.delete_range(first, stop)
+            dtype = self._row_dtype(table)
+            keys: list[bytes] = []
+            values: list[bytes] = []
+            rows = layout.slot_range(layout.ROW_PREFIX, slot_id)
+            for key, value in [*self._range(*rows), (None, None)]:
+                if key is not None:
+                    keys.append(key)
+                    values.append(value)
+                if len(keys) == _INDEX_BATCH or (key is None and keys):
+                    _, fids = layout.parse_row_keys(keys)
+                    times = layout.decode_rows(dtype, values)["t"]
+                    batch = WriteBatch(raw_mode=True)
+                    for index_key in layout.expiry_keys(slot_id, times, fids):
+                        batch.put(index_key, b"")
+                    self._db.write(batch)
+                    keys, values = [], []
+        if missing:
+            # Only now is the index whole, and the metadata may say so.
+            self._indexed = self._expiring()
+            self._db.put(layout.META_KEY, self._meta(), _sync_writes())
+
+    def _table_of(self, slot_id: int) -> RowTable:
+        return next(t for t in self._tables if slot_id in t.slot_ids)
+
+    def _expiring(self) -> set[int]:
+        """Slot ids whose expiry index checkpoints keep up to date."""
+        return {
+            self._slot_ids[name]
+            for name, cfg in self._configs.items()
+            if cfg.expire_after is not None
+        }
 
     def close(self) -> None:
         """Close the database; changes since the last checkpoint are dropped.
@@ -336,7 +502,15 @@ class EmbeddingStore:
         A read: it neither counts occurrences nor refreshes expiry.
         """
         table, local = self._slot(slot)
-        return table.gather(table.find(local, _check_fids(fids)))
+        fids = _check_fids(fids)
+        rows = table.find(local, fids)
+        values = table.gather(rows)
+        missing = np.flatnonzero(rows < 0)
+        if self.memory_budget is not None and len(missing):
+            # Read through: rows on disk are returned, not brought into memory.
+            found, records = self._read_disk(table, local, fids[missing])
+            values[missing[found]] = records["w"]
+        return values
 
     def lookup_for_training(self, slot: str, fids: Any, event_time: Any) -> TrainingLookup:
         """Vectors of one slot's ``fids`` for a training step: :meth:`lookup_slots` of one slot."""
@@ -373,18 +547,25 @@ class EmbeddingStore:
         values = np.empty((len(all_fids), dims.pop() if dims else 0), dtype=np.float32)
         parts = []
         for table, members in _by_table(where):
-            if len(members) == len(slots):
-                positions: slice | np.ndarray = slice(None)
-                local = _local_slots(where, bounds, members)
-            else:
+            positions: slice | np.ndarray = slice(None)
+            if len(members) < len(slots):
                 positions = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
-                local = _local_slots(where, bounds, members)
+            parts.append((table, positions, _local_slots(where, bounds, members)))
+        resident = None
+        if self.memory_budget is not None:
+            # Every table's rows come into memory before any table changes,
+            # so a lookup that does not fit fails having changed nothing.
+            resident = self._bring_in([(t, local, all_fids[p]) for t, p, local in parts])
+        for k, (table, positions, local) in enumerate(parts):
             times = event_time if np.ndim(event_time) == 0 else event_time[positions]
-            table_rows = self._train_lookup(table, local, all_fids[positions], times)
+            table_rows = self._train_lookup(
+                table, local, all_fids[positions], times, None if resident is None else resident[k]
+            )
             rows[positions] = table_rows
             values[positions] = table.gather(table_rows)
-            parts.append((table, positions))
-        return TrainingLookup(slots, bounds, rows, values, self._generation, tuple(parts))
+        return TrainingLookup(
+            slots, bounds, rows, values, self._generation, tuple((t, p) for t, p, _ in parts)
+        )
 
     def _train_lookup(
         self,
@@ -392,10 +573,15 @@ class EmbeddingStore:
         slots: np.ndarray | int,
         fids: np.ndarray,
         event_time: np.ndarray | float,
+        rows: np.ndarray | None,
     ) -> np.ndarray:
-        """Rows of (local slot, fid) pairs of one table, admitting and stamping them."""
+        """Rows of (local slot, fid) pairs of one table, admitting and stamping them.
+
+        ``rows`` are the pairs' rows in memory if already found (-1: none).
+        """
         keys = table.keys(slots, fids)
-        rows = table.index.find(keys)
+        if rows is None:
+            rows = table.index.find(keys)
         missing = np.flatnonzero(rows < 0)
         if len(missing):
             _, first, inverse, counts = np.unique(
@@ -422,7 +608,178 @@ class EmbeddingStore:
         if held_back:
             table.count(table.filtered, slots if np.ndim(slots) == 0 else slots[~found], held_back)
         table.see(rows[found], event_time if np.ndim(event_time) == 0 else event_time[found])
+        if self.memory_budget is not None:
+            self._clocks[id(table)].note(table, rows[found])
         return rows
+
+    # -- the table on disk (with a memory budget) ----------------------------
+
+    def _bring_in(
+        self, parts: list[tuple[RowTable, np.ndarray | int, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Rows in memory of the (table, local slots, fids) of a lookup, -1 for new ids.
+
+        Rows on disk are read (one multi-get per table) and kept in memory;
+        room is made first for every distinct missing pair, since each may
+        also become a new row. The rows found stay safe from eviction until
+        the whole lookup is in.
+        """
+        found: list[np.ndarray] = []
+        protected: dict[int, list[np.ndarray]] = {}
+        # Bytes of the rows that earlier tables of the lookup may still create.
+        reserved = 0
+        for table, slots, fids in parts:
+            keys = table.keys(slots, fids)
+            rows = table.index.find(keys)
+            missing = np.flatnonzero(rows < 0)
+            self._cache.hits += len(rows) - len(missing)
+            self._cache.misses += len(missing)
+            mine = protected.setdefault(id(table), [])
+            mine.append(rows[rows >= 0])
+            if len(missing):
+                reserved += table.row_bytes * self._fetch(
+                    table, keys, slots, fids, rows, missing, protected, reserved
+                )
+                fetched = rows[missing]
+                mine.append(fetched[fetched >= 0])
+            found.append(rows)
+        return found
+
+    def _fetch(
+        self,
+        table: RowTable,
+        keys: np.ndarray,
+        slots: np.ndarray | int,
+        fids: np.ndarray,
+        rows: np.ndarray,
+        missing: np.ndarray,
+        protected: dict[int, list[np.ndarray]],
+        reserved: int,
+    ) -> int:
+        """Bring the rows of ``missing`` positions that are on disk into memory (into ``rows``).
+
+        Returns the number of distinct pairs still missing (new ids).
+        """
+        _, first, inverse = np.unique(keys[missing], return_index=True, return_inverse=True)
+        self._make_room(table, len(first), protected, reserved)
+        candidates = missing[first]
+        candidate_slots = slots if np.ndim(slots) == 0 else slots[candidates]
+        found, records = self._read_disk(table, candidate_slots, fids[candidates])
+        if not found.any():
+            return len(first)
+        placed = np.full(len(candidates), -1, dtype=np.int64)
+        t = records["t"]
+        placed[found] = table.place(
+            candidate_slots if np.ndim(slots) == 0 else candidate_slots[found],
+            fids[candidates[found]],
+            records["w"],
+            records["s"],
+            t,
+            t,
+        )
+        rows[missing] = placed[inverse]
+        return len(first) - int(np.count_nonzero(found))
+
+    def _read_disk(
+        self, table: RowTable, slots: np.ndarray | int, fids: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Which (local slot, fid) pairs have a committed, unremoved row, and their records.
+
+        One multi-get for all of them.
+        """
+        candidates = np.arange(len(fids))
+        if len(table.gone):
+            candidates = np.flatnonzero(table.find_gone(slots, fids) < 0)
+        slot_ids = np.asarray(table.slot_ids, dtype=np.int64)[slots]
+        if np.ndim(slot_ids):
+            slot_ids = slot_ids[candidates]
+        try:
+            blobs = self._db.get(layout.row_keys(slot_ids, fids[candidates]))
+        except Exception as exc:
+            raise _disk_error(self.path, exc) from exc
+        self._cache.disk_reads += len(candidates)
+        present = np.fromiter((b is not None for b in blobs), dtype=bool, count=len(blobs))
+        found = np.zeros(len(fids), dtype=bool)
+        found[candidates[present]] = True
+        try:
+            records = layout.decode_rows(
+                self._row_dtype(table), [b for b in blobs if b is not None]
+            )
+        except ValueError as exc:
+            raise CorruptStoreError(f"the store at {self.path} is damaged: {exc}") from exc
+        return found, records
+
+    def _make_room(
+        self,
+        table: RowTable,
+        needed: int,
+        protected: dict[int, list[np.ndarray]],
+        reserved: int = 0,
+    ) -> None:
+        """Evict clean rows so that ``needed`` more rows of ``table`` fit in the budget.
+
+        Evicts down to :data:`SLACK` of the budget below the need, from
+        ``table`` first, then from the others; never ``protected`` rows
+        (by table id). ``reserved`` bytes are taken already (by rows that
+        the lookup will create in other tables).
+
+        Raises
+        ------
+        MemoryBudgetError
+            If even evicting every clean row leaves too little room; nothing
+            is evicted then.
+        """
+        budget = self.memory_budget
+        assert budget is not None
+        excess = self._resident_bytes() + reserved + needed * table.row_bytes - budget
+        if excess <= 0:
+            return
+        pools = []
+        for other in [table, *(t for t in self._tables if t is not table)]:
+            candidates = other.evictable()
+            if protected.get(id(other)):
+                keep = np.zeros(len(other.live), dtype=bool)
+                for rows in protected[id(other)]:
+                    keep[rows] = True
+                candidates = candidates[~keep[candidates]]
+            pools.append((other, candidates))
+        if sum(len(c) * t.row_bytes for t, c in pools) < excess:
+            dirty = sum(int(np.count_nonzero(t.dirty.rows)) for t in self._tables)
+            raise MemoryBudgetError(
+                f"the store's memory budget of {budget:,} bytes cannot hold this lookup: it "
+                f"needs room for {needed:,} more rows of {table.row_bytes} bytes while "
+                f"{dirty:,} rows changed since the last checkpoint must stay in memory. "
+                "Raise store.memory_budget, take checkpoints more often "
+                "(see EmbeddingStore.checkpoint_due), or look up fewer ids at a time"
+            )
+        target = excess + SLACK * budget
+        for other, candidates in pools:
+            n = min(len(candidates), math.ceil(target / other.row_bytes))
+            victims = choose_victims(other, candidates, n, self._eviction)
+            other.evict(victims)
+            self._cache.evictions += len(victims)
+            target -= len(victims) * other.row_bytes
+            if target <= 0:
+                break
+        # Outstanding lookups may hold rows that just left memory.
+        self._generation += 1
+
+    def _resident_bytes(self) -> int:
+        return sum(len(t) * t.row_bytes for t in self._tables)
+
+    @property
+    def checkpoint_due(self) -> bool:
+        """Whether rows changed since the last checkpoint fill half the memory budget.
+
+        They cannot leave memory before a checkpoint writes them; the caller
+        (the trainer) should take its checkpoint now, with its own blobs,
+        rather than let a later lookup fail with :class:`MemoryBudgetError`.
+        Always ``False`` without a budget.
+        """
+        if self.memory_budget is None:
+            return False
+        dirty = sum(int(np.count_nonzero(t.dirty.rows)) * t.row_bytes for t in self._tables)
+        return dirty >= DIRTY_SHARE * self.memory_budget
 
     @staticmethod
     def _latest(times: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:
@@ -476,7 +833,35 @@ class EmbeddingStore:
         before = self.stats().expired
         for table in self._tables:
             table.expire(float(now))
+            if self.memory_budget is not None and table.config.expire_after is not None:
+                self._expire_on_disk(table, float(now) - table.config.expire_after)
         return {name: count - before[name] for name, count in self.stats().expired.items()}
+
+    def _expire_on_disk(self, table: RowTable, cutoff: float) -> None:
+        """Remove the rows on disk only whose last_seen is at or before ``cutoff``.
+
+        One range scan of each slot's expiry index; rows in memory were
+        judged by their own (newer) last_seen, and removals since the last
+        checkpoint are already gone.
+        """
+        for local, slot_id in enumerate(table.slot_ids):
+            first, _ = layout.slot_range(layout.EXPIRY_PREFIX, slot_id)
+            # The greatest key of this slot with last_seen <= cutoff.
+            (last,) = layout.expiry_keys(slot_id, np.array([cutoff]), np.array([-1], np.int64))
+            keys = [key for key, _ in self._range(first, last + b"\x00")]
+            if not keys:
+                continue
+            try:
+                seen, fids = layout.parse_expiry_keys(keys)
+            except ValueError as exc:
+                raise CorruptStoreError(f"the store at {self.path} is damaged: {exc}") from exc
+            on_disk_only = table.find(local, fids) < 0
+            if len(table.gone):
+                on_disk_only &= table.find_gone(local, fids) < 0
+            fids, seen = fids[on_disk_only], seen[on_disk_only]
+            slots = np.full(len(fids), local, dtype=np.int64)
+            table.expired[local] += len(fids)
+            table.forget(fids[:0], slots, fids, seen)
 
     def pending_changes(self) -> int:
         """Size of the touched set that :meth:`drain_changes` would return."""
@@ -487,14 +872,29 @@ class EmbeddingStore:
         changes = {}
         for table in self._tables:
             rows, removed_slots, removed = table.touched.pending()
+            evicted_slots, evicted = table.touched.evictions()
             table.touched.clear()
-            gone = table.find(removed_slots, removed) < 0
+            # Removed ids, and changed rows that left memory since (clean, so
+            # as on disk): each now has a row in memory, one on disk, or none.
+            pair_slots, pairs = distinct_pairs(
+                np.concatenate([evicted_slots, removed_slots]), np.concatenate([evicted, removed])
+            )
+            in_memory = table.find(pair_slots, pairs)
+            rows = np.union1d(rows, in_memory[in_memory >= 0])
+            away = np.flatnonzero(in_memory < 0)
+            on_disk = np.zeros(len(away), dtype=bool)
+            vectors = np.empty((0, table.config.dim), dtype=np.float32)
+            if self.memory_budget is not None and len(away):
+                on_disk, records = self._read_disk(table, pair_slots[away], pairs[away])
+                vectors = records["w"]
+            disk, vanished = away[on_disk], away[~on_disk]
             for local, name in enumerate(table.names):
                 mine = _of_slot(table, rows, local)
+                from_disk = pair_slots[disk] == local
                 changes[name] = SlotChanges(
-                    table.row_fid[mine],
-                    table.weights[mine],
-                    removed[gone & (removed_slots == local)],
+                    np.concatenate([table.row_fid[mine], pairs[disk][from_disk]]),
+                    np.concatenate([table.weights[mine], vectors[from_disk]]),
+                    pairs[vanished][pair_slots[vanished] == local],
                 )
         return {name: changes[name] for name in self._configs}
 
@@ -502,7 +902,28 @@ class EmbeddingStore:
         """All ``(fids, vectors)`` of a slot, for a snapshot."""
         table, local = self._slot(slot)
         rows = table.live_rows(local)
-        return table.row_fid[rows], table.weights[rows]
+        fids, vectors = table.row_fid[rows], table.weights[rows]
+        if self.memory_budget is None:
+            return fids, vectors
+        # The rows on disk, less those in memory (maybe newer) or removed since.
+        keys, values = [], []
+        for key, value in self._range(*layout.slot_range(layout.ROW_PREFIX, self._slot_ids[slot])):
+            keys.append(key)
+            values.append(value)
+        if not keys:
+            return fids, vectors
+        _, disk_fids = layout.parse_row_keys(keys)
+        try:
+            disk_vectors = layout.decode_rows(self._row_dtype(table), values)["w"]
+        except ValueError as exc:
+            raise CorruptStoreError(f"the store at {self.path} is damaged: {exc}") from exc
+        keep = table.find(local, disk_fids) < 0
+        if len(table.gone):
+            keep &= table.find_gone(local, disk_fids) < 0
+        return (
+            np.concatenate([fids, disk_fids[keep]]),
+            np.concatenate([vectors, disk_vectors[keep]]),
+        )
 
     def checkpoint(self, extra: Mapping[str, bytes] | None = None) -> None:
         """Persist every change since the last checkpoint, and ``extra``, atomically.
@@ -513,23 +934,27 @@ class EmbeddingStore:
         either this checkpoint or the previous one, never a mix.
         """
         batch = WriteBatch(raw_mode=True)
+        written = []
         for table in self._tables:
             rows, removed_slots, removed = table.dirty.pending()
+            slot_ids = np.asarray(table.slot_ids, dtype=np.int64)
             gone = table.find(removed_slots, removed) < 0
-            for local, name in enumerate(table.names):
-                slot_id = self._slot_ids[name]
-                for key in layout.row_keys(slot_id, removed[gone & (removed_slots == local)]):
-                    batch.delete(key)
-                mine = _of_slot(table, rows, local)
-                keys = layout.row_keys(slot_id, table.row_fid[mine])
+            for key in layout.row_keys(slot_ids[removed_slots[gone]], removed[gone]):
+                batch.delete(key)
+            if table.config.expire_after is not None:
+                _index_changes(batch, table, rows)
+            dtype = self._row_dtype(table)
+            # In chunks: the keys and values of all rows at once, as Python
+            # bytes, would take several times the rows' own memory.
+            for start in range(0, len(rows), _ENCODE_CHUNK):
+                chunk = rows[start : start + _ENCODE_CHUNK]
+                keys = layout.row_keys(slot_ids[table.row_slot[chunk]], table.row_fid[chunk])
                 values = layout.encode_rows(
-                    self._row_dtype(table),
-                    table.weights[mine],
-                    table.state[mine],
-                    table.last_seen[mine],
+                    dtype, table.weights[chunk], table.state[chunk], table.last_seen[chunk]
                 )
                 for key, value in zip(keys, values, strict=True):
                     batch.put(key, value)
+            written.append((table, rows))
         for chunk, blob in self._filter.dirty_chunks():
             batch.put(layout.filter_key(chunk), blob)
         if extra is not None:
@@ -537,10 +962,20 @@ class EmbeddingStore:
                 batch.delete(layout.extra_key(name))
             for name, blob in extra.items():
                 batch.put(layout.extra_key(name), bytes(blob))
+        committed, self._committed = self._committed, self._row_counts()
+        indexed, self._indexed = self._indexed, self._expiring()
         batch.put(layout.META_KEY, self._meta())
-        self._db.write(batch, _sync_writes())
-        for table in self._tables:
+        try:
+            self._db.write(batch, _sync_writes())
+        except Exception as exc:
+            # Nothing of the batch was applied: the changes stay pending.
+            self._committed, self._indexed = committed, indexed
+            raise _disk_error(self.path, exc) from exc
+        for table, rows in written:
+            table.persisted[rows] = table.last_seen[rows]
             table.dirty.clear()
+            if len(table.gone):
+                table.gone = FidIndex()
         self._filter.clear_dirty()
         if extra is not None:
             self.extra = {name: bytes(blob) for name, blob in extra.items()}
@@ -553,6 +988,7 @@ class EmbeddingStore:
             }
 
         tables = self._tables
+        cache = self._cache
         return StoreStats(
             rows=per_slot("rows"),
             admitted=per_slot("admitted"),
@@ -560,7 +996,26 @@ class EmbeddingStore:
             expired=per_slot("expired"),
             memory_bytes=sum(t.nbytes for t in tables) + self._filter.nbytes,
             filter_bytes=self._filter.nbytes,
+            memory_rows=sum(len(t) for t in tables),
+            disk_rows=sum(self._committed.values()),
+            disk_bytes=self._disk_bytes(),
+            memory_budget=self.memory_budget,
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            evictions=cache.evictions,
         )
+
+    def _disk_bytes(self) -> int:
+        total = 0
+        for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
+            total += self._db.property_int_value(name) or 0
+        return total
+
+    def _row_counts(self) -> dict[int, int]:
+        return {
+            self._slot_ids[name]: int(table.rows[local])
+            for name, (table, local) in self._where.items()
+        }
 
     def _row_dtype(self, table: RowTable) -> np.dtype:
         cfg = table.config
@@ -577,12 +1032,14 @@ class EmbeddingStore:
             "draws": self._draws,
             "filter": self._filter.config.model_dump(mode="json"),
             "slots": slots,
+            "rows": {str(k): v for k, v in self._committed.items()},
+            "indexed": sorted(self._indexed),
         }
         return json.dumps(meta).encode()
 
 
 def _group_tables(
-    slots: Sequence[tuple[int, SlotConfig]], seed: int
+    slots: Sequence[tuple[int, SlotConfig]], seed: int, tiered: bool
 ) -> tuple[list[RowTable], dict[str, tuple[RowTable, int]]]:
     """One table per distinct row setting; slot name -> (its table, its local index)."""
     groups: dict[str, list[tuple[int, SlotConfig]]] = {}
@@ -591,7 +1048,7 @@ def _group_tables(
     tables, where = [], {}
     for members in groups.values():
         table = RowTable(
-            members[0][1], [cfg.name for _, cfg in members], [i for i, _ in members], seed
+            members[0][1], [cfg.name for _, cfg in members], [i for i, _ in members], seed, tiered
         )
         tables.append(table)
         where.update((cfg.name, (table, local)) for local, (_, cfg) in enumerate(members))
@@ -621,6 +1078,44 @@ def _local_slots(
 def _of_slot(table: RowTable, rows: np.ndarray, local: int) -> np.ndarray:
     """The ``rows`` that belong to local slot ``local``."""
     return rows if len(table.names) == 1 else rows[table.row_slot[rows] == local]
+
+
+def _index_changes(batch: WriteBatch, table: RowTable, rows: np.ndarray) -> None:
+    """Expiry index updates for a checkpoint of changed ``rows`` and of the removals.
+
+    Deletions come first: a row removed and created again at the same
+    last_seen deletes and puts one key, and the put must win.
+    """
+    slot_ids = np.asarray(table.slot_ids, dtype=np.int64)
+    slots, fids, persisted = table.dirty.removals()
+    indexed = ~np.isnan(persisted)
+    for key in layout.expiry_keys(slot_ids[slots[indexed]], persisted[indexed], fids[indexed]):
+        batch.delete(key)
+    old, new = table.persisted[rows], table.last_seen[rows]
+    moved = old != new  # true where old is NaN (a new row)
+    stale = moved & ~np.isnan(old)
+    row_slots, row_fids = slot_ids[table.row_slot[rows]], table.row_fid[rows]
+    for key in layout.expiry_keys(row_slots[stale], old[stale], row_fids[stale]):
+        batch.delete(key)
+    for key in layout.expiry_keys(row_slots[moved], new[moved], row_fids[moved]):
+        batch.put(key, b"")
+
+
+def _disk_error(path: Path, exc: BaseException) -> StoreError:
+    """A RocksDB failure as an error that says what to do."""
+    text = str(exc)
+    if "No space" in text or "ENOSPC" in text:
+        return StoreError(
+            f"the disk under the store at {path} is full ({text}). Free space there or move "
+            "the data directory; the last checkpoint is intact and changes since then are "
+            "still in memory, so the next checkpoint can write them"
+        )
+    if "Corruption" in text or "checksum" in text.lower() or "IO error" in text:
+        return CorruptStoreError(
+            f"RocksDB cannot read the store at {path} ({text}). A file of it is damaged or "
+            "unreadable: restore the directory from a backup or start from a new one"
+        )
+    return StoreError(f"RocksDB failed on the store at {path}: {text}")
 
 
 def _sync_writes() -> WriteOptions:

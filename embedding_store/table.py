@@ -26,49 +26,93 @@ _KEY_SALT = 0x6B65_7973
 
 
 class ChangeLog:
-    """Rows changed and (slot, fid) pairs removed since the last :meth:`clear`.
+    """Rows changed, (slot, fid) pairs removed, and changed pairs evicted since :meth:`clear`.
 
     Unbounded on purpose: it never forgets a change, and its size is there
-    for the reader to decide on a snapshot instead.
+    for the reader to decide on a snapshot instead. A changed row that
+    leaves memory (only clean rows do: their value is the one on disk) is
+    kept as its (slot, fid) pair, so that a reader can fetch it from disk.
     """
 
     def __init__(self, capacity: int) -> None:
-        self._rows = np.zeros(capacity, dtype=bool)
-        self._removed: list[tuple[np.ndarray, np.ndarray]] = []
+        self.rows = np.zeros(capacity, dtype=bool)
+        # (local slots, fids, last_seen as persisted: NaN where not on disk)
+        self._removed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self._evicted: list[tuple[np.ndarray, np.ndarray]] = []
 
     def grow(self, capacity: int) -> None:
-        self._rows = _grown(self._rows, capacity)
+        self.rows = _grown(self.rows, capacity)
 
     def mark(self, rows: np.ndarray) -> None:
-        self._rows[rows] = True
+        self.rows[rows] = True
 
-    def mark_removed(self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray) -> None:
-        self._rows[rows] = False
-        self._removed.append((slots, fids))
+    def mark_removed(
+        self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray, persisted: np.ndarray
+    ) -> None:
+        self.rows[rows] = False
+        self._removed.append((slots, fids, persisted))
+
+    def mark_evicted(self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray) -> None:
+        """Forget ``rows`` as rows; those marked changed are kept as (slot, fid) pairs."""
+        changed = self.rows[rows]
+        if changed.any():
+            self._evicted.append((slots[changed], fids[changed]))
+            self.rows[rows] = False
 
     def pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Changed rows, and the slots and fids of removed rows (distinct pairs)."""
         if not self._removed:
-            return np.flatnonzero(self._rows), _NO_IDS, _NO_IDS
-        slots = np.concatenate([s for s, _ in self._removed])
-        fids = np.concatenate([f for _, f in self._removed])
-        pairs = np.unique(np.stack([slots, fids], axis=1), axis=0)
-        return np.flatnonzero(self._rows), pairs[:, 0], pairs[:, 1]
+            return np.flatnonzero(self.rows), _NO_IDS, _NO_IDS
+        slots, fids, _ = self.removals()
+        return (np.flatnonzero(self.rows), *distinct_pairs(slots, fids))
+
+    def removals(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every removal as (slots, fids, persisted last_seen), repeats included."""
+        return _columns(self._removed, 3)
+
+    def evictions(self) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct (slots, fids) of changed rows that left memory."""
+        return distinct_pairs(*_columns(self._evicted, 2))
 
     def size(self) -> int:
         """Number of pending changes (removals of one id counted once per removal)."""
-        return int(np.count_nonzero(self._rows)) + sum(len(f) for _, f in self._removed)
+        return (
+            int(np.count_nonzero(self.rows))
+            + sum(len(f) for _, f, _ in self._removed)
+            + sum(len(f) for _, f in self._evicted)
+        )
 
     def clear(self) -> None:
-        self._rows[:] = False
+        self.rows[:] = False
         self._removed = []
+        self._evicted = []
 
     @property
     def nbytes(self) -> int:
-        return self._rows.nbytes + sum(s.nbytes + f.nbytes for s, f in self._removed)
+        return (
+            self.rows.nbytes
+            + sum(a.nbytes for entry in self._removed for a in entry)
+            + sum(a.nbytes for entry in self._evicted for a in entry)
+        )
 
 
 _NO_IDS = np.empty(0, dtype=np.int64)
+_NO_TIMES = np.empty(0, dtype=np.float64)
+
+
+def distinct_pairs(slots: np.ndarray, fids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (slot, fid) pairs among ``zip(slots, fids)``, as two arrays."""
+    if not len(fids):
+        return slots, fids
+    pairs = np.unique(np.stack([slots, fids], axis=1), axis=0)
+    return pairs[:, 0], pairs[:, 1]
+
+
+def _columns(entries: list, width: int) -> tuple:
+    """The columns of a list of equal-width tuples of arrays, concatenated."""
+    if not entries:
+        return (_NO_IDS, _NO_IDS) + (_NO_TIMES,) * (width - 2)
+    return tuple(np.concatenate([e[k] for e in entries]) for k in range(width))
 
 
 def _grown(array: np.ndarray, capacity: int) -> np.ndarray:
@@ -96,14 +140,29 @@ class RowTable:
         The store's ids of the slots (they salt the index keys).
     seed
         Seed of the rows' initial values.
+    tiered
+        Whether rows may also live on disk only (the store has a memory
+        budget): rows can then be evicted, and removed pairs are remembered
+        in ``gone`` until the next checkpoint so that they are not fetched
+        back from disk.
     """
 
     def __init__(
-        self, config: SlotConfig, names: Sequence[str], slot_ids: Sequence[int], seed: int
+        self,
+        config: SlotConfig,
+        names: Sequence[str],
+        slot_ids: Sequence[int],
+        seed: int,
+        tiered: bool = False,
     ) -> None:
         self.config = config
         self.names = tuple(names)
+        self.slot_ids = tuple(slot_ids)
         self.seed = seed
+        self.tiered = tiered
+        self.gone = FidIndex()
+        # The most rows the arrays grow to (set by the store's memory budget).
+        self.max_rows: int | None = None
         ids = np.asarray(slot_ids, dtype=np.uint64)
         self._salts = mixed_salts(ids + np.uint64(_KEY_SALT))
         # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
@@ -113,6 +172,11 @@ class RowTable:
         self.weights = np.zeros((_MIN_CAPACITY, config.dim), dtype=np.float32)
         self.state = np.zeros((_MIN_CAPACITY, width), dtype=np.float32)
         self.last_seen = np.zeros(_MIN_CAPACITY, dtype=np.float64)
+        # last_seen as the expiry index on disk holds it; NaN: not indexed.
+        self.persisted = np.full(_MIN_CAPACITY, np.nan)
+        # Eviction policy state: batches that saw the row (aged), and when last.
+        self.freq = np.zeros(_MIN_CAPACITY, dtype=np.uint16)
+        self.used = np.zeros(_MIN_CAPACITY, dtype=np.uint32)
         self.row_fid = np.zeros(_MIN_CAPACITY, dtype=np.int64)
         self.row_slot = np.zeros(_MIN_CAPACITY, dtype=np.int64)
         self.live = np.zeros(_MIN_CAPACITY, dtype=bool)
@@ -123,13 +187,37 @@ class RowTable:
         self.dirty = ChangeLog(_MIN_CAPACITY)
         self.touched = ChangeLog(_MIN_CAPACITY)
         k = len(self.names)
+        # Live rows per slot, in memory or not.
         self.rows = np.zeros(k, dtype=np.int64)
         self.admitted = np.zeros(k, dtype=np.int64)
         self.filtered = np.zeros(k, dtype=np.int64)
         self.expired = np.zeros(k, dtype=np.int64)
 
     def __len__(self) -> int:
+        """Rows in memory."""
         return len(self.index)
+
+    @property
+    def row_bytes(self) -> int:
+        """Memory of one row in memory: its slice of every per-row array and its index entry.
+
+        The index holds 16 bytes an entry at a load of 0.35 to 0.7.
+        """
+        per_row = (
+            self.weights,
+            self.state,
+            self.last_seen,
+            self.persisted,
+            self.freq,
+            self.used,
+            self.row_fid,
+            self.row_slot,
+            self.live,
+            self._scratch,
+            self.dirty.rows,
+            self.touched.rows,
+        )
+        return sum(a.itemsize * int(np.prod(a.shape[1:])) for a in per_row) + 32
 
     @property
     def nbytes(self) -> int:
@@ -137,6 +225,9 @@ class RowTable:
             self.weights,
             self.state,
             self.last_seen,
+            self.persisted,
+            self.freq,
+            self.used,
             self.row_fid,
             self.row_slot,
             self.live,
@@ -146,6 +237,7 @@ class RowTable:
         return (
             sum(a.nbytes for a in arrays)
             + self.index.nbytes
+            + self.gone.nbytes
             + self.dirty.nbytes
             + self.touched.nbytes
         )
@@ -157,6 +249,10 @@ class RowTable:
     def find(self, slots: np.ndarray | int, fids: np.ndarray) -> np.ndarray:
         """Row of each (local slot, fid), -1 where it has none."""
         return self.index.find(self.keys(slots, fids))
+
+    def find_gone(self, slots: np.ndarray | int, fids: np.ndarray) -> np.ndarray:
+        """Per (local slot, fid): >= 0 if removed since the last checkpoint, else -1."""
+        return self.gone.find(self.keys(slots, fids))
 
     def count(self, counter: np.ndarray, slots: np.ndarray | int, n: int) -> None:
         """Add ``n`` events of local ``slots`` (one per event, or one slot for all) to a counter."""
@@ -188,7 +284,10 @@ class RowTable:
             initial_rows(fids, cfg.dim, self.seed, init.kind, init.scale),
             optimizers.initial_state(cfg.optimizer, len(fids), cfg.dim),
             last_seen,
+            np.nan,
         )
+        if self.tiered and len(self.gone):
+            self.gone.remove(self.keys(slots, fids))
         self.dirty.mark(rows)
         self.touched.mark(rows)
         self.count(self.admitted, slots, len(fids))
@@ -201,34 +300,70 @@ class RowTable:
         weights: np.ndarray,
         state: np.ndarray,
         last_seen: np.ndarray | float,
+        persisted: np.ndarray | float,
     ) -> np.ndarray:
-        """Place rows of distinct new pairs with the given contents; returns their rows."""
+        """Add rows of distinct new pairs with the given contents; returns their rows."""
+        rows = self.place(slots, fids, weights, state, last_seen, persisted)
+        self.count(self.rows, slots, len(fids))
+        return rows
+
+    def place(
+        self,
+        slots: np.ndarray | int,
+        fids: np.ndarray,
+        weights: np.ndarray,
+        state: np.ndarray,
+        last_seen: np.ndarray | float,
+        persisted: np.ndarray | float,
+    ) -> np.ndarray:
+        """Bring rows into memory without counting them (they exist on disk already)."""
         rows = self._allocate(len(fids))
         self.weights[rows] = weights
         self.state[rows] = state
         self.last_seen[rows] = last_seen
+        self.persisted[rows] = persisted
+        self.freq[rows] = 0
+        self.used[rows] = 0
         self.row_fid[rows] = fids
         self.row_slot[rows] = slots
         self.live[rows] = True
         self.index.insert(self.keys(slots, fids), rows)
-        self.count(self.rows, slots, len(fids))
         return rows
+
+    def evict(self, rows: np.ndarray) -> None:
+        """Drop clean ``rows`` from memory; they stay on disk, and in the row counts."""
+        slots, fids = self.row_slot[rows], self.row_fid[rows]
+        self.index.remove(self.keys(slots, fids))
+        self.live[rows] = False
+        self.touched.mark_evicted(rows, slots, fids)
+        self._free = np.concatenate([self._free, rows])
+
+    def evictable(self) -> np.ndarray:
+        """Rows in memory that are clean (unchanged since the last checkpoint)."""
+        end = self._high_water
+        return np.flatnonzero(self.live[:end] & ~self.dirty.rows[:end])
 
     def _allocate(self, n: int) -> np.ndarray:
         keep = len(self._free) - min(n, len(self._free))
         reused, self._free = self._free[keep:], self._free[:keep]
         fresh = n - len(reused)
         if self._high_water + fresh > len(self.weights):
-            self._grow(self._high_water + fresh)
+            self._grow(self._high_water + fresh, self.max_rows)
         rows = np.concatenate([reused, np.arange(self._high_water, self._high_water + fresh)])
         self._high_water += fresh
         return rows
 
-    def _grow(self, needed: int) -> None:
-        capacity = max(needed, int(len(self.weights) * _GROWTH))
+    def _grow(self, needed: int, limit: int | None) -> None:
+        capacity = int(len(self.weights) * _GROWTH)
+        if limit is not None:
+            capacity = min(capacity, limit)  # a budget's rows, not 1.5 times as many
+        capacity = max(needed, capacity)
         self.weights = _grown(self.weights, capacity)
         self.state = _grown(self.state, capacity)
         self.last_seen = _grown(self.last_seen, capacity)
+        self.persisted = _grown(self.persisted, capacity)
+        self.freq = _grown(self.freq, capacity)
+        self.used = _grown(self.used, capacity)
         self.row_fid = _grown(self.row_fid, capacity)
         self.row_slot = _grown(self.row_slot, capacity)
         self.live = _grown(self.live, capacity)
@@ -300,9 +435,19 @@ class RowTable:
         slots, fids = self.row_slot[rows], self.row_fid[rows]
         self.index.remove(self.keys(slots, fids))
         self.live[rows] = False
-        self.dirty.mark_removed(rows, slots, fids)
-        self.touched.mark_removed(rows, slots, fids)
         self._free = np.concatenate([self._free, rows])
+        self.forget(rows, slots, fids, self.persisted[rows])
+
+    def forget(
+        self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray, persisted: np.ndarray
+    ) -> None:
+        """Count (slot, fid) pairs as removed: rows in memory (``rows``) or on disk only."""
+        self.dirty.mark_removed(rows, slots, fids, persisted)
+        self.touched.mark_removed(rows, slots, fids, persisted)
+        if self.tiered:
+            keys = self.keys(slots, fids)
+            new = keys[self.gone.find(keys) < 0]
+            self.gone.insert(new, np.zeros(len(new), dtype=np.int64))
         self.rows -= np.bincount(slots, minlength=len(self.names))
 
     def expire(self, now: float) -> None:

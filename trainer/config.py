@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from headrace.config import load_config
-from headrace.embedding_store import Adagrad, SlotConfig
+from headrace.embedding_store import Adagrad, SlotConfig, StoreConfig
 from headrace.model import ModelConfig, ModelSpec
 
 __all__ = [
@@ -172,6 +172,9 @@ class TrainerConfig(_Frozen):
         Embedding tables shared by several slots (``slots[].table``), each
         with its row settings (``name`` is the table's); the trainer's slot
         defaults apply to the keys a table omits.
+    store
+        The store's memory budget and eviction policy (every row in memory
+        by default).
     """
 
     slots: tuple[Slot, ...] = Field(DEFAULT_SLOTS, min_length=1)
@@ -191,6 +194,7 @@ class TrainerConfig(_Frozen):
     drift: DriftConfig = DriftConfig()
     dedup_window: int = Field(1 << 18, ge=1)
     tables: tuple[SlotConfig, ...] = ()
+    store: StoreConfig = StoreConfig()
 
     @model_validator(mode="before")
     @classmethod

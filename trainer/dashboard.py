@@ -349,12 +349,25 @@ def _summary(samples: Sequence[Sample], drifts: Sequence[DriftMark]) -> str:
         ("label rate", fmt(last.label_rate)),
         ("ingest", f"{last.ingest_rate:,.0f} events/s, consumer lag {fmt(last.consumer_lag, ',')}"),
         ("embedding rows", f"{sum(last.rows.values()):,}"),
+        ("embedding table", _table_summary(last)),
         ("drift detections (this run)", str(len(drifts))),
         ("published sync version", fmt(last.sync_version, "d")),
         ("serving workers", workers or "&ndash;"),
     ]
     cells = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
     return f'<table class="summary">{cells}</table>'
+
+
+def _table_summary(sample: Sample) -> str:
+    """Where the rows are: all in memory, or the hot ones under a budget (and the hit ratio)."""
+    if sample.memory_budget is None:
+        return "every row in memory"
+    looked_up = sample.cache_hits + sample.cache_misses
+    ratio = f"{sample.cache_hits / looked_up:.1%}" if looked_up else "&ndash;"
+    return (
+        f"{sample.memory_rows:,} rows in memory (budget {sample.memory_budget:,} bytes), "
+        f"the rest in RocksDB; cache hit ratio {ratio}"
+    )
 
 
 def _drift_table(drifts: Sequence[DriftMark]) -> str:

@@ -78,6 +78,12 @@ class Sample:
     expired: Mapping[str, int]
     sync_version: int | None
     workers: Mapping[str, WorkerStatus] = field(default_factory=dict)
+    #: The store's rows in memory, its memory budget (None: every row in
+    #: memory) and its cache hits and misses since it was opened.
+    memory_rows: int = 0
+    memory_budget: int | None = None
+    cache_hits: int = 0
+    cache_misses: int = 0
 
 
 def _sample_from_json(record: dict[str, Any]) -> Sample:
@@ -246,6 +252,10 @@ class TrainingHistory:
             expired=dict(stats.expired),
             sync_version=self.sync_version() if self.sync_version else None,
             workers=dict(self.workers()) if self.workers else {},
+            memory_rows=stats.memory_rows,
+            memory_budget=stats.memory_budget,
+            cache_hits=stats.cache_hits,
+            cache_misses=stats.cache_misses,
         )
 
     def _append(self, sample: Sample) -> None:

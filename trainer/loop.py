@@ -292,7 +292,13 @@ class Trainer:
             raise TrainerError(str(exc)) from exc
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            store = EmbeddingStore.open(data_dir / "store", config.store_slots, seed=config.seed)
+            store = EmbeddingStore.open(
+                data_dir / "store",
+                config.store_slots,
+                seed=config.seed,
+                memory_budget=config.store.memory_budget,
+                eviction=config.store.eviction,
+            )
         except (StoreError, OSError) as exc:
             source.close()
             raise TrainerError(str(exc)) from exc
@@ -540,7 +546,16 @@ class Trainer:
                 due_events = cfg.checkpoint_every_events is not None and (
                     self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events
                 )
-                if due_s or due_events:
+                forced = self.store.checkpoint_due
+                if forced and not (due_s or due_events):
+                    log.info(
+                        "checkpoint taken early: rows changed since the last one fill half "
+                        "the store's memory budget (%d bytes); raise store.memory_budget "
+                        "if this happens often",
+                        self.store.memory_budget,
+                    )
+                    self.telemetry.forced_checkpoints.inc()
+                if due_s or due_events or forced:
                     self.checkpoint()
                     last_checkpoint = (now, self.state.trained)
                 if now - last_tick >= _TICK_S:

@@ -91,6 +91,40 @@ class TrainerTelemetry:
         self.expired = Counter(
             "headrace_embedding_expired", "Rows removed by expiry", ["slot"], registry=r
         )
+        self.memory_rows = Gauge(
+            "headrace_embedding_memory_rows", "Rows of the store in memory", registry=r
+        )
+        self.memory_budget = Gauge(
+            "headrace_embedding_memory_budget_bytes",
+            "The store's memory budget for rows (0: unlimited, every row in memory)",
+            registry=r,
+        )
+        self.disk_rows = Gauge(
+            "headrace_embedding_disk_rows",
+            "Rows in RocksDB as of the last checkpoint",
+            registry=r,
+        )
+        self.disk_bytes = Gauge(
+            "headrace_embedding_disk_bytes", "Size of the store's RocksDB files", registry=r
+        )
+        self.cache_hits = Counter(
+            "headrace_embedding_cache_hits",
+            "Looked-up ids whose row was in memory (stores with a memory budget)",
+            registry=r,
+        )
+        self.cache_misses = Counter(
+            "headrace_embedding_cache_misses",
+            "Looked-up ids that needed a RocksDB read (stores with a memory budget)",
+            registry=r,
+        )
+        self.evictions = Counter(
+            "headrace_embedding_evictions", "Clean rows dropped from memory", registry=r
+        )
+        self.forced_checkpoints = Counter(
+            "headrace_checkpoint_forced",
+            "Checkpoints taken early because changed rows filled half the memory budget",
+            registry=r,
+        )
         self.checkpoint_duration = Histogram(
             "headrace_checkpoint_duration_seconds",
             "Wall time of one checkpoint",
@@ -117,6 +151,13 @@ class TrainerTelemetry:
     def store(self, stats: StoreStats) -> None:
         """Publish the store's figures (its counters count since it was opened)."""
         self.memory.set(stats.memory_bytes)
+        self.memory_rows.set(stats.memory_rows)
+        self.memory_budget.set(stats.memory_budget or 0)
+        self.disk_rows.set(stats.disk_rows)
+        self.disk_bytes.set(stats.disk_bytes)
+        self._advance(self.cache_hits, "cache_hits", stats.cache_hits)
+        self._advance(self.cache_misses, "cache_misses", stats.cache_misses)
+        self._advance(self.evictions, "evictions", stats.evictions)
         for slot, rows in stats.rows.items():
             self.rows.labels(slot=slot).set(rows)
             self._advance(self.admitted, f"admitted:{slot}", stats.admitted[slot], slot=slot)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -106,6 +107,19 @@ def test_dashboard_page_holds_every_chart() -> None:
     assert not re.search(r'<(script|link|img)[^>]+(src|href)="https?://', page)
     series = dict(POLYLINE.findall(page))
     assert {"user_id", "item_id", "published", "served by w1:8000", "w1:8000"} <= set(series)
+
+
+def test_dashboard_says_where_the_rows_are() -> None:
+    history = TrainingHistory()
+    history._append(sample(1000.0, 0.7, 1))
+    assert "every row in memory" in render_dashboard(history)
+    tiered = dataclasses.replace(
+        sample(1001.0, 0.7, 2), memory_rows=1234, memory_budget=10**6, cache_hits=3, cache_misses=1
+    )
+    history._append(tiered)
+    page = render_dashboard(history)
+    assert "1,234 rows in memory (budget 1,000,000 bytes)" in page
+    assert "cache hit ratio 75.0%" in page
 
 
 def test_history_outlives_a_restart_and_stays_bounded(tmp_path: Path, caplog) -> None:

@@ -13,15 +13,15 @@ import pytest
 
 from headrace.embedding_store import EmbeddingStore
 
-from .crash_writer import ROWS, SLOTS
+from .crash_writer import BUDGET, ROWS, SLOTS
 
 
 def _check_whole(path: Path) -> int:
-    """The generation the store holds, after checking every row agrees with it."""
+    """The checkpoint the store holds, after checking every row agrees with it."""
     with EmbeddingStore.open(path, SLOTS) as store:
-        generation = int(store.extra.get("generation", b"0"))
         ids = np.arange(ROWS, dtype=np.int64)
         for slot in SLOTS:
+            generation = int(store.extra.get(slot.name, b"0"))
             if generation == 0:
                 assert store.stats().rows[slot.name] == 0
                 continue
@@ -33,11 +33,13 @@ def _check_whole(path: Path) -> int:
             )
             table, local = store._where[slot.name]
             assert (table.last_seen[table.live_rows(local)] == generation).all()
-    return generation
+        return int(store.extra.get("checkpoint", b"0"))
 
 
 @pytest.mark.slow
-def test_sigkill_at_any_moment_leaves_the_previous_or_the_new_checkpoint(tmp_path):
+@pytest.mark.parametrize("budget", [None, BUDGET], ids=["in-memory", "tiered"])
+def test_sigkill_at_any_moment_leaves_the_previous_or_the_new_checkpoint(tmp_path, budget):
+    """Tiered: each lookup evicts rows the last checkpoint wrote, and loads others back."""
     path = tmp_path / "store"
     rng = random.Random(4)
     writer = Path(__file__).with_name("crash_writer.py")
@@ -45,7 +47,7 @@ def test_sigkill_at_any_moment_leaves_the_previous_or_the_new_checkpoint(tmp_pat
     generation = 0
     for attempt in range(6):
         child = subprocess.Popen(
-            [sys.executable, str(writer), str(path)],
+            [sys.executable, str(writer), str(path), *([str(budget)] if budget else [])],
             stdout=subprocess.PIPE,
             text=True,
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},

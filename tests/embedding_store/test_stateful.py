@@ -12,6 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from headrace.embedding_store import FTRL, EmbeddingStore, SlotConfig
 from headrace.embedding_store._hashing import initial_rows
 from headrace.embedding_store.optimizers import initial_state, update
+from headrace.embedding_store.store import MemoryBudgetError
 
 SEED = 9
 SLOTS = {
@@ -96,10 +97,15 @@ class Reference:
 
 
 class StoreMachine(RuleBasedStateMachine):
+    #: The store's memory budget (None: every row in memory).
+    budget: int | None = None
+
     def __init__(self) -> None:
         super().__init__()
         self.dir = Path(tempfile.mkdtemp())
-        self.store = EmbeddingStore.open(self.dir, SLOTS.values(), seed=SEED)
+        self.store = EmbeddingStore.open(
+            self.dir, SLOTS.values(), seed=SEED, memory_budget=self.budget
+        )
         self.model = Reference()
         self.committed = Reference()
         self.now = 0.0
@@ -118,10 +124,23 @@ class StoreMachine(RuleBasedStateMachine):
         # Slots of one lookup share a dim: drop those whose dim differs from the first's.
         slots = [s for s in slots if SLOTS[s].dim == SLOTS[slots[0]].dim]
         asked = {slot: np.array(i, dtype=np.int64) for slot, i in zip(slots, ids, strict=False)}
-        if len(asked) == 1:
-            hit = self.store.lookup_for_training(slots[0], asked[slots[0]], self.now)
-        else:
-            hit = self.store.lookup_slots(asked, self.now)
+        try:
+            hit = self._lookup(slots, asked)
+        except MemoryBudgetError:
+            # Changed rows fill the budget: the failed lookup changed
+            # nothing; a checkpoint lets them leave memory, as the trainer's does.
+            assert self.budget is not None
+            self.every_lookup_matches()
+            self.checkpoint()
+            try:
+                hit = self._lookup(slots, asked)
+            except MemoryBudgetError:
+                # Even with every row clean: the lookup alone outgrows the budget.
+                distinct = sum(len(set(fids.tolist())) for fids in asked.values())
+                assert distinct * max(t.row_bytes for t in self.store._tables) > self.budget
+                self.every_lookup_matches()
+                self.last = None
+                return
         segments = []
         for k, (slot, fids) in enumerate(asked.items()):
             part = slice(hit.bounds[k], hit.bounds[k + 1])
@@ -131,6 +150,11 @@ class StoreMachine(RuleBasedStateMachine):
             np.testing.assert_allclose(hit.values[part], expected, rtol=0, atol=1e-6)
             segments.append((slot, fids.tolist(), admitted))
         self.last = (segments, hit)
+
+    def _lookup(self, slots, asked):
+        if len(asked) == 1:
+            return self.store.lookup_for_training(slots[0], asked[slots[0]], self.now)
+        return self.store.lookup_slots(asked, self.now)
 
     @precondition(lambda self: self.last is not None)
     @rule(data=st.data())
@@ -164,7 +188,7 @@ class StoreMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.store.close()
-        self.store = EmbeddingStore.open(self.dir, SLOTS.values())
+        self.store = EmbeddingStore.open(self.dir, SLOTS.values(), memory_budget=self.budget)
         self.model = self.committed.copy()
         if self.store.extra:
             self.now = float(self.store.extra["now"])
@@ -179,10 +203,29 @@ class StoreMachine(RuleBasedStateMachine):
             )
             assert self.store.stats().rows[slot] == sum(1 for k in self.model.rows if k[0] == slot)
 
+    @invariant()
+    def memory_stays_within_the_budget(self):
+        if self.budget is not None:
+            resident = sum(len(t) * t.row_bytes for t in self.store._tables)
+            assert resident <= self.budget
+
     def teardown(self):
         self.store.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class TieredStoreMachine(StoreMachine):
+    """The same, with room in memory for 15 rows (of 101 bytes) of the 48 there can be.
+
+    Rows leave memory on most lookups and come back from RocksDB; changed
+    rows fill the budget within a lookup or two, and a checkpoint frees
+    them; the largest lookups (up to 24 distinct ids) do not fit at all.
+    """
+
+    budget = 1515
+
+
 StoreMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
 TestStoreMachine = StoreMachine.TestCase
+TieredStoreMachine.TestCase.settings = StoreMachine.TestCase.settings
+TestTieredStoreMachine = TieredStoreMachine.TestCase

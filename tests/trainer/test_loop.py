@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -178,3 +179,37 @@ def test_a_checkpoint_without_tables_or_model_options_resumes(tmp_path, small_co
     with Trainer.open(config, tmp_path, _synthetic(800)) as again:
         assert again.state.trained == 500
         assert again.run().trained == 800
+
+
+def test_a_memory_budget_trains_the_same_and_checkpoints_early(tmp_path, small_config, caplog):
+    """The table on disk under a budget of ~500 rows gives the very same model."""
+    caplog.set_level(logging.INFO, logger="headrace.trainer.loop")
+    config = load_trainer_config(small_config)
+    runs = {}
+    for budget in (None, 64 << 10):
+        tiered = config.model_copy(
+            update={"store": config.store.model_copy(update={"memory_budget": budget})}
+        )
+        registry = CollectorRegistry()
+        with Trainer.open(
+            tiered, tmp_path / str(budget), _synthetic(3000), registry=registry, deterministic=True
+        ) as trainer:
+            trainer.run()
+            rows = {
+                slot.name: dict(
+                    zip(*[a.tolist() for a in trainer.store.export(slot.name)], strict=True)
+                )
+                for slot in config.slots
+            }
+            runs[budget] = (trainer.metrics.auc(), rows, trainer.store.stats())
+        forced = registry.get_sample_value("headrace_checkpoint_forced_total")
+        evictions = registry.get_sample_value("headrace_embedding_evictions_total")
+        if budget is None:
+            assert forced == evictions == 0
+        else:
+            assert forced > 0 and evictions > 0
+    assert runs[None][0] == runs[64 << 10][0]
+    assert runs[None][1] == runs[64 << 10][1]
+    tiered_stats = runs[64 << 10][2]
+    assert tiered_stats.memory_rows * 100 < 64 << 10 < sum(tiered_stats.rows.values()) * 100
+    assert "checkpoint taken early" in caplog.text

@@ -1,0 +1,171 @@
+"""A store with a memory budget: RocksDB holds the table, memory the hot and changed rows."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from headrace.embedding_store import (
+    SGD,
+    CorruptStoreError,
+    EmbeddingStore,
+    MemoryBudgetError,
+    SlotConfig,
+    StoreError,
+)
+
+SLOTS = [
+    SlotConfig(name="user", dim=4, expire_after=100.0),
+    SlotConfig(name="item", dim=4, optimizer=SGD(lr=1.0)),
+]
+N = 5000
+# The larger of the two tables' row sizes in memory (asserted below).
+ROW_BYTES = 109
+
+
+def _ids(n: int = N, offset: int = 0) -> np.ndarray:
+    return np.arange(offset, offset + n, dtype=np.int64) * 7919
+
+
+def _build(path: Path, t: float = 0.0) -> dict[str, np.ndarray]:
+    """A store of N rows per slot, trained once and checkpointed; returns its vectors."""
+    with EmbeddingStore.open(path, SLOTS, seed=1) as store:
+        assert max(t.row_bytes for t in store._tables) == ROW_BYTES
+        hit = store.lookup_slots({"user": _ids(), "item": _ids()}, t)
+        store.apply_gradients(hit, np.ones_like(hit.values))
+        store.checkpoint({"step": b"1"})
+        return {s.name: store.lookup(s.name, _ids()) for s in SLOTS}
+
+
+def test_open_reads_no_rows_and_lookups_read_them_from_disk(tmp_path):
+    vectors = _build(tmp_path)
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=1000 * ROW_BYTES) as store:
+        stats = store.stats()
+        assert stats.memory_rows == 0
+        assert stats.rows == {"user": N, "item": N}
+        assert stats.disk_rows == 2 * N
+        assert store.extra == {"step": b"1"}
+        for slot in SLOTS:
+            np.testing.assert_array_equal(store.lookup(slot.name, _ids()), vectors[slot.name])
+        # Training lookups keep what they read, within the budget.
+        hit = store.lookup_for_training("item", _ids(800), 1.0)
+        np.testing.assert_array_equal(hit.values, vectors["item"][:800])
+        assert store.stats().memory_rows == 800
+        assert store.stats().cache_misses == 800
+
+
+def test_training_under_a_budget_matches_training_in_memory(tmp_path):
+    _build(tmp_path / "a")
+    _build(tmp_path / "b")
+    rng = np.random.default_rng(0)
+    tiered = EmbeddingStore.open(tmp_path / "a", SLOTS, memory_budget=600 * ROW_BYTES)
+    memory = EmbeddingStore.open(tmp_path / "b", SLOTS)
+    with tiered, memory:
+        for step in range(30):
+            ids = _ids()[rng.zipf(1.2, 300) % N]
+            for store in (tiered, memory):
+                hit = store.lookup_for_training("user", ids, float(step))
+                store.apply_gradients(hit, np.full_like(hit.values, 0.5))
+                if store.checkpoint_due or step % 10 == 9:
+                    store.checkpoint()
+        np.testing.assert_array_equal(tiered.lookup("user", _ids()), memory.lookup("user", _ids()))
+        stats = tiered.stats()
+        assert stats.evictions > 0
+        assert stats.memory_rows * ROW_BYTES <= 600 * ROW_BYTES
+        assert stats.cache_hits > 0 and stats.cache_misses > 0
+
+
+def test_a_lookup_larger_than_the_budget_fails_and_changes_nothing(tmp_path):
+    _build(tmp_path)
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=100 * ROW_BYTES) as store:
+        before = store.stats()
+        with pytest.raises(MemoryBudgetError, match=r"Raise store\.memory_budget"):
+            store.lookup_slots({"user": _ids(60), "item": _ids(60)}, 5.0)
+        after = store.stats()
+        assert (after.rows, after.admitted, after.filtered) == (
+            before.rows,
+            before.admitted,
+            before.filtered,
+        )
+        assert store.drain_changes()["user"].fids.size == 0
+        # Changed rows are pinned: without a checkpoint the next lookup cannot fit.
+        store.lookup_for_training("user", _ids(60), 5.0)
+        assert store.checkpoint_due
+        with pytest.raises(MemoryBudgetError, match="checkpoints more often"):
+            store.lookup_for_training("item", _ids(60), 5.0)
+        store.checkpoint()
+        store.lookup_for_training("item", _ids(60), 5.0)
+
+
+def test_expiry_sweeps_rows_on_disk_without_loading_them(tmp_path):
+    _build(tmp_path, t=0.0)
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=1000 * ROW_BYTES) as store:
+        kept = _ids(10)
+        store.lookup_for_training("user", kept, 150.0)  # seen again: survives
+        assert store.expire(120.0) == {"user": N - 10, "item": 0}
+        assert store.stats().memory_rows == 10
+        assert store.stats().rows["user"] == 10
+        # Removed ids are not read back from disk before the checkpoint deletes them.
+        assert not store.lookup("user", _ids()[10:20]).any()
+        changes = store.drain_changes()["user"]
+        assert len(changes.removed) == N - 10
+        store.checkpoint()
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=1000 * ROW_BYTES) as store:
+        assert store.stats().rows["user"] == 10
+        assert store.expire(240.0) == {"user": 0, "item": 0}
+        assert store.expire(251.0) == {"user": 10, "item": 0}
+    with EmbeddingStore.open(tmp_path, SLOTS) as store:  # all in memory: the same rows
+        assert store.stats().rows["user"] == 10
+
+
+def test_changes_of_rows_that_left_memory_are_drained_from_disk(tmp_path):
+    _build(tmp_path)
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=400 * ROW_BYTES) as store:
+        store.drain_changes()
+        hit = store.lookup_for_training("item", _ids(100), 1.0)
+        store.apply_gradients(hit, np.ones_like(hit.values))
+        expected = store.lookup("item", _ids(100))
+        store.checkpoint()
+        store.lookup_for_training("item", _ids(460, offset=1000), 2.0)  # evicts the first 100
+        assert store.stats().evictions >= 100
+        assert not store._tables[1].find(0, _ids(100)).max() >= 0
+        changes = store.drain_changes()["item"]
+        order = np.argsort(changes.fids)
+        np.testing.assert_array_equal(changes.fids[order][:100], _ids(100))
+        np.testing.assert_array_equal(changes.vectors[order][:100], expected)
+        # The other rows were only read (and stamped): not changes to publish.
+        assert len(changes.fids) == 100
+
+
+def test_export_merges_disk_and_memory(tmp_path):
+    _build(tmp_path)
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=300 * ROW_BYTES) as store:
+        hit = store.lookup_for_training("item", _ids(50), 1.0)
+        store.apply_gradients(hit, np.ones_like(hit.values))
+        fids, vectors = store.export("item")
+        assert sorted(fids.tolist()) == sorted(_ids().tolist())
+        by_fid = dict(zip(fids.tolist(), vectors, strict=True))
+        np.testing.assert_array_equal(by_fid[int(_ids(1)[0])], hit.values[0] - 1.0)
+
+
+def test_an_unreadable_sst_file_gives_a_clear_error(tmp_path):
+    _build(tmp_path)
+    with EmbeddingStore.open(tmp_path, SLOTS) as store:
+        store._db.flush()  # the rows into an SST file
+    assert list(tmp_path.glob("*.sst"))
+    for sst in tmp_path.glob("*.sst"):
+        data = bytearray(sst.read_bytes())
+        data[100 : len(data) * 3 // 4] = bytes(len(data) * 3 // 4 - 100)  # the data blocks
+        sst.write_bytes(bytes(data))
+    with pytest.raises(CorruptStoreError, match="damaged or unreadable"):
+        store = EmbeddingStore.open(tmp_path, SLOTS, memory_budget=1000 * ROW_BYTES)
+        try:
+            store.lookup("user", _ids())
+            store.lookup("item", _ids())
+        finally:
+            store.close()
+
+
+def test_a_budget_must_be_positive(tmp_path):
+    with pytest.raises(StoreError, match="memory_budget"):
+        EmbeddingStore.open(tmp_path, SLOTS, memory_budget=0)
