@@ -117,8 +117,7 @@ def _sync_key(path: Path | None) -> SyncKey | None:
 
 def _api_token(path: Path | None) -> str | None:
     """The bearer token of the HTTP endpoints (--api-token-file or HEADRACE_API_TOKEN), if any."""
-    from headrace.config import ConfigError, read_secret
-    from headrace.trainer.dashboard import API_TOKEN_ENV
+    from headrace.config import API_TOKEN_ENV, ConfigError, read_secret
 
     try:
         return read_secret(path, API_TOKEN_ENV)
@@ -551,7 +550,8 @@ def _start_dashboard(
     restarted trainer goes on where the last run's left off. With ``token``
     every page requires it, and the serving workers are asked with it.
     """
-    from headrace.trainer.dashboard import API_TOKEN_ENV, DashboardServer, WorkerPoller
+    from headrace.config import API_TOKEN_ENV
+    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
     poller = WorkerPoller(serving_urls, token=token) if serving_urls else None

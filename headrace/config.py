@@ -32,9 +32,20 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["OWN_TABLES", "ConfigError", "env_overrides", "load_config", "read_secret"]
+__all__ = [
+    "API_TOKEN_ENV",
+    "OWN_TABLES",
+    "ConfigError",
+    "env_overrides",
+    "load_config",
+    "read_secret",
+]
 
 M = TypeVar("M", bound=BaseModel)
+
+#: The bearer token of the trainer's dashboard and the workers' predict API
+#: (``--api-token-file`` beats it); here because both sides read it.
+API_TOKEN_ENV = "HEADRACE_API_TOKEN"
 
 #: Tables of a config file that a loader of their own reads (``table=``).
 OWN_TABLES = frozenset({"kafka"})

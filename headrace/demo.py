@@ -252,7 +252,8 @@ def _cli(*args: str) -> list[str]:
 
 def _open(url: str, timeout_s: float) -> Any:
     """GET ``url`` with the API token the children got from the environment, if any."""
-    from headrace.trainer.dashboard import API_TOKEN_ENV, open_url
+    from headrace.config import API_TOKEN_ENV
+    from headrace.trainer.dashboard import open_url
 
     return open_url(url, timeout_s, os.environ.get(API_TOKEN_ENV) or None)
 

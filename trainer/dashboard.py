@@ -62,10 +62,6 @@ Points = list[tuple[float, float]]
 # -- serving workers -----------------------------------------------------------
 
 
-#: The bearer token of the dashboard and the predict API (``--api-token-file`` beats it).
-API_TOKEN_ENV = "HEADRACE_API_TOKEN"
-
-
 def open_url(url: str, timeout_s: float, token: str | None = None) -> Any:
     """``urllib.request.urlopen`` of ``url``, with ``token`` as a bearer token if given."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}

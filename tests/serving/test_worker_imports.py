@@ -1,4 +1,4 @@
-"""A serving worker process loads the model package, never the trainer (nor River)."""
+"""A serving worker process loads the model package, never the trainer, River or the readers."""
 
 from __future__ import annotations
 
@@ -41,6 +41,9 @@ def test_a_worker_imports_no_trainer_module_and_keeps_its_rss(tmp_path):
     assert "headrace.model" in modules and "headrace.serving.scorer" in modules
     assert not [m for m in modules if m.startswith("headrace.trainer")]
     assert not [m for m in modules if m == "river" or m.startswith("river.")]
+    # The event readers and generators stay out too: the worker parses events, nothing more.
+    readers = {"kafka_process", "pipeline", "synthetic", "two_streams", "replay", "movielens"}
+    assert not [m for m in modules if m.rsplit(".", 1)[-1] in readers], sorted(modules)
     print(
         json.dumps(
             {
