@@ -46,13 +46,16 @@ def river_features(event: dict[str, Any]) -> dict[str, float]:
 
 
 def river_models(seed: int) -> dict[str, Any]:
-    """River's logistic regression and FM (8 factors), as a Python user would set them up."""
-    from river import compose, facto, linear_model, optim, preprocessing
+    """River's logistic regression and FM (8 factors), learning one event at a time.
+
+    The LR takes the one-hot values as they are (a StandardScaler in front,
+    tried first, turns rare one-hot features into huge inputs: 0.617
+    second-half AUC on MovieLens against 0.784 without it).
+    """
+    from river import facto, linear_model, optim
 
     return {
-        "lr": compose.Pipeline(
-            preprocessing.StandardScaler(), linear_model.LogisticRegression(optim.SGD(0.05))
-        ),
+        "lr": linear_model.LogisticRegression(optim.SGD(0.05)),
         "fm": facto.FMClassifier(n_factors=8, seed=seed),
     }
 
