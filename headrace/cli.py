@@ -901,13 +901,14 @@ def join(
             f"must be below --ranks ({ranks}), not {rank}", param_hint="--rank"
         )
     late_url = late_out or f"file://{(data_dir / 'late_actions.jsonl').resolve()}"
+    kafka = _kafka_settings(config)
     opened: list = []
     try:
-        imps, acts = open_inputs(impressions, actions, rank, ranks)
+        imps, acts = open_inputs(impressions, actions, rank, ranks, kafka)
         opened += [imps, acts]
-        sink = open_sink(out, "--out", out_partitions)
+        sink = open_sink(out, "--out", out_partitions, kafka)
         opened.append(sink)
-        late = open_sink(late_url, "--late-out")
+        late = open_sink(late_url, "--late-out", client=kafka)
         opened.append(late)
         letters = {
             name: JsonlDeadLetterSink(data_dir / "dead_letters" / f"{name}.jsonl")

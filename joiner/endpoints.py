@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
     FileSource,
     KafkaSink,
@@ -71,9 +72,13 @@ def _file_path(url: str, option: str) -> Path:
 
 
 def open_inputs(
-    impressions: str, actions: str, rank: int = 0, ranks: int = 1
+    impressions: str,
+    actions: str,
+    rank: int = 0,
+    ranks: int = 1,
+    client: KafkaClientSettings | None = None,
 ) -> tuple[Source, Source]:
-    """Open both inputs for joiner ``rank`` of ``ranks``.
+    """Open both inputs for joiner ``rank`` of ``ranks`` (``client``: TLS and SASL settings).
 
     Raises
     ------
@@ -97,29 +102,39 @@ def open_inputs(
         )
     except ValueError as exc:
         raise EndpointError(str(exc)) from None
-    counts = (topic_partitions(imp_servers, imp_topic), topic_partitions(act_servers, act_topic))
+    counts = (
+        topic_partitions(imp_servers, imp_topic, client=client),
+        topic_partitions(act_servers, act_topic, client=client),
+    )
     if counts[0] != counts[1]:
         raise EndpointError(
             f"{imp_topic!r} has {counts[0]} partitions and {act_topic!r} {counts[1]}: "
             "give both topics as many partitions, keyed by request id"
         )
     mine = my_partitions(counts[0], rank, ranks)
-    first = ProcessKafkaSource(KafkaSourceConfig(imp_servers, imp_topic, partitions=mine))
+    settings = client or KafkaClientSettings()
+    first = ProcessKafkaSource(
+        KafkaSourceConfig(imp_servers, imp_topic, partitions=mine, client=settings)
+    )
     try:
-        second = ProcessKafkaSource(KafkaSourceConfig(act_servers, act_topic, partitions=mine))
+        second = ProcessKafkaSource(
+            KafkaSourceConfig(act_servers, act_topic, partitions=mine, client=settings)
+        )
     except BaseException:
         first.close()
         raise
     return first, second
 
 
-def open_sink(url: str, option: str, partitions: int = 1) -> Sink:
+def open_sink(
+    url: str, option: str, partitions: int = 1, client: KafkaClientSettings | None = None
+) -> Sink:
     """A sink for ``url``; a Kafka topic is created (with ``partitions``) if missing."""
     if url.startswith("kafka://"):
         try:
             servers, topic = parse_kafka_url(url)
         except ValueError as exc:
             raise EndpointError(f"{option}: {exc}") from None
-        ensure_topic(servers, topic, partitions)
-        return KafkaSink(servers, topic)
+        ensure_topic(servers, topic, partitions, client=client)
+        return KafkaSink(servers, topic, client=client)
     return LogSink(_file_path(url, option), append=True)

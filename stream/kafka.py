@@ -197,9 +197,13 @@ def ensure_topic(
 
 
 def topic_partitions(
-    bootstrap_servers: str, topic: str, *, bootstrap_timeout_s: float = 10.0
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    bootstrap_timeout_s: float = 10.0,
+    client: KafkaClientSettings | None = None,
 ) -> int:
-    """How many partitions ``topic`` has.
+    """How many partitions ``topic`` has (``client``: TLS and SASL settings).
 
     Raises
     ------
@@ -209,7 +213,10 @@ def topic_partitions(
         When the topic does not exist.
     """
     consumer = _connect(
-        KafkaConsumer, bootstrap_servers, bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000)
+        KafkaConsumer,
+        bootstrap_servers,
+        client or KafkaClientSettings(),
+        bootstrap_timeout_ms=int(bootstrap_timeout_s * 1000),
     )
     try:
         partitions = consumer.partitions_for_topic(topic) or set()
