@@ -28,10 +28,11 @@ def main(path: str, budget: int | None) -> None:
     store = EmbeddingStore.open(path, SLOTS, memory_budget=budget)
     done = {name: int(store.extra.get(name, b"0")) for name in ("a", "b", "checkpoint")}
     ids = np.arange(ROWS, dtype=np.int64)
-    generation = max(done["a"], done["b"])
     while True:
-        generation += 1
         for slot in SLOTS:
+            # Each slot goes on from its own generation: under a budget a
+            # kill can land between the two slots' checkpoints.
+            generation = done[slot.name] + 1
             hit = store.lookup_for_training(slot.name, ids, event_time=float(generation))
             store.apply_gradients(hit, -np.ones_like(hit.values))
             done[slot.name] = generation
