@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from headrace.serving import Scorer
+from headrace.serving.scorer import model_meta
 from headrace.stream import FileSource
 from headrace.trainer import Trainer, load_trainer_config
 from headrace.trainer.correction import calibrated_probabilities, metric_weights
@@ -71,11 +72,9 @@ def test_sampled_negatives_are_corrected_in_metrics_and_serving(tmp_path, small_
         dense = trainer.model.state_dict()
     buffer = io.BytesIO()
     torch.save(dense, buffer)
-    plain = Scorer(config, buffer.getvalue())
-    sampled = Scorer.from_update(
-        {"config": config.model_dump(mode="json"), "sample_rate": 0.1}, buffer.getvalue()
-    )
-    pooled = torch.zeros(len(batch), len(config.slots), config.dim)
-    p, q = plain.predict(pooled, batch), sampled.predict(pooled, batch)
+    plain = Scorer(config.model_spec, buffer.getvalue())
+    sampled = Scorer.from_update(model_meta(config.model_spec, 0.1), buffer.getvalue())
+    inputs = (torch.zeros(len(batch), len(config.slots), config.dim), {})
+    p, q = plain.predict(inputs, batch), sampled.predict(inputs, batch)
     logit = np.log(p / (1 - p))
     np.testing.assert_allclose(np.log(q / (1 - q)), logit + math.log(0.1), rtol=1e-5, atol=1e-6)
