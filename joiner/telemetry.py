@@ -6,6 +6,8 @@ from collections.abc import Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from headrace.metrics import CounterTotals
+
 __all__ = ["JoinTelemetry"]
 
 
@@ -71,7 +73,7 @@ class JoinTelemetry:
             "Flushing the output and committing state and positions.",
             registry=registry,
         )
-        self._seen: dict[str, int] = {}
+        self._totals = CounterTotals()
         # Labelled counters with known labels start at 0, so rate() works at once.
         for label in ("0", "1"):
             self.emitted.labels(label=label)
@@ -81,22 +83,20 @@ class JoinTelemetry:
     def update(self, counters: Mapping[str, int]) -> None:
         """Fold the joiner's running totals into the exported counters."""
         for name, total in counters.items():
-            delta = total - self._seen.get(name, 0)
-            if delta <= 0:
-                continue
-            self._seen[name] = total
             if name == "positives":
-                self.emitted.labels(label="1").inc(delta)
+                self._totals.advance(self.emitted, name, total, label="1")
             elif name == "negatives":
-                self.emitted.labels(label="0").inc(delta)
+                self._totals.advance(self.emitted, name, total, label="0")
             elif name == "negatives_dropped":
-                self.dropped.inc(delta)
+                self._totals.advance(self.dropped, name, total)
             elif name == "actions":
-                self.actions.inc(delta)
+                self._totals.advance(self.actions, name, total)
             elif name.startswith("late_"):
-                self.late.labels(reason=name.removeprefix("late_")).inc(delta)
+                reason = name.removeprefix("late_")
+                self._totals.advance(self.late, name, total, reason=reason)
             elif name.startswith("records_"):
-                self.records.labels(input=name.removeprefix("records_")).inc(delta)
+                source = name.removeprefix("records_")
+                self._totals.advance(self.records, name, total, input=source)
             elif name.startswith("dead_"):
                 source, _, reason = name.removeprefix("dead_").partition(":")
-                self.dead_letters.labels(input=source, reason=reason).inc(delta)
+                self._totals.advance(self.dead_letters, name, total, input=source, reason=reason)

@@ -316,7 +316,7 @@ class Trainer:
             store.close()
             raise
 
-    @property
+    @functools.cached_property
     def _slot_names(self) -> tuple[str, ...]:
         return tuple(slot.name for slot in self.config.slots)
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from headrace.embedding_store import StoreStats
+from headrace.metrics import CounterTotals
 from headrace.trainer.evaluation import ProgressiveMetrics
 
 __all__ = ["TrainerTelemetry"]
@@ -136,17 +137,7 @@ class TrainerTelemetry:
             "Event time of the newest event trained on",
             registry=r,
         )
-        self._seen: dict[str, int] = {}
-
-    def _advance(self, counter: Counter, key: str, total: int, **labels: str) -> None:
-        """Move a counter to a cumulative figure read elsewhere (never backwards)."""
-        # The child exists from the first call, at 0: a series that appears only
-        # with its first increment hides that increment from rate() and increase().
-        child = counter.labels(**labels) if labels else counter
-        delta = total - self._seen.get(key, 0)
-        if delta > 0:
-            child.inc(delta)
-            self._seen[key] = total
+        self._totals = CounterTotals()
 
     def store(self, stats: StoreStats) -> None:
         """Publish the store's figures (its counters count since it was opened)."""
@@ -155,20 +146,20 @@ class TrainerTelemetry:
         self.memory_budget.set(stats.memory_budget or 0)
         self.disk_rows.set(stats.disk_rows)
         self.disk_bytes.set(stats.disk_bytes)
-        self._advance(self.cache_hits, "cache_hits", stats.cache_hits)
-        self._advance(self.cache_misses, "cache_misses", stats.cache_misses)
-        self._advance(self.evictions, "evictions", stats.evictions)
+        self._totals.advance(self.cache_hits, "cache_hits", stats.cache_hits)
+        self._totals.advance(self.cache_misses, "cache_misses", stats.cache_misses)
+        self._totals.advance(self.evictions, "evictions", stats.evictions)
         for slot, rows in stats.rows.items():
             self.rows.labels(slot=slot).set(rows)
-            self._advance(self.admitted, f"admitted:{slot}", stats.admitted[slot], slot=slot)
-            self._advance(self.filtered, f"filtered:{slot}", stats.filtered[slot], slot=slot)
-            self._advance(self.expired, f"expired:{slot}", stats.expired[slot], slot=slot)
+            self._totals.advance(self.admitted, f"admitted:{slot}", stats.admitted[slot], slot=slot)
+            self._totals.advance(self.filtered, f"filtered:{slot}", stats.filtered[slot], slot=slot)
+            self._totals.advance(self.expired, f"expired:{slot}", stats.expired[slot], slot=slot)
 
     def ingest(self, records: int, dead_letters: Mapping[str, int]) -> None:
         """Publish the stream's cumulative record and dead-letter counts of this process."""
-        self._advance(self.records, "records", records)
+        self._totals.advance(self.records, "records", records)
         for reason, count in dead_letters.items():
-            self._advance(self.dead_letters, f"dead:{reason}", count, reason=reason)
+            self._totals.advance(self.dead_letters, f"dead:{reason}", count, reason=reason)
 
     def kafka_lag(self, lag: Mapping[str, int]) -> None:
         """Publish lag per ``"<topic>:<partition>"``."""
