@@ -31,7 +31,10 @@ from torch.nn import functional as F
 
 from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
 from headrace.model import (
+    CtrModel,
     ModelError,
+    NumpyCtr,
+    RowPooling,
     batch_fids,
     build_model,
     dense_state_bytes,
@@ -248,6 +251,15 @@ class Trainer:
         self._sequence_slots = tuple(getattr(self.model, "sequence_slots", ()))
         self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
+        self._pooling = config.model.pooling
+        # The built-in models step without autograd (a third of a small
+        # batch's step); other models, and tables whose slots are not adjacent
+        # in model order, go through autograd.
+        self._numpy_model = (
+            NumpyCtr(self.model)
+            if type(self.model) is CtrModel and not self._tables.reordered
+            else None
+        )
         self.optimizer = _dense_optimizer(config, self._dense)
         self.metrics = ProgressiveMetrics(config.window)
         self.drift = DriftMonitor(config.drift, self._store_slots)
@@ -408,26 +420,15 @@ class Trainer:
         event_time = float(batch.ts.max())
         fids = batch_fids(batch, self._slot_names)
         lookup = self.store.lookup_slots(self._tables.store_fids(fids), event_time)
-        values = torch.from_numpy(lookup.values).requires_grad_()
-        pooled, sequences = model_inputs(
-            batch,
-            self._slot_names,
-            self._tables.slot_order(values, fids),
-            self.config.model.pooling,
-            self.config.dim,
-            self._sequence_slots,
-        )
-        logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
-        labels = torch.from_numpy(batch.labels)
-        weights = None if batch.weights is None else torch.from_numpy(batch.weights)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
         self._dense.grad.zero_()
-        loss.backward()
+        if self._numpy_model is not None:
+            logits, loss_value, row_grads = self._numpy_step(batch, lookup.values)
+        else:
+            logits, loss_value, row_grads = self._autograd_step(batch, fids, lookup.values)
         self.optimizer.step()
-        self.store.apply_gradients(lookup, values.grad.numpy())
-        probabilities = calibrated_probabilities(logits.detach().numpy(), batch.sample_rates)
+        self.store.apply_gradients(lookup, row_grads)
+        probabilities = calibrated_probabilities(logits, batch.sample_rates)
         self.metrics.update(probabilities, batch.labels, metric_weights(batch))
-        loss_value = float(loss.detach())
         lookups = np.zeros(len(self._store_slots), dtype=np.int64)
         lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
         if self.signals.add(
@@ -442,6 +443,34 @@ class Trainer:
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
+
+    def _numpy_step(self, batch: Batch, values: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """Logits, loss and row gradients of a built-in model, by :class:`NumpyCtr`."""
+        pooling = RowPooling(batch, self._slot_names, self._pooling)
+        logits, loss, grad = self._numpy_model.loss_and_gradients(
+            pooling.pool(values), batch.dense, batch.labels, batch.weights
+        )
+        return logits, loss, pooling.unpool(grad)
+
+    def _autograd_step(
+        self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Logits, loss and row gradients of any model, by torch autograd."""
+        rows = torch.from_numpy(values).requires_grad_()
+        pooled, sequences = model_inputs(
+            batch,
+            self._slot_names,
+            self._tables.slot_order(rows, fids),
+            self._pooling,
+            self.config.dim,
+            self._sequence_slots,
+        )
+        logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
+        labels = torch.from_numpy(batch.labels)
+        weights = None if batch.weights is None else torch.from_numpy(batch.weights)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+        loss.backward()
+        return logits.detach().numpy(), float(loss.detach()), rows.grad.numpy()
 
     def _detect_drift(self, event_time: float) -> None:
         """Feed a full signal window to the drift detectors."""
