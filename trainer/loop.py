@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
+from torch.optim.adam import adam
 
 from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
 from headrace.model import (
@@ -155,6 +156,39 @@ def _dense_optimizer(config: TrainerConfig, flat: torch.nn.Parameter) -> torch.o
     kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
     # Fused: one kernel instead of a dozen ops.
     return kinds[cfg.kind]([flat], lr=cfg.lr, fused=True)
+
+
+def _step_dense(optimizer: torch.optim.Optimizer) -> None:
+    """``optimizer.step()``, calling Adam's fused kernel directly once its state exists.
+
+    ``Optimizer.step``'s own bookkeeping (profiler scope, grad mode, hooks,
+    grouping the parameters) cost about as much as the kernel itself, 40 µs
+    a step at batch 32. The trainer's optimizer has one parameter, the flat one.
+    """
+    group = optimizer.param_groups[0]
+    (flat,) = group["params"]
+    state = optimizer.state.get(flat)
+    if not isinstance(optimizer, torch.optim.Adam) or not state or group["amsgrad"]:
+        optimizer.step()
+        return
+    beta1, beta2 = group["betas"]
+    adam(
+        [flat],
+        [flat.grad],
+        [state["exp_avg"]],
+        [state["exp_avg_sq"]],
+        [],
+        [state["step"]],
+        fused=True,
+        decoupled_weight_decay=group["decoupled_weight_decay"],
+        amsgrad=False,
+        beta1=beta1,
+        beta2=beta2,
+        lr=group["lr"],
+        weight_decay=group["weight_decay"],
+        eps=group["eps"],
+        maximize=group["maximize"],
+    )
 
 
 def _torch_bytes(obj: object) -> bytes:
@@ -425,7 +459,7 @@ class Trainer:
             logits, loss_value, row_grads = self._numpy_step(batch, lookup.values)
         else:
             logits, loss_value, row_grads = self._autograd_step(batch, fids, lookup.values)
-        self.optimizer.step()
+        _step_dense(self.optimizer)
         self.store.apply_gradients(lookup, row_grads)
         probabilities = calibrated_probabilities(logits, batch.sample_rates)
         self.metrics.update(probabilities, batch.labels, metric_weights(batch))

@@ -120,14 +120,8 @@ class RowPooling:
     segment sum. At batch 32 this is a tenth of torch's scatter and a
     separate backward pass.
 
-    Parameters
-    ----------
-    batch
-        The events.
-    slots
-        Slot names in model order.
-    pooling
-        ``"sum"`` or ``"mean"``.
+    It pools the rows of ``batch``'s ids (``slots`` in model order, those
+    absent from the batch give zeros) by ``pooling``, ``"sum"`` or ``"mean"``.
 
     Examples
     --------
