@@ -95,6 +95,7 @@ class NumpyCtr:
         dense: np.ndarray,
         labels: np.ndarray,
         weights: np.ndarray | None,
+        events: int | None = None,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """One forward and backward pass of the weighted mean log loss.
 
@@ -111,6 +112,9 @@ class NumpyCtr:
             ``(n,)`` float32 labels in {0, 1}.
         weights
             ``(n,)`` float32 event weights of the loss, or ``None`` for 1.
+        events
+            The number of events the loss is the mean over (default ``n``):
+            with several ranks, every rank's events.
 
         Returns
         -------
@@ -155,11 +159,12 @@ class NumpyCtr:
         losses = np.logaddexp(0.0, logits) - labels * logits
         dz = np.tanh(0.5 * logits)
         dz += 1.0 - 2.0 * labels
-        dz *= 0.5 / n
+        events = n if events is None else events
+        dz *= 0.5 / max(events, 1)
         if weights is not None:
             losses *= weights
             dz *= weights
-        loss = float(losses.mean())
+        loss = float(losses.sum()) / max(events, 1)
 
         lin.grad_weight.numpy()[0] = dz @ linear_in
         lin.grad_bias[0] = dz.sum()
