@@ -60,6 +60,7 @@ from headrace.trainer.correction import calibrated_probabilities, metric_weights
 from headrace.trainer.dedup import RecentEventIds
 from headrace.trainer.drift import DriftMonitor, SignalWindow
 from headrace.trainer.evaluation import ProgressiveMetrics
+from headrace.trainer.peers import Peers
 from headrace.trainer.prefetch import BatchPrefetcher, Fetched
 from headrace.trainer.telemetry import TrainerTelemetry
 
@@ -218,6 +219,9 @@ class Trainer:
     deterministic
         One torch thread and deterministic kernels, so a run from given
         positions gives bit-identical weights.
+    peers
+        The other ranks of a distributed run (``None``: one process). Every
+        rank then steps together, with an empty batch when it has nothing.
 
     Attributes
     ----------
@@ -238,9 +242,11 @@ class Trainer:
         *,
         registry: CollectorRegistry | None = None,
         deterministic: bool = False,
+        peers: Peers | None = None,
     ) -> None:
         _configure_torch(config, deterministic)
         self.config = config
+        self.peers = peers
         self.store = store
         self.stream = stream
         self.model_spec = config.model_spec
@@ -273,8 +279,13 @@ class Trainer:
         *,
         registry: CollectorRegistry | None = None,
         deterministic: bool = False,
+        store: EmbeddingStore | None = None,
+        peers: Peers | None = None,
     ) -> Trainer:
         """A trainer on ``data_dir`` (store in ``store/``, dead letters in ``dead_letters.jsonl``).
+
+        ``store`` replaces the one in ``store/`` (a distributed run's shard),
+        ``peers`` are the other ranks (see :class:`Trainer`).
 
         Raises
         ------
@@ -292,7 +303,7 @@ class Trainer:
             raise TrainerError(str(exc)) from exc
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            store = EmbeddingStore.open(
+            store = store or EmbeddingStore.open(
                 data_dir / "store",
                 config.store_slots,
                 seed=config.seed,
@@ -310,7 +321,9 @@ class Trainer:
         )
         stream = EventStream(source, JsonlDeadLetterSink(data_dir / "dead_letters.jsonl"), parser)
         try:
-            return cls(config, store, stream, registry=registry, deterministic=deterministic)
+            return cls(
+                config, store, stream, registry=registry, deterministic=deterministic, peers=peers
+            )
         except BaseException:
             stream.close()
             store.close()
@@ -397,15 +410,21 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------
 
-    def step(self, batch: Batch) -> StepResult:
+    def step(self, batch: Batch) -> StepResult | None:
         """Score ``batch`` with the current parameters, then learn from it.
 
         One store lookup and one gradient update cover every slot; the
         vectors of all slots ``(n_fids, dim)`` are pooled in one operation
-        into ``(n, slots, dim)``.
+        into ``(n, slots, dim)``. With :attr:`peers` the loss is the mean
+        over every rank's events and ``batch`` may be empty; ``None`` when
+        no rank had an event.
         """
         started = time.perf_counter()
-        event_time = float(batch.ts.max())
+        examples, event_time = len(batch), float(batch.ts.max()) if len(batch) else -math.inf
+        if self.peers is not None:
+            examples, event_time = self.peers.begin_step(examples, event_time)
+            if not examples:
+                return None
         fids = batch_fids(batch, self._slot_names)
         lookup = self.store.lookup_slots(self._tables.store_fids(fids), event_time)
         values = torch.from_numpy(lookup.values).requires_grad_()
@@ -420,20 +439,26 @@ class Trainer:
         logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
         weights = None if batch.weights is None else torch.from_numpy(batch.weights)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+        # The sum over the events of all ranks: their gradients add up to one process's.
+        loss = F.binary_cross_entropy_with_logits(
+            logits, labels, weight=weights, reduction="sum"
+        ).div(examples)
         self._dense.grad.zero_()
         loss.backward()
+        if self.peers is not None:
+            self.peers.reduce_dense(self._dense.grad)
         self.optimizer.step()
         self.store.apply_gradients(lookup, values.grad.numpy())
         probabilities = calibrated_probabilities(logits.detach().numpy(), batch.sample_rates)
-        self.metrics.update(probabilities, batch.labels, metric_weights(batch))
-        loss_value = float(loss.detach())
-        lookups = np.zeros(len(self._store_slots), dtype=np.int64)
-        lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
-        if self.signals.add(
-            loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
-        ):
-            self._detect_drift(event_time)
+        loss_value = float(loss.detach()) * examples / max(len(batch), 1)
+        if len(batch):
+            self.metrics.update(probabilities, batch.labels, metric_weights(batch))
+            lookups = np.zeros(len(self._store_slots), dtype=np.int64)
+            lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
+            if self.signals.add(
+                loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
+            ):
+                self._detect_drift(event_time)
         self._expire(event_time)
         self.state.trained += len(batch)
         self.state.batches += 1
@@ -442,6 +467,21 @@ class Trainer:
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
+
+    def _empty_batch(self, positions: dict[str, int]) -> Batch:
+        """A batch of no events at the current positions (a rank with nothing to read)."""
+        dense = self.config.model.dense_features
+        empty = np.empty(0, dtype=np.int64)
+        return Batch(
+            fids=dict.fromkeys(self._slot_names, empty),
+            offsets=dict.fromkeys(self._slot_names, np.zeros(1, dtype=np.int64)),
+            dense=np.empty((0, len(dense)), dtype=np.float32),
+            dense_names=tuple(dense),
+            labels=np.empty(0, dtype=np.float32),
+            ts=np.empty(0, dtype=np.float64),
+            request_ids=(),
+            positions=dict(positions),
+        )
 
     def _detect_drift(self, event_time: float) -> None:
         """Feed a full signal window to the drift detectors."""
@@ -520,24 +560,35 @@ class Trainer:
         last_tick = last_lag = 0.0
         cfg = self.config
         first_records = last_records = self.stream.records_read
+        peers, ended = self.peers, False
         with BatchPrefetcher(self.stream, cfg.batch_size, max_events) as prefetcher:
-            while not stop.is_set():
-                try:
-                    fetched = prefetcher.get()
-                except TimeoutError:
-                    continue
-                if fetched is None:
+            while peers is not None or not stop.is_set():
+                fetched = None
+                if not ended:
+                    try:
+                        fetched = prefetcher.get()
+                    except TimeoutError:
+                        if peers is None:
+                            continue
+                    else:
+                        ended = fetched is None
+                if ended and peers is None:
                     break
-                self._absorb_stream_counters(fetched)
-                last_records = fetched.records_read
-                batch = self.recent_ids.fresh(fetched.batch)
-                self.state.duplicates += len(fetched.batch) - len(batch)
-                if len(batch):
-                    if batch.sample_rates is not None:
+                if fetched is None:
+                    # Nothing read: this rank steps with the other ranks, on no events.
+                    batch = self._empty_batch(prefetcher.taken)
+                else:
+                    self._absorb_stream_counters(fetched)
+                    last_records = fetched.records_read
+                    batch = self.recent_ids.fresh(fetched.batch)
+                    self.state.duplicates += len(fetched.batch) - len(batch)
+                if len(batch) or peers is not None:
+                    if batch.sample_rates is not None and len(batch):
                         self.state.sample_rate = float(batch.sample_rates[-1])
                     result = self.step(batch)
-                    for hook in self.after_step:
-                        hook(self, result)
+                    if result is not None and len(batch):
+                        for hook in self.after_step:
+                            hook(self, result)
                 self.state.positions = dict(batch.positions)
                 now = time.monotonic()
                 due_s = cfg.checkpoint_every_s is not None and now - last_checkpoint[0] >= (
@@ -555,7 +606,10 @@ class Trainer:
                         self.store.memory_budget,
                     )
                     self.telemetry.forced_checkpoints.inc()
-                if due_s or due_events or forced:
+                due, halt = due_s or due_events or forced, False
+                if peers is not None:
+                    halt, due = peers.agree(stop.is_set(), ended, due)
+                if due:
                     self.checkpoint()
                     last_checkpoint = (now, self.state.trained)
                 if now - last_tick >= _TICK_S:
@@ -564,6 +618,8 @@ class Trainer:
                     last_tick = now
                     if on_tick is not None:
                         on_tick(self)
+                if halt:
+                    break
         events = last_records - first_records
         # Records read ahead were rewound: the stream's counters will count them again.
         self._stream_seen = (self.stream.records_read, dict(self.stream.dead_letter_counts))
