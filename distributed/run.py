@@ -135,7 +135,7 @@ class TrainingRun:
         stop: threading.Event | None = None,
         on_tick: Callable[[Trainer], None] | None = None,
     ) -> Summary:
-        """Train until the source ends (on every rank), ``max_events`` or ``stop``: :meth:`Trainer.run`."""
+        """Train until every rank's source ended, ``max_events`` or ``stop``: see Trainer.run."""
         return self.trainer.run(max_events=max_events, stop=stop, on_tick=on_tick)
 
     def close(self) -> None:
