@@ -80,6 +80,8 @@ class Collectives:
         self.seconds = 0.0
         self.bytes_sent = 0
         self.calls = 0
+        #: Seconds per kind of collective ("all_to_all", "all_reduce", "barrier").
+        self.seconds_by_kind: dict[str, float] = {}
 
     def start(self) -> None:
         """Join the process group (``MASTER_ADDR``/``MASTER_PORT``); waits for every rank."""
@@ -98,8 +100,10 @@ class Collectives:
         if dist.is_initialized():
             dist.destroy_process_group()
 
-    def _timed(self, started: float, sent: int) -> None:
-        self.seconds += time.perf_counter() - started
+    def _timed(self, kind: str, started: float, sent: int) -> None:
+        took = time.perf_counter() - started
+        self.seconds += took
+        self.seconds_by_kind[kind] = self.seconds_by_kind.get(kind, 0.0) + took
         self.bytes_sent += sent
         self.calls += 1
 
@@ -121,19 +125,19 @@ class Collectives:
         out = torch.empty((int(receive.sum()), *send.shape[1:]), dtype=source.dtype)
         dist.all_to_all_single(out, source, receive.tolist(), split.tolist())
         row = send.itemsize * math.prod(send.shape[1:])
-        self._timed(started, (int(split.sum()) - int(split[self.world.rank])) * row)
+        self._timed("all_to_all", started, (int(split.sum()) - int(split[self.world.rank])) * row)
         return out.numpy()
 
     def all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp) -> None:
         """Reduce ``tensor`` over all ranks, in place."""
         started = time.perf_counter()
         dist.all_reduce(tensor, op=op)
-        self._timed(started, tensor.numel() * tensor.element_size() * (self.world.size - 1))
+        self._timed("all_reduce", started, tensor.numel() * tensor.element_size() * (self.world.size - 1))
 
     def barrier(self) -> None:
         started = time.perf_counter()
         dist.barrier()
-        self._timed(started, 0)
+        self._timed("barrier", started, 0)
 
 
 class TorchPeers:

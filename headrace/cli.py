@@ -536,8 +536,11 @@ def train(
     if dashboard is not None:
         dashboard.close()
     report = summary.to_json()
-    if run.world is not None:
+    if run.collectives is not None:
         report["rank"] = run.rank
+        # Wall time in collectives (waits for slower ranks included) and bytes sent to others.
+        report["collective_seconds"] = round(run.collectives.seconds, 3)
+        report["bytes_sent"] = run.collectives.bytes_sent
     bayes = getattr(trainer.stream.source, "bayes_auc", None)
     if bayes is not None and bayes.count:
         report["bayes_auc"] = round(bayes.value(), 6)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -89,7 +90,10 @@ def test_kills_of_one_rank_lose_and_repeat_nothing(tmp_path: Path) -> None:
                 os.kill(victim, signal.SIGKILL)
         assert agent.wait(timeout=300) == 0
     finally:
-        agent.kill()
+        # The ranks too: without their agent they would wait in a collective until its timeout.
+        for pid in [*rank_pids(agent.pid).values(), agent.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         agent.wait()
 
     states, rows, weights = sharded_training(data, 2)
