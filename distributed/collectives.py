@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -21,8 +21,11 @@ import torch.distributed as dist
 
 __all__ = ["Collectives", "DistributedError", "TorchPeers", "World"]
 
-#: How long a collective waits for the other ranks before failing the run.
-_TIMEOUT = timedelta(minutes=5)
+#: Seconds a collective (and joining the group) waits for the other ranks before
+#: this rank fails, and torchrun restarts the group; a restore that re-shards a
+#: large table must fit in it.
+TIMEOUT_ENV = "HEADRACE_COLLECTIVE_TIMEOUT_S"
+_DEFAULT_TIMEOUT_S = 300.0
 
 
 class DistributedError(RuntimeError):
@@ -91,10 +94,34 @@ class Collectives:
                 f"{' and '.join(missing)} not set: launch with torchrun "
                 "(or headrace train --nproc N), which sets them"
             )
-        if not dist.is_initialized():
-            dist.init_process_group(
-                "gloo", rank=self.world.rank, world_size=self.world.size, timeout=_TIMEOUT
-            )
+        try:
+            timeout = float(os.environ.get(TIMEOUT_ENV, _DEFAULT_TIMEOUT_S))
+        except ValueError:
+            raise DistributedError(
+                f"{TIMEOUT_ENV}={os.environ[TIMEOUT_ENV]!r} must be a number of seconds"
+            ) from None
+        if dist.is_initialized():
+            return
+        rank, size, wait = self.world.rank, self.world.size, timedelta(seconds=timeout)
+        # torchrun's agent hosts the store; without it rank 0 does.
+        agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+        store = dist.TCPStore(
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            size,
+            is_master=not agent and rank == 0,
+            timeout=wait,
+        )
+        # Each restart of the group meets under its own keys: a rank must never read
+        # the address of a rank of the group that died (it connected there, refused).
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(
+            "gloo",
+            store=dist.PrefixStore(f"headrace/attempt-{attempt}", store),
+            rank=rank,
+            world_size=size,
+            timeout=wait,
+        )
 
     def close(self) -> None:
         if dist.is_initialized():
@@ -132,7 +159,26 @@ class Collectives:
         """Reduce ``tensor`` over all ranks, in place."""
         started = time.perf_counter()
         dist.all_reduce(tensor, op=op)
-        self._timed("all_reduce", started, tensor.numel() * tensor.element_size() * (self.world.size - 1))
+        self._timed(
+            "all_reduce", started, tensor.numel() * tensor.element_size() * (self.world.size - 1)
+        )
+
+    def start_all_reduce(self, tensor: torch.Tensor, op: dist.ReduceOp) -> Callable[[], None]:
+        """Start reducing ``tensor`` over all ranks, in place; returns the wait for it."""
+        work = dist.all_reduce(tensor, op=op, async_op=True)
+        sent = self._reduced_bytes(tensor)
+
+        def wait() -> None:
+            # Time waiting only: the reduction overlaps other work.
+            waited = time.perf_counter()
+            work.wait()
+            self._timed("all_reduce", waited, sent)
+
+        return wait
+
+    def _reduced_bytes(self, tensor: torch.Tensor) -> int:
+        """What a rank sends in an all_reduce: its tensor to each other rank, at most."""
+        return tensor.numel() * tensor.element_size() * (self.world.size - 1)
 
     def barrier(self) -> None:
         started = time.perf_counter()
@@ -155,8 +201,8 @@ class TorchPeers:
         self.collectives.all_reduce(values, dist.ReduceOp.MAX)
         return int(values[1:].sum()), float(values[0])
 
-    def reduce_dense(self, grad: torch.Tensor) -> None:
-        self.collectives.all_reduce(grad, dist.ReduceOp.SUM)
+    def reduce_dense(self, grad: torch.Tensor) -> Callable[[], None]:
+        return self.collectives.start_all_reduce(grad, dist.ReduceOp.SUM)
 
     def agree(self, stop: bool, ended: bool, checkpoint: bool) -> tuple[bool, bool]:
         flags = torch.tensor([stop, not ended, checkpoint], dtype=torch.int32)

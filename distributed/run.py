@@ -10,6 +10,7 @@ generation all ranks committed (:func:`open_shard`).
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +26,8 @@ from headrace.trainer import Summary, Trainer, TrainerConfig, open_source
 __all__ = ["TrainingRun"]
 
 log = logging.getLogger(__name__)
+
+_SWITCH_INTERVAL_S = 0.0005
 
 
 class TrainingRun:
@@ -91,6 +94,9 @@ class TrainingRun:
                 config, data_dir, events, registry=registry, deterministic=deterministic
             )
             return cls(trainer, data_dir)
+        # A collective returns while the reader thread parses: with the default 5 ms
+        # switch interval, taking the GIL back cost each collective milliseconds.
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
         collectives = Collectives(world)
         collectives.start()
         try:

@@ -445,10 +445,11 @@ class Trainer:
         ).div(examples)
         self._dense.grad.zero_()
         loss.backward()
-        if self.peers is not None:
-            self.peers.reduce_dense(self._dense.grad)
-        self.optimizer.step()
+        reduced = None if self.peers is None else self.peers.reduce_dense(self._dense.grad)
         self.store.apply_gradients(lookup, values.grad.numpy())
+        if reduced is not None:
+            reduced()
+        self.optimizer.step()
         probabilities = calibrated_probabilities(logits.detach().numpy(), batch.sample_rates)
         loss_value = float(loss.detach()) * examples / max(len(batch), 1)
         if len(batch):

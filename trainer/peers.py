@@ -7,6 +7,7 @@ The loop stays the single-process loop: where ranks must agree, it asks a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 import torch
@@ -24,8 +25,12 @@ class Peers(Protocol):
         """
         ...
 
-    def reduce_dense(self, grad: torch.Tensor) -> None:
-        """Sum the flat dense gradient ``(n_params,)`` over all ranks, in place."""
+    def reduce_dense(self, grad: torch.Tensor) -> Callable[[], None]:
+        """Start summing the flat dense gradient ``(n_params,)`` over all ranks, in place.
+
+        Returns the function that waits for the sum: the sparse gradients
+        travel meanwhile.
+        """
         ...
 
     def agree(self, stop: bool, ended: bool, checkpoint: bool) -> tuple[bool, bool]:
