@@ -71,6 +71,9 @@ log = logging.getLogger(__name__)
 #: How often gauges that cost more than a counter (AUC, lag, store figures) refresh.
 _TICK_S = 0.5
 _LAG_EVERY_S = 2.0
+#: Distributed: steps between the ranks' agreements to stop or checkpoint (a
+#: collective each; checkpoint and stop decisions wait up to this many steps).
+_AGREE_EVERY = 8
 
 
 class TrainerError(RuntimeError):
@@ -561,7 +564,7 @@ class Trainer:
         last_tick = last_lag = 0.0
         cfg = self.config
         first_records = last_records = self.stream.records_read
-        peers, ended = self.peers, False
+        peers, ended, rounds = self.peers, False, 0
         with BatchPrefetcher(self.stream, cfg.batch_size, max_events) as prefetcher:
             while peers is not None or not stop.is_set():
                 fetched = None
@@ -592,13 +595,20 @@ class Trainer:
                             hook(self, result)
                 self.state.positions = dict(batch.positions)
                 now = time.monotonic()
-                due_s = cfg.checkpoint_every_s is not None and now - last_checkpoint[0] >= (
-                    cfg.checkpoint_every_s
+                rounds += 1
+                # Ranks take the same rounds, so they agree on the same ones.
+                decide = peers is None or rounds % _AGREE_EVERY == 0
+                due_s = (
+                    decide
+                    and cfg.checkpoint_every_s is not None
+                    and now - last_checkpoint[0] >= cfg.checkpoint_every_s
                 )
-                due_events = cfg.checkpoint_every_events is not None and (
-                    self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events
+                due_events = (
+                    decide
+                    and cfg.checkpoint_every_events is not None
+                    and (self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events)
                 )
-                forced = self.store.checkpoint_due
+                forced = decide and self.store.checkpoint_due
                 if forced and not (due_s or due_events):
                     log.info(
                         "checkpoint taken early: rows changed since the last one fill half "
@@ -608,7 +618,7 @@ class Trainer:
                     )
                     self.telemetry.forced_checkpoints.inc()
                 due, halt = due_s or due_events or forced, False
-                if peers is not None:
+                if peers is not None and decide:
                     halt, due = peers.agree(stop.is_set(), ended, due)
                 if due:
                     self.checkpoint()
