@@ -90,12 +90,20 @@ class Generations:
         finally:
             os.close(directory)
 
-    def prune(self, keep: int | None) -> None:
-        """Remove every generation folder but ``keep``'s (rank 0 only)."""
+    def prune(self, keep: int | None, *, newer: bool) -> None:
+        """Remove the generation folders older than ``keep`` (rank 0 only), and newer ones if asked.
+
+        Newer folders are parts of a generation never committed: removed at
+        start only, since while training the other ranks may be writing the
+        next generation's parts already.
+        """
         if not self.root.exists():
             return
         for folder in self.root.iterdir():
-            if folder.is_dir() and folder.name != (None if keep is None else f"{keep:010d}"):
+            if not folder.is_dir():
+                continue
+            generation = int(folder.name)
+            if keep is None or generation < keep or (newer and generation > keep):
                 shutil.rmtree(folder)
 
     def write(self, store: EmbeddingStore, extra: Mapping[str, bytes] | None) -> None:
@@ -113,7 +121,7 @@ class Generations:
         self.collectives.barrier()
         if world.rank == 0:
             self._commit(Manifest(generation, world.size))
-            self.prune(keep=generation)
+            self.prune(generation, newer=False)
         self.generation = generation
 
 
@@ -244,7 +252,7 @@ def open_shard(
     manifest = generations.manifest()
     if world.rank == 0:
         # Parts of a generation that was never committed.
-        generations.prune(keep=None if manifest is None else manifest.generation)
+        generations.prune(None if manifest is None else manifest.generation, newer=True)
     collectives.barrier()
     rank_dir = data_dir / f"rank-{world.rank}"
     store_dir = rank_dir / "store"
