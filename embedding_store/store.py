@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import AccessType, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from headrace.embedding_store import _layout as layout
 from headrace.embedding_store._hashing import as_uint64, mix64
@@ -979,6 +979,51 @@ class EmbeddingStore:
         self._filter.clear_dirty()
         if extra is not None:
             self.extra = {name: bytes(blob) for name, blob in extra.items()}
+
+    def snapshot(self, path: str | Path) -> None:
+        """Copy the last checkpoint to ``path`` (a new directory) as a store of its own.
+
+        A RocksDB checkpoint: files are hard-linked where the file system
+        allows, so it costs little more than flushing the memtable. Open the
+        copy with :meth:`open`.
+        """
+        try:
+            Checkpoint(self._db).create_checkpoint(str(path))
+        except Exception as exc:
+            raise _disk_error(Path(path), exc) from exc
+
+    def adopt_rows(self, other: EmbeddingStore, keep: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Copy the rows of ``other`` whose fids ``keep`` selects into this store.
+
+        Vectors, optimizer state and last_seen come along; the rows count as
+        changed, so the next :meth:`checkpoint` writes them. For re-sharding:
+        ``keep(fids)`` gets an int64 array and returns a boolean mask. The
+        slots must exist in both stores with the same settings, and neither
+        store may have a memory budget (every row is in memory). Returns the
+        number of rows copied.
+        """
+        if self.memory_budget is not None or other.memory_budget is not None:
+            raise StoreError("rows can be copied between stores without a memory budget only")
+        copied = 0
+        for name, (theirs, their_local) in other._where.items():
+            table, local = self._slot(name)
+            rows = theirs.live_rows(their_local)
+            rows = rows[keep(theirs.row_fid[rows])]
+            fids = theirs.row_fid[rows]
+            if (table.find(local, fids) >= 0).any():
+                raise StoreError(f"slot {name!r} holds some of the rows to copy already")
+            mine = table.load(
+                local,
+                fids,
+                theirs.weights[rows],
+                theirs.state[rows],
+                theirs.last_seen[rows],
+                np.nan,
+            )
+            table.dirty.mark(mine)
+            table.touched.mark(mine)
+            copied += len(rows)
+        return copied
 
     def stats(self) -> StoreStats:
         def per_slot(counter: str) -> dict[str, int]:

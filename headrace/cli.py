@@ -420,24 +420,34 @@ def train(
         float, typer.Option(min=1.0, help="Seconds between full snapshots.")
     ] = 600.0,
     sync_key_file: SyncKeyOption = None,
+    nproc: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Train with N ranks on this machine: starts torchrun's launcher, which runs "
+            "this command once per rank (several machines: torchrun ... -m headrace.cli train).",
+        ),
+    ] = None,
+    max_restarts: Annotated[
+        int,
+        typer.Option(min=0, help="With --nproc: restart all ranks this often after a failure."),
+    ] = 3,
 ) -> None:
     """Train a model online from a stream; rerun on the same --data-dir to resume exactly.
 
-    Prints a progress line on stderr and, last, one JSON summary on stdout.
+    Prints a progress line on stderr and, last, one JSON summary on stdout
+    (one per rank when distributed).
     """
     from prometheus_client import CollectorRegistry
     from rich.live import Live
 
     from headrace.config import ConfigError
+    from headrace.distributed import DistributedError, TrainingRun, World
     from headrace.stream import BrokerUnavailable
-    from headrace.trainer import (
-        SourceUrlError,
-        Trainer,
-        TrainerError,
-        load_trainer_config,
-        open_source,
-    )
+    from headrace.trainer import SourceUrlError, TrainerError, load_trainer_config
 
+    if nproc is not None and nproc > 1 and World.from_env() is None:
+        raise typer.Exit(_launch_ranks(nproc, max_restarts))
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -448,6 +458,12 @@ def train(
             )
     if publish is not None:
         _check_params_location(publish, "--publish")
+        if World.from_env() is not None:
+            raise typer.BadParameter(
+                "publishing from several ranks is not supported yet; train with one process "
+                "to publish",
+                param_hint="--publish",
+            )
     try:
         trainer_config = load_trainer_config(config)
     except ConfigError as exc:
@@ -459,19 +475,24 @@ def train(
         )
     key = _sync_key(sync_key_file) if publish is not None else None
     token = _api_token(api_token_file)
-    try:
-        events = open_source(source, until_end=until_end, deterministic=deterministic, kafka=kafka)
-    except SourceUrlError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--source") from exc
-    except (BrokerUnavailable, ValueError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from exc
     registry = CollectorRegistry()
     try:
-        trainer = Trainer.open(
-            trainer_config, data_dir, events, registry=registry, deterministic=deterministic
+        run = TrainingRun.open(
+            trainer_config,
+            data_dir,
+            source,
+            until_end=until_end,
+            deterministic=deterministic,
+            kafka=kafka,
+            registry=registry,
         )
-    except TrainerError as exc:
+    except SourceUrlError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--source") from exc
+    except (BrokerUnavailable, ValueError, FileNotFoundError, TrainerError) as exc:
         raise _fail(str(exc)) from exc
+    except DistributedError as exc:
+        raise _fail(str(exc)) from exc
+    trainer = run.trainer
     publisher = dashboard = None
     try:
         if publish is not None:
@@ -488,18 +509,21 @@ def train(
                 trainer,
                 registry,
                 publisher,
-                (metrics_host, metrics_port),
+                # Each rank on its own port.
+                (metrics_host, metrics_port + run.rank),
                 serving_url or [],
-                data_dir / DASHBOARD_HISTORY,
+                run.data_dir / DASHBOARD_HISTORY,
                 token,
             )
     except BaseException:
-        trainer.close()  # stops the source's reader process, releases the store
+        run.close()  # stops the source's reader process, releases the store
         raise
     stop = threading.Event()
     _stop_on_signals(stop)
     started, first_records = time.monotonic(), trainer.stream.records_read
-    with trainer, Live("starting", console=Console(stderr=True), refresh_per_second=4) as live:
+    # One progress line: rank 0's.
+    console = Console(stderr=True, quiet=run.rank != 0)
+    with run, Live("starting", console=console, refresh_per_second=4) as live:
         summary = trainer.run(
             max_events=max_events,
             stop=stop,
@@ -512,10 +536,53 @@ def train(
     if dashboard is not None:
         dashboard.close()
     report = summary.to_json()
-    bayes = getattr(events, "bayes_auc", None)
+    if run.collectives is not None:
+        report["rank"] = run.rank
+        # Wall time in collectives (waits for slower ranks included) and bytes sent to others.
+        report["collective_seconds"] = round(run.collectives.seconds, 3)
+        report["bytes_sent"] = run.collectives.bytes_sent
+    bayes = getattr(trainer.stream.source, "bayes_auc", None)
     if bayes is not None and bayes.count:
         report["bayes_auc"] = round(bayes.value(), 6)
     typer.echo(json.dumps(report))
+
+
+def _launch_ranks(nproc: int, max_restarts: int) -> int:
+    """Run this ``train`` command on ``nproc`` ranks under torchrun's elastic launcher.
+
+    The ranks rendezvous on a free local port (``--standalone``); a rank
+    that dies makes the launcher restart all of them, up to ``max_restarts``
+    times, and each resumes from the last generation all ranks committed.
+    """
+    import sys
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    argv, skip = [], False
+    for arg in sys.argv[1:]:
+        if skip:
+            skip = False
+        elif arg in ("--nproc", "--max-restarts"):
+            skip = True
+        elif not arg.startswith(("--nproc=", "--max-restarts=")):
+            argv.append(arg)
+    args = get_args_parser().parse_args(
+        [
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            f"--max-restarts={max_restarts}",
+            "--module",
+            "headrace.cli",
+            *argv,
+        ]
+    )
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        typer.echo(f"error: a rank failed {max_restarts + 1} times: {exc}", err=True)
+        return 1
+    return 0
 
 
 class _Dashboard:

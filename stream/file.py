@@ -36,7 +36,9 @@ class FileSource:
 
     A position is the index of the next line, so a replay resumes exactly and
     reads the same records every time. Blank lines count for positions but
-    are not messages.
+    are not messages. With ``world`` > 1 the source reads only the lines
+    ``i`` with ``i % world == rank`` (one rank's share of a distributed run);
+    positions still count every line.
 
     Parameters
     ----------
@@ -45,11 +47,18 @@ class FileSource:
     key
         The partition key in positions and dead letters; by default
         ``"file:<file name>"``, so a log moved to another folder still resumes.
+    rank, world
+        Read the lines of this rank out of ``world``.
     """
 
-    def __init__(self, path: str | Path, key: str | None = None) -> None:
+    def __init__(
+        self, path: str | Path, key: str | None = None, *, rank: int = 0, world: int = 1
+    ) -> None:
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
         self.path = Path(path)
         self.key = key or f"file:{self.path.name}"
+        self.rank, self.world = rank, world
         self._file = open_log(self.path)
         self._next = 0
         self._eof = False
@@ -62,15 +71,16 @@ class FileSource:
     def poll(self, max_records: int, timeout_s: float = 0.0) -> list[Record]:
         """Up to ``max_records`` messages; ``timeout_s`` is unused (never waits)."""
         records: list[Record] = []
-        readline, key = self._file.readline, self.key
+        readline, key, rank, world = self._file.readline, self.key, self.rank, self.world
         while len(records) < max_records:
             line = readline()
             if not line:
                 self._eof = True
                 break
-            line = line.rstrip(b"\r\n")
-            if line.strip():
-                records.append(Record(key, self._next, line))
+            if world == 1 or self._next % world == rank:
+                line = line.rstrip(b"\r\n")
+                if line.strip():
+                    records.append(Record(key, self._next, line))
             self._next += 1
         return records
 

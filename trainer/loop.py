@@ -64,6 +64,7 @@ from headrace.trainer.correction import calibrated_probabilities, metric_weights
 from headrace.trainer.dedup import RecentEventIds
 from headrace.trainer.drift import DriftMonitor, SignalWindow
 from headrace.trainer.evaluation import ProgressiveMetrics
+from headrace.trainer.peers import Peers
 from headrace.trainer.prefetch import BatchPrefetcher, Fetched
 from headrace.trainer.telemetry import TrainerTelemetry
 
@@ -74,6 +75,9 @@ log = logging.getLogger(__name__)
 #: How often gauges that cost more than a counter (AUC, lag, store figures) refresh.
 _TICK_S = 0.5
 _LAG_EVERY_S = 2.0
+#: Distributed: steps between the ranks' agreements to stop or checkpoint (a
+#: collective each; checkpoint and stop decisions wait up to this many steps).
+_AGREE_EVERY = 8
 
 
 class TrainerError(RuntimeError):
@@ -255,6 +259,9 @@ class Trainer:
     deterministic
         One torch thread and deterministic kernels, so a run from given
         positions gives bit-identical weights.
+    peers
+        The other ranks of a distributed run (``None``: one process). Every
+        rank then steps together, with an empty batch when it has nothing.
 
     Attributes
     ----------
@@ -275,9 +282,11 @@ class Trainer:
         *,
         registry: CollectorRegistry | None = None,
         deterministic: bool = False,
+        peers: Peers | None = None,
     ) -> None:
         _configure_torch(config, deterministic)
         self.config = config
+        self.peers = peers
         self.store = store
         self.stream = stream
         self.model_spec = config.model_spec
@@ -319,8 +328,13 @@ class Trainer:
         *,
         registry: CollectorRegistry | None = None,
         deterministic: bool = False,
+        store: EmbeddingStore | None = None,
+        peers: Peers | None = None,
     ) -> Trainer:
         """A trainer on ``data_dir`` (store in ``store/``, dead letters in ``dead_letters.jsonl``).
+
+        ``store`` replaces the one in ``store/`` (a distributed run's shard),
+        ``peers`` are the other ranks (see :class:`Trainer`).
 
         Raises
         ------
@@ -338,7 +352,7 @@ class Trainer:
             raise TrainerError(str(exc)) from exc
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
-            store = EmbeddingStore.open(
+            store = store or EmbeddingStore.open(
                 data_dir / "store",
                 config.store_slots,
                 seed=config.seed,
@@ -356,7 +370,9 @@ class Trainer:
         )
         stream = EventStream(source, JsonlDeadLetterSink(data_dir / "dead_letters.jsonl"), parser)
         try:
-            return cls(config, store, stream, registry=registry, deterministic=deterministic)
+            return cls(
+                config, store, stream, registry=registry, deterministic=deterministic, peers=peers
+            )
         except BaseException:
             stream.close()
             store.close()
@@ -443,32 +459,45 @@ class Trainer:
 
     # -- one step ------------------------------------------------------------
 
-    def step(self, batch: Batch) -> StepResult:
+    def step(self, batch: Batch) -> StepResult | None:
         """Score ``batch`` with the current parameters, then learn from it.
 
         One store lookup and one gradient update cover every slot; the
         vectors of all slots ``(n_fids, dim)`` are pooled in one operation
-        into ``(n, slots, dim)``.
+        into ``(n, slots, dim)``. With :attr:`peers` the loss is the mean
+        over every rank's events and ``batch`` may be empty; ``None`` when
+        no rank had an event.
         """
         started = time.perf_counter()
-        event_time = float(batch.ts.max())
+        examples, event_time = len(batch), float(batch.ts.max()) if len(batch) else -math.inf
+        if self.peers is not None:
+            examples, event_time = self.peers.begin_step(examples, event_time)
+            if not examples:
+                return None
         fids = batch_fids(batch, self._slot_names)
         lookup = self.store.lookup_slots(self._tables.store_fids(fids), event_time)
         self._dense.grad.zero_()
         if self._numpy_model is not None:
-            logits, loss_value, row_grads = self._numpy_step(batch, lookup.values)
+            logits, loss, row_grads = self._numpy_step(batch, lookup.values, examples)
         else:
-            logits, loss_value, row_grads = self._autograd_step(batch, fids, lookup.values)
-        _step_dense(self.optimizer)
+            logits, loss, row_grads = self._autograd_step(batch, fids, lookup.values, examples)
+        # Every rank's dense gradients are summed while the sparse ones go to their owners.
+        reduced = None if self.peers is None else self.peers.reduce_dense(self._dense.grad)
         self.store.apply_gradients(lookup, row_grads)
+        if reduced is not None:
+            reduced()
+        _step_dense(self.optimizer)
         probabilities = calibrated_probabilities(logits, batch.sample_rates)
-        self.metrics.update(probabilities, batch.labels, metric_weights(batch))
-        lookups = np.zeros(len(self._store_slots), dtype=np.int64)
-        lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
-        if self.signals.add(
-            loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
-        ):
-            self._detect_drift(event_time)
+        # The loss is the mean over every rank's events; this rank's own mean:
+        loss_value = loss * examples / max(len(batch), 1)
+        if len(batch):
+            self.metrics.update(probabilities, batch.labels, metric_weights(batch))
+            lookups = np.zeros(len(self._store_slots), dtype=np.int64)
+            lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
+            if self.signals.add(
+                loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
+            ):
+                self._detect_drift(event_time)
         self._expire(event_time)
         self.state.trained += len(batch)
         self.state.batches += 1
@@ -478,18 +507,20 @@ class Trainer:
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
 
-    def _numpy_step(self, batch: Batch, values: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-        """Logits, loss and row gradients of a built-in model, by :class:`NumpyCtr`."""
+    def _numpy_step(
+        self, batch: Batch, values: np.ndarray, examples: int
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Logits, loss (the mean over ``examples`` events) and row gradients, by NumpyCtr."""
         pooling = RowPooling(batch, self._slot_names, self._pooling)
         logits, loss, grad = self._numpy_model.loss_and_gradients(
-            pooling.pool(values), batch.dense, batch.labels, batch.weights
+            pooling.pool(values), batch.dense, batch.labels, batch.weights, examples
         )
         return logits, loss, pooling.unpool(grad)
 
     def _autograd_step(
-        self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray
+        self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray, examples: int
     ) -> tuple[np.ndarray, float, np.ndarray]:
-        """Logits, loss and row gradients of any model, by torch autograd."""
+        """Logits, loss (the mean over ``examples`` events) and row gradients, by autograd."""
         rows = torch.from_numpy(values).requires_grad_()
         pooled, sequences = model_inputs(
             batch,
@@ -502,9 +533,27 @@ class Trainer:
         logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
         weights = None if batch.weights is None else torch.from_numpy(batch.weights)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, weight=weights)
+        # The sum over the events of all ranks: their gradients add up to one process's.
+        loss = F.binary_cross_entropy_with_logits(
+            logits, labels, weight=weights, reduction="sum"
+        ).div(examples)
         loss.backward()
         return logits.detach().numpy(), float(loss.detach()), rows.grad.numpy()
+
+    def _empty_batch(self, positions: dict[str, int]) -> Batch:
+        """A batch of no events at the current positions (a rank with nothing to read)."""
+        dense = self.config.model.dense_features
+        empty = np.empty(0, dtype=np.int64)
+        return Batch(
+            fids=dict.fromkeys(self._slot_names, empty),
+            offsets=dict.fromkeys(self._slot_names, np.zeros(1, dtype=np.int64)),
+            dense=np.empty((0, len(dense)), dtype=np.float32),
+            dense_names=tuple(dense),
+            labels=np.empty(0, dtype=np.float32),
+            ts=np.empty(0, dtype=np.float64),
+            request_ids=(),
+            positions=dict(positions),
+        )
 
     def _detect_drift(self, event_time: float) -> None:
         """Feed a full signal window to the drift detectors."""
@@ -583,33 +632,51 @@ class Trainer:
         last_tick = last_lag = 0.0
         cfg = self.config
         first_records = last_records = self.stream.records_read
+        peers, ended, rounds = self.peers, False, 0
         with BatchPrefetcher(self.stream, cfg.batch_size, max_events) as prefetcher:
-            while not stop.is_set():
-                try:
-                    fetched = prefetcher.get()
-                except TimeoutError:
-                    continue
-                if fetched is None:
+            while peers is not None or not stop.is_set():
+                fetched = None
+                if not ended:
+                    try:
+                        fetched = prefetcher.get()
+                    except TimeoutError:
+                        if peers is None:
+                            continue
+                    else:
+                        ended = fetched is None
+                if ended and peers is None:
                     break
-                self._absorb_stream_counters(fetched)
-                last_records = fetched.records_read
-                batch = self.recent_ids.fresh(fetched.batch)
-                self.state.duplicates += len(fetched.batch) - len(batch)
-                if len(batch):
-                    if batch.sample_rates is not None:
+                if fetched is None:
+                    # Nothing read: this rank steps with the other ranks, on no events.
+                    batch = self._empty_batch(prefetcher.taken)
+                else:
+                    self._absorb_stream_counters(fetched)
+                    last_records = fetched.records_read
+                    batch = self.recent_ids.fresh(fetched.batch)
+                    self.state.duplicates += len(fetched.batch) - len(batch)
+                if len(batch) or peers is not None:
+                    if batch.sample_rates is not None and len(batch):
                         self.state.sample_rate = float(batch.sample_rates[-1])
                     result = self.step(batch)
-                    for hook in self.after_step:
-                        hook(self, result)
+                    if result is not None and len(batch):
+                        for hook in self.after_step:
+                            hook(self, result)
                 self.state.positions = dict(batch.positions)
                 now = time.monotonic()
-                due_s = cfg.checkpoint_every_s is not None and now - last_checkpoint[0] >= (
-                    cfg.checkpoint_every_s
+                rounds += 1
+                # Ranks take the same rounds, so they agree on the same ones.
+                decide = peers is None or rounds % _AGREE_EVERY == 0
+                due_s = (
+                    decide
+                    and cfg.checkpoint_every_s is not None
+                    and now - last_checkpoint[0] >= cfg.checkpoint_every_s
                 )
-                due_events = cfg.checkpoint_every_events is not None and (
-                    self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events
+                due_events = (
+                    decide
+                    and cfg.checkpoint_every_events is not None
+                    and (self.state.trained - last_checkpoint[1] >= cfg.checkpoint_every_events)
                 )
-                forced = self.store.checkpoint_due
+                forced = decide and self.store.checkpoint_due
                 if forced and not (due_s or due_events):
                     log.info(
                         "checkpoint taken early: rows changed since the last one fill half "
@@ -618,7 +685,10 @@ class Trainer:
                         self.store.memory_budget,
                     )
                     self.telemetry.forced_checkpoints.inc()
-                if due_s or due_events or forced:
+                due, halt = due_s or due_events or forced, False
+                if peers is not None and decide:
+                    halt, due = peers.agree(stop.is_set(), ended, due)
+                if due:
                     self.checkpoint()
                     last_checkpoint = (now, self.state.trained)
                 if now - last_tick >= _TICK_S:
@@ -627,6 +697,8 @@ class Trainer:
                     last_tick = now
                     if on_tick is not None:
                         on_tick(self)
+                if halt:
+                    break
         events = last_records - first_records
         # Records read ahead were rewound: the stream's counters will count them again.
         self._stream_seen = (self.stream.records_read, dict(self.stream.dead_letter_counts))

@@ -120,6 +120,11 @@ class BatchPrefetcher:
             except queue.Full:
                 continue
 
+    @property
+    def taken(self) -> Positions:
+        """Where the last batch taken ends (where the stream started, before one)."""
+        return self._taken
+
     def get(self, timeout_s: float = _POLL_S) -> Fetched | None:
         """The next batch; ``None`` once the stream has ended.
 

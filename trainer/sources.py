@@ -22,6 +22,7 @@ from headrace.stream import (
     SyntheticConfig,
     SyntheticSource,
     parse_kafka_url,
+    topic_partitions,
 )
 
 __all__ = ["OrderedKafkaReader", "SourceUrlError", "open_source"]
@@ -158,8 +159,10 @@ def open_source(
     until_end: bool = False,
     deterministic: bool = False,
     kafka: KafkaClientSettings | None = None,
+    rank: int = 0,
+    world: int = 1,
 ) -> Source:
-    """Open the source a URL names.
+    """Open the source a URL names (its share ``rank`` of ``world`` in a distributed run).
 
     Parameters
     ----------
@@ -173,11 +176,16 @@ def open_source(
         Kafka only: read with :class:`OrderedKafkaReader`'s fixed order.
     kafka
         Kafka only: TLS and SASL settings (plaintext by default).
+    rank, world
+        With ``world`` > 1: Kafka reads partitions ``rank, rank + world, ...``
+        (of the partitions in order), a file the lines ``i`` with
+        ``i % world == rank``; synthetic sources run in one process only.
 
     Raises
     ------
     SourceUrlError
-        For a malformed URL or an unknown scheme.
+        For a malformed URL, an unknown scheme, or a source that cannot be
+        split ``world`` ways.
     headrace.stream.BrokerUnavailable
         When no Kafka broker answers.
     """
@@ -187,16 +195,31 @@ def open_source(
             bootstrap, topic = parse_kafka_url(url)
         except ValueError as exc:
             raise SourceUrlError(str(exc)) from None
+        client = kafka or KafkaClientSettings()
+        partitions = None
+        if world > 1:
+            count = topic_partitions(bootstrap, topic, client=client)
+            if count < world:
+                raise SourceUrlError(
+                    f"topic {topic!r} has {count} partitions, too few for {world} ranks: "
+                    f"run at most {count} ranks or add partitions to the topic"
+                )
+            partitions = tuple(range(rank, count, world))
         source = ProcessKafkaSource(
-            KafkaSourceConfig(bootstrap, topic, client=kafka or KafkaClientSettings())
+            KafkaSourceConfig(bootstrap, topic, partitions=partitions, client=client)
         )
         return OrderedKafkaReader(source, until_end=until_end, ordered=deterministic)
     if parts.scheme == "file":
         path = parts.netloc + parts.path
         if not path:
             raise SourceUrlError(f"expected file://PATH, got {url!r}")
-        return FileSource(path)
+        return FileSource(path, rank=rank, world=world)
     if parts.scheme == "synthetic":
+        if world > 1:
+            raise SourceUrlError(
+                "synthetic:// runs in one process; for several ranks write the events "
+                "to a file first (headrace generate --out F.jsonl) and train on file://F.jsonl"
+            )
         query = parse_qs(parts.query)
         unknown = sorted(query.keys() - {"events", "seed"})
         if unknown:

@@ -1,0 +1,158 @@
+"""One training run, assembled: config, source, store, trainer, on one process or one rank.
+
+Without ``RANK``/``WORLD_SIZE`` in the environment a run is the
+single-process trainer of :meth:`Trainer.open`, unchanged. Under torchrun
+each rank joins the gloo process group, reads its share of the source,
+keeps its shard of the rows (:class:`ShardedStore`) and restores the newest
+generation all ranks committed (:func:`open_shard`).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from headrace.distributed.collectives import Collectives, TorchPeers, World
+from headrace.distributed.sharded import ShardedStore
+from headrace.distributed.shards import open_shard
+from headrace.kafka_client import KafkaClientSettings
+from headrace.trainer import Summary, Trainer, TrainerConfig, open_source
+
+__all__ = ["TrainingRun"]
+
+log = logging.getLogger(__name__)
+
+_SWITCH_INTERVAL_S = 0.0005
+
+
+class TrainingRun:
+    """A trainer on its data dir and source, as one process or as one rank of several.
+
+    Use :meth:`open`; close it (or use it as a context manager) when done.
+
+    Attributes
+    ----------
+    trainer
+        The trainer; attach publishers and dashboards to it as to any.
+    world
+        This rank and the number of ranks; ``None`` for a single process.
+    collectives
+        The process group and the time and bytes its collectives took
+        (``None`` for a single process).
+    data_dir
+        Where this process keeps its store, dead letters and dashboard history.
+    """
+
+    def __init__(
+        self,
+        trainer: Trainer,
+        data_dir: Path,
+        world: World | None = None,
+        collectives: Collectives | None = None,
+    ) -> None:
+        self.trainer = trainer
+        self.data_dir = data_dir
+        self.world = world
+        self.collectives = collectives
+
+    @classmethod
+    def open(
+        cls,
+        config: TrainerConfig,
+        data_dir: str | Path,
+        source: str,
+        *,
+        until_end: bool = False,
+        deterministic: bool = False,
+        kafka: KafkaClientSettings | None = None,
+        registry: CollectorRegistry | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> TrainingRun:
+        """Open the run that ``env`` (default: the process environment) describes.
+
+        Raises
+        ------
+        headrace.trainer.SourceUrlError
+            For a malformed source URL or one that cannot be split over the ranks.
+        headrace.trainer.TrainerError
+            As :meth:`Trainer.open`.
+        DistributedError
+            When the process group cannot form or the data dir is not a
+            distributed run's.
+        """
+        data_dir = Path(data_dir)
+        world = World.from_env() if env is None else World.from_env(env)
+        options = {"until_end": until_end, "deterministic": deterministic, "kafka": kafka}
+        if world is None:
+            events = open_source(source, **options)
+            trainer = Trainer.open(
+                config, data_dir, events, registry=registry, deterministic=deterministic
+            )
+            return cls(trainer, data_dir)
+        # A collective returns while the reader thread parses: with the default 5 ms
+        # switch interval, taking the GIL back cost each collective milliseconds.
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
+        collectives = Collectives(world)
+        collectives.start()
+        try:
+            store, generations = open_shard(config, data_dir, collectives)
+        except BaseException:
+            collectives.close()
+            raise
+        sharded = ShardedStore(store, collectives, generations)
+        rank_dir = data_dir / f"rank-{world.rank}"
+        try:
+            events = open_source(source, **options, rank=world.rank, world=world.size)
+            trainer = Trainer.open(
+                config,
+                rank_dir,
+                events,
+                registry=registry,
+                deterministic=deterministic,
+                store=sharded,  # type: ignore[arg-type]  # the same interface, sharded
+                peers=TorchPeers(collectives),
+            )
+        except BaseException:
+            sharded.close()
+            collectives.close()
+            raise
+        log.info(
+            "rank %d of %d: %d rows in this shard, resuming at %s",
+            world.rank,
+            world.size,
+            sum(store.stats().rows.values()),
+            trainer.state.positions,
+        )
+        return cls(trainer, rank_dir, world, collectives)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.world is None else self.world.rank
+
+    def run(
+        self,
+        *,
+        max_events: int | None = None,
+        stop: threading.Event | None = None,
+        on_tick: Callable[[Trainer], None] | None = None,
+    ) -> Summary:
+        """Train until every rank's source ended, ``max_events`` or ``stop``: see Trainer.run."""
+        return self.trainer.run(max_events=max_events, stop=stop, on_tick=on_tick)
+
+    def close(self) -> None:
+        try:
+            self.trainer.close()
+        finally:
+            if self.collectives is not None:
+                self.collectives.close()
+
+    def __enter__(self) -> TrainingRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,168 @@
+"""Sparse rows sharded over the ranks: each fid's row lives on one owner rank.
+
+The owner of a fid is a hash of the fid alone, salted differently from the
+table's own index hash, so rows spread evenly whatever the table's layout.
+A training lookup sends every fid of the batch (all slots, every
+occurrence) to its owner in one ``all_to_all``; the owner runs its store's
+training lookup (admission, expiry stamps, counters) on the fids of all
+ranks at once, as one process would on the whole batch, and a second
+``all_to_all`` returns the vectors. :meth:`ShardedStore.apply_gradients`
+carries the gradients back to the owners the same way; the owner's store sums
+those of one row, from every rank, before the optimizer step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from headrace.distributed.collectives import Collectives
+from headrace.embedding_store import EmbeddingStore, StoreStats, TrainingLookup
+
+__all__ = ["ShardedLookup", "ShardedStore", "owner_of"]
+
+# Not the table index's salt: owners must not correlate with index positions.
+_OWNER_SALT = np.uint64(0x6F776E65725F6964)
+
+
+def owner_of(fids: np.ndarray, world_size: int) -> np.ndarray:
+    """The rank ``(n,)`` int64 that owns each fid ``(n,)`` int64 (splitmix64 of the salted fid).
+
+    Examples
+    --------
+    >>> owner_of(np.array([1, 2, 3, 1], dtype=np.int64), 3).tolist()
+    [2, 2, 1, 2]
+    """
+    x = fids.view(np.uint64) ^ _OWNER_SALT
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return (x % np.uint64(world_size)).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class ShardedLookup:
+    """A training lookup of this rank's fids; pass it back to :meth:`ShardedStore.apply_gradients`.
+
+    ``slots``, ``bounds`` and ``values`` ``(n, dim)`` are as in
+    :class:`~headrace.embedding_store.TrainingLookup`; the rest says how the
+    fids travelled.
+    """
+
+    slots: tuple[str, ...]
+    bounds: np.ndarray
+    values: np.ndarray
+    #: The local fids in the order they were sent (grouped by owner).
+    order: np.ndarray
+    sent: np.ndarray
+    received: np.ndarray
+    #: The received fids in the order of the owner's store lookup (grouped by slot).
+    grouped: np.ndarray
+    owned: TrainingLookup | None
+
+
+class ShardedStore:
+    """This rank's shard of the rows, with the store interface the trainer steps with.
+
+    Parameters
+    ----------
+    local
+        The rows this rank owns (``owner_of(fid) == rank``).
+    collectives
+        The process group; every rank calls :meth:`lookup_slots`,
+        :meth:`apply_gradients` and :meth:`checkpoint` together.
+    checkpoints
+        Writes coordinated checkpoints (see :mod:`headrace.distributed.shards`).
+    """
+
+    def __init__(
+        self, local: EmbeddingStore, collectives: Collectives, checkpoints: Any = None
+    ) -> None:
+        self.local = local
+        self.collectives = collectives
+        self._checkpoints = checkpoints
+        self._names = tuple(cfg.name for cfg in local.slots)
+        self._slot_index = {name: k for k, name in enumerate(self._names)}
+        self._dims = {cfg.name: cfg.dim for cfg in local.slots}
+
+    # -- what the trainer uses of a store -------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self.local.path
+
+    @property
+    def extra(self) -> dict[str, bytes]:
+        return self.local.extra
+
+    @property
+    def memory_budget(self) -> int | None:
+        return self.local.memory_budget
+
+    @property
+    def checkpoint_due(self) -> bool:
+        return self.local.checkpoint_due
+
+    def stats(self) -> StoreStats:
+        """This shard's figures."""
+        return self.local.stats()
+
+    def expire(self, now: float) -> dict[str, int]:
+        """Expire this shard's rows (every rank sweeps at the same step and event time)."""
+        return self.local.expire(now)
+
+    def close(self) -> None:
+        self.local.close()
+
+    def lookup_slots(self, fids: Mapping[str, Any], event_time: float) -> ShardedLookup:
+        """Vectors ``(n, dim)`` of this rank's fids of several slots, from their owners.
+
+        Every rank calls it in the same step; ``event_time`` (a scalar, the
+        same on every rank) stamps the rows.
+        """
+        slots = tuple(fids)
+        arrays = [np.asarray(fids[slot], dtype=np.int64) for slot in slots]
+        bounds = np.zeros(len(slots) + 1, dtype=np.int64)
+        np.cumsum([len(a) for a in arrays], out=bounds[1:])
+        local_fids = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
+        slot_of = np.repeat([self._slot_index[s] for s in slots], np.diff(bounds))
+        owners = owner_of(local_fids, self.collectives.world.size)
+        order = np.argsort(owners, kind="stable")
+        sent = np.bincount(owners, minlength=self.collectives.world.size)
+        received = self.collectives.counts(sent)
+        payload = np.stack([local_fids[order], slot_of[order].astype(np.int64)], axis=1)
+        incoming = self.collectives.all_to_all(payload, sent, received)
+        grouped = np.argsort(incoming[:, 1], kind="stable")
+        dim = self._dims[slots[0]] if slots else 0
+        back = np.zeros((len(incoming), dim), dtype=np.float32)
+        owned = None
+        if len(incoming):
+            ids, slot_ids = incoming[grouped, 0], incoming[grouped, 1]
+            cuts = np.searchsorted(slot_ids, np.arange(len(self._names) + 1))
+            by_slot = {
+                self._names[k]: ids[cuts[k] : cuts[k + 1]]
+                for k in range(len(self._names))
+                if cuts[k + 1] > cuts[k]
+            }
+            owned = self.local.lookup_slots(by_slot, event_time)
+            back[grouped] = owned.values
+        returned = self.collectives.all_to_all(back, received, sent)
+        values = np.empty_like(returned)
+        values[order] = returned
+        return ShardedLookup(slots, bounds, values, order, sent, received, grouped, owned)
+
+    def apply_gradients(self, lookup: ShardedLookup, grads: Any) -> None:
+        """Send the gradients ``(n, dim)`` of a lookup's values to the owners, which apply them."""
+        grads = np.ascontiguousarray(grads, dtype=np.float32)
+        incoming = self.collectives.all_to_all(grads[lookup.order], lookup.sent, lookup.received)
+        if lookup.owned is not None:
+            self.local.apply_gradients(lookup.owned, incoming[lookup.grouped])
+
+    def checkpoint(self, extra: Mapping[str, bytes] | None = None) -> None:
+        """A coordinated checkpoint: this shard's part of the next generation."""
+        self._checkpoints.write(self.local, extra)
