@@ -20,7 +20,10 @@ odd keys (metadata, filter chunks, blobs) in a dict.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +45,8 @@ __all__ = ["Checkpoint", "KeyRun", "multi_get", "options"]
 # block of every key until the call returns (~4 KB a key), so one call for
 # the misses of a large batch took hundreds of MB.
 _GET_CHUNK = 4096
+# Threads that read the chunks of one multi-get.
+_READERS = 2
 _BLOCK_CACHE_BYTES = 8 << 20
 _WRITE_BUFFER_BYTES = 16 << 20
 # Keys (and their encoded values) turned into Python bytes at a time.
@@ -198,8 +203,21 @@ def options() -> Options:
 
 
 def multi_get(db: Rdict, keys: list[bytes]) -> list[bytes | None]:
-    """The values of ``keys`` (``None`` where absent), read in chunks to bound memory."""
+    """The values of ``keys`` (``None`` where absent), read in chunks to bound memory.
+
+    Chunks are read by a small pool of threads: rocksdict releases the GIL
+    while RocksDB reads, so they overlap (measured here: 1.0-2.0x the keys/s
+    of one thread, depending on what else the shared machine ran).
+    """
+    chunks = [keys[start : start + _GET_CHUNK] for start in range(0, len(keys), _GET_CHUNK)]
+    if len(chunks) <= 1:
+        return db.get(keys) if keys else []
     values: list[bytes | None] = []
-    for start in range(0, len(keys), _GET_CHUNK):
-        values += db.get(keys[start : start + _GET_CHUNK])
+    for chunk in _readers().map(db.get, chunks):
+        values += chunk
     return values
+
+
+@functools.cache
+def _readers() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(min(_READERS, os.cpu_count() or 1), "rocksdb-get")
