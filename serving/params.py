@@ -70,6 +70,10 @@ class _SlotRows:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.vectors.nbytes
+
 
 @dataclass(frozen=True)
 class View(Generic[Model]):
@@ -125,6 +129,8 @@ class ParameterState(Generic[Model]):
         self._memory_budget = memory_budget
         self._replica_dir = Path(replica_dir or tempfile.gettempdir())
         self._replica: Replica | None = None
+        # Cache hits and misses of replicas since replaced: the totals run on.
+        self._retired_hits = self._retired_misses = 0
         self._lock = threading.Lock()
         self._slots: Mapping[str, _SlotRows | CachedSlot] = {}
         self._meta: Mapping[str, Any] | None = None
@@ -171,6 +177,9 @@ class ParameterState(Generic[Model]):
             old, self._replica = self._replica, replica
             self._slots, self._meta, self._model = slots, update.meta, model
             self._stamp(update)
+            if old is not None:
+                self._retired_hits += old.hits
+                self._retired_misses += old.misses
         if old is not None:
             old.close()
 
@@ -226,17 +235,23 @@ class ParameterState(Generic[Model]):
         self.event_time = update.event_time
         self.published_at = update.published_at
 
-    def cache_stats(self) -> dict[str, int] | None:
-        """Rows and bytes in memory, hits and misses of the replica cache (``None``: no budget)."""
+    def cache_stats(self) -> dict[str, int]:
+        """Rows and bytes of rows in memory, and cache hits and misses since the start.
+
+        Without a memory budget every row is in memory and there is no cache
+        (hits and misses stay 0).
+        """
         with self._lock:
-            if self._replica is None:
-                return None
-            slots = self._replica.slots.values()
+            replica = self._replica
+            if replica is None:
+                rows = sum(len(slot) for slot in self._slots.values())
+                nbytes = sum(getattr(slot, "nbytes", 0) for slot in self._slots.values())
+                return {"memory_rows": rows, "memory_bytes": nbytes, "hits": 0, "misses": 0}
             return {
-                "memory_rows": sum(slot.cached() for slot in slots),
-                "memory_bytes": self._replica.nbytes,
-                "hits": sum(slot.hits for slot in slots),
-                "misses": sum(slot.misses for slot in slots),
+                "memory_rows": sum(slot.cached() for slot in replica.slots.values()),
+                "memory_bytes": replica.nbytes,
+                "hits": self._retired_hits + replica.hits,
+                "misses": self._retired_misses + replica.misses,
             }
 
     def close(self) -> None:

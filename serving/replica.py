@@ -212,6 +212,14 @@ class Replica:
         """Bytes of memory the cached rows take."""
         return sum(slot.nbytes for slot in self.slots.values())
 
+    @property
+    def hits(self) -> int:
+        return sum(slot.hits for slot in self.slots.values())
+
+    @property
+    def misses(self) -> int:
+        return sum(slot.misses for slot in self.slots.values())
+
     def apply(self, slots: Mapping[str, SlotRows]) -> None:
         """Apply a delta's rows: one write batch, then the cache; nothing if the write fails."""
         batch = WriteBatch(raw_mode=True)

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from prometheus_client import CollectorRegistry
 
 from headrace.embedding_store import EmbeddingStore, SlotConfig
 from headrace.serving.params import ParameterState, RejectedUpdate
@@ -42,7 +43,11 @@ def test_a_budgeted_worker_serves_what_an_in_memory_one_does(tmp_path):
     budgeted = ParameterState(
         lambda meta, dense: dense, memory_budget=BUDGET, replica_dir=tmp_path / "replicas"
     )
-    loops = [SyncLoop(DirectoryReader(tmp_path / "params"), s) for s in (memory, budgeted)]
+    registry = CollectorRegistry()
+    loops = [
+        SyncLoop(DirectoryReader(tmp_path / "params"), memory),
+        SyncLoop(DirectoryReader(tmp_path / "params"), budgeted, registry=registry),
+    ]
     rng = np.random.default_rng(0)
     snapshots = set()
     for t in range(60):
@@ -74,11 +79,16 @@ def test_a_budgeted_worker_serves_what_an_in_memory_one_does(tmp_path):
         assert stats["memory_bytes"] <= BUDGET
     assert len(snapshots) >= 2  # replicas were replaced, not only changed
     assert stats["misses"] > 0 and stats["memory_rows"] < sum(budgeted.rows().values()) / 10
+    # Totals run on across replicas, and reach Prometheus.
+    assert registry.get_sample_value("headrace_serving_cache_misses_total") == stats["misses"]
+    assert registry.get_sample_value("headrace_serving_memory_bytes") == stats["memory_bytes"]
     # Only the current replica is left on disk.
     assert len(list((tmp_path / "replicas").iterdir())) == 1
     budgeted.close()
     assert list((tmp_path / "replicas").iterdir()) == []
-    assert memory.cache_stats() is None
+    in_memory = memory.cache_stats()
+    assert in_memory["memory_rows"] == sum(memory.rows().values())
+    assert in_memory["hits"] == in_memory["misses"] == 0
     store.close()
 
 
