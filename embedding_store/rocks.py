@@ -112,19 +112,40 @@ class KeyRun:
                 if not len(positions):
                     continue
                 got = source(chunk_items[positions]) if callable(source) else None
+                if got is not None and len(positions) == len(values):
+                    values = got  # the whole chunk from one source: the common case
+                    continue
                 for k, position in enumerate(positions.tolist()):
                     values[position] = source if got is None else got[k]
             yield from zip(split_keys(keys[start:stop]), values, strict=True)
 
 
 def _key_order(keys: np.ndarray) -> np.ndarray:
-    """The stable order that sorts fixed-length keys ``(n, width)`` uint8 bytewise."""
+    """The stable order that sorts fixed-length keys ``(n, width)`` uint8 bytewise.
+
+    >>> keys = np.array([[1, 0, 0, 0, 0, 0, 0, 0, 9], [1, 0, 0, 0, 0, 0, 0, 0, 2], [0] * 9])
+    >>> _key_order(keys.astype(np.uint8)).tolist()
+    [2, 1, 0]
+    """
     n, width = keys.shape
     # Zero padding keeps the order of keys of one length.
     padded = np.zeros((n, -(-width // 8) * 8), dtype=np.uint8)
     padded[:, :width] = keys
     words = padded.view(">u8").astype(np.uint64)
-    return np.lexsort(words.T[::-1])
+    # By the first 8 bytes, which tell most keys apart (a row key's slot and
+    # most of its fid), at the cost of one quicksort; then the runs of equal
+    # first words by all words and position (np.lexsort of every key and
+    # column took 3-5x as long).
+    order = np.argsort(words[:, 0])
+    first = words[order, 0]
+    tied = np.flatnonzero(first[1:] == first[:-1])
+    if len(tied):
+        in_run = np.zeros(n, dtype=bool)
+        in_run[tied] = in_run[tied + 1] = True
+        positions = np.flatnonzero(in_run)
+        run = order[positions]
+        order[positions] = run[np.lexsort((run, *words[run].T[::-1]))]
+    return order
 
 
 class Checkpoint:
