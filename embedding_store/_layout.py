@@ -23,8 +23,8 @@ ROW_PREFIX = b"r"
 FILTER_PREFIX = b"f"
 EXTRA_PREFIX = b"x"
 FORMAT_VERSION = 1
-_ROW_KEY_LEN = 11
-_EXPIRY_KEY_LEN = 19
+ROW_KEY_LEN = 11
+EXPIRY_KEY_LEN = 19
 _SIGN = np.uint64(1 << 63)
 
 
@@ -37,10 +37,25 @@ def _split(buffer: bytes, size: int) -> list[bytes]:
     return [buffer[i : i + size] for i in range(0, len(buffer), size)]
 
 
+def split_keys(packed: np.ndarray) -> list[bytes]:
+    """The rows of fixed-length keys ``(n, width)`` uint8 as bytes."""
+    return _split(packed.tobytes(), packed.shape[1])
+
+
 def _big_endian(values: np.ndarray, dtype: str, n: int) -> np.ndarray:
     """``values`` (broadcast to ``n``) as big-endian bytes, one row each."""
     array = np.broadcast_to(np.asarray(values).astype(dtype), (n,))
     return np.ascontiguousarray(array).view(np.uint8).reshape(n, np.dtype(dtype).itemsize)
+
+
+def packed_row_keys(slot_ids: int | np.ndarray, fids: np.ndarray) -> np.ndarray:
+    """Keys of ``fids`` in slots ``slot_ids`` (one for all, or one per fid), ``(n, 11)`` uint8."""
+    n = len(fids)
+    packed = np.empty((n, ROW_KEY_LEN), dtype=np.uint8)
+    packed[:, 0] = ROW_PREFIX[0]
+    packed[:, 1:3] = _big_endian(slot_ids, ">u2", n)
+    packed[:, 3:] = _big_endian(fids, ">i8", n)
+    return packed
 
 
 def row_keys(slot_ids: int | np.ndarray, fids: np.ndarray) -> list[bytes]:
@@ -49,12 +64,7 @@ def row_keys(slot_ids: int | np.ndarray, fids: np.ndarray) -> list[bytes]:
     >>> row_keys(1, np.array([2], dtype=np.int64))
     [b'r\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x00\\x02']
     """
-    n = len(fids)
-    packed = np.empty((n, _ROW_KEY_LEN), dtype=np.uint8)
-    packed[:, 0] = ROW_PREFIX[0]
-    packed[:, 1:3] = _big_endian(slot_ids, ">u2", n)
-    packed[:, 3:] = _big_endian(fids, ">i8", n)
-    return _split(packed.tobytes(), _ROW_KEY_LEN)
+    return split_keys(packed_row_keys(slot_ids, fids))
 
 
 def slot_range(prefix: bytes, slot_id: int) -> tuple[bytes, bytes]:
@@ -68,6 +78,19 @@ def _sortable(times: np.ndarray) -> np.ndarray:
     return np.where(bits & _SIGN, ~bits, bits | _SIGN)
 
 
+def packed_expiry_keys(
+    slot_ids: int | np.ndarray, last_seen: np.ndarray, fids: np.ndarray
+) -> np.ndarray:
+    """Expiry index keys of rows, ``(n, 19)`` uint8; see :func:`expiry_keys`."""
+    n = len(fids)
+    packed = np.empty((n, EXPIRY_KEY_LEN), dtype=np.uint8)
+    packed[:, 0] = EXPIRY_PREFIX[0]
+    packed[:, 1:3] = _big_endian(slot_ids, ">u2", n)
+    packed[:, 3:11] = _big_endian(_sortable(last_seen), ">u8", n)
+    packed[:, 11:] = _big_endian(fids, ">i8", n)
+    return packed
+
+
 def expiry_keys(slot_ids: int | np.ndarray, last_seen: np.ndarray, fids: np.ndarray) -> list[bytes]:
     """Expiry index keys of rows; they sort by slot, then last_seen, then fid.
 
@@ -75,20 +98,14 @@ def expiry_keys(slot_ids: int | np.ndarray, last_seen: np.ndarray, fids: np.ndar
     >>> a < b < expiry_keys(0, np.array([2.5]), np.array([2], dtype=np.int64))[0]
     True
     """
-    n = len(fids)
-    packed = np.empty((n, _EXPIRY_KEY_LEN), dtype=np.uint8)
-    packed[:, 0] = EXPIRY_PREFIX[0]
-    packed[:, 1:3] = _big_endian(slot_ids, ">u2", n)
-    packed[:, 3:11] = _big_endian(_sortable(last_seen), ">u8", n)
-    packed[:, 11:] = _big_endian(fids, ">i8", n)
-    return _split(packed.tobytes(), _EXPIRY_KEY_LEN)
+    return split_keys(packed_expiry_keys(slot_ids, last_seen, fids))
 
 
 def parse_expiry_keys(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """last_seen times and fids of expiry index keys."""
-    if any(len(k) != _EXPIRY_KEY_LEN for k in keys):
-        raise ValueError(f"an expiry index key is not {_EXPIRY_KEY_LEN} bytes long")
-    packed = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, _EXPIRY_KEY_LEN)
+    if any(len(k) != EXPIRY_KEY_LEN for k in keys):
+        raise ValueError(f"an expiry index key is not {EXPIRY_KEY_LEN} bytes long")
+    packed = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, EXPIRY_KEY_LEN)
     bits = packed[:, 3:11].copy().view(">u8").ravel().astype(np.uint64)
     times = np.where(bits & _SIGN, bits & ~_SIGN, ~bits).view(np.float64)
     return times, packed[:, 11:].copy().view(">i8").ravel().astype(np.int64)
@@ -96,9 +113,9 @@ def parse_expiry_keys(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
 def parse_row_keys(keys: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     """Slot ids and fids of row keys."""
-    if any(len(k) != _ROW_KEY_LEN for k in keys):
-        raise ValueError(f"a row key is not {_ROW_KEY_LEN} bytes long")
-    packed = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, _ROW_KEY_LEN)
+    if any(len(k) != ROW_KEY_LEN for k in keys):
+        raise ValueError(f"a row key is not {ROW_KEY_LEN} bytes long")
+    packed = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(-1, ROW_KEY_LEN)
     slot_ids = packed[:, 1:3].copy().view(">u2").ravel().astype(np.int64)
     fids = packed[:, 3:].copy().view(">i8").ravel().astype(np.int64)
     return slot_ids, fids

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
+from rocksdict import Checkpoint as DbCheckpoint
 
 from headrace.embedding_store import _layout as layout
+from headrace.embedding_store import rocks
 from headrace.embedding_store._hashing import as_uint64, mix64
 from headrace.embedding_store.admission import CountingFilter, probabilistic_admit
 from headrace.embedding_store.cache import (
@@ -26,6 +28,7 @@ from headrace.embedding_store.cache import (
 from headrace.embedding_store.config import FilterConfig, SlotConfig
 from headrace.embedding_store.index import FidIndex
 from headrace.embedding_store.optimizers import state_width
+from headrace.embedding_store.rocks import Checkpoint, KeyRun
 from headrace.embedding_store.table import RowTable, distinct_pairs
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,8 @@ class MemoryBudgetError(StoreError):
 DIRTY_SHARE = 0.5
 # Rows per write batch when an expiry index is built from the rows on disk.
 _INDEX_BATCH = 100_000
-# Rows encoded at a time into a checkpoint's write batch.
-_ENCODE_CHUNK = 65_536
+# Where a checkpoint's SST file is written before RocksDB ingests it.
+_INGEST_FILE = "checkpoint.sst.tmp"
 
 
 @dataclass(frozen=True)
@@ -273,18 +276,29 @@ class EmbeddingStore:
 
     @staticmethod
     def _open_db(path: Path, read_only: bool) -> Rdict:
-        options = Options(raw_mode=True)
+        options = rocks.options()
         options.create_if_missing(not read_only)
+        if not read_only:
+            # Left by a checkpoint that crashed before RocksDB ingested it.
+            (path / _INGEST_FILE).unlink(missing_ok=True)
         access = AccessType.read_only() if read_only else AccessType.read_write()
         try:
-            return Rdict(str(path), options, access_type=access)
+            # Without the default column family's options named, rocksdict
+            # reopens a database with those of its OPTIONS file, which lose
+            # the bloom filter.
+            return Rdict(
+                str(path), options, column_families={"default": options}, access_type=access
+            )
         except Exception as exc:
-            if "lock" in str(exc).lower():
+            if "/LOCK" in str(exc) or "lock file" in str(exc).lower():
                 raise StoreError(
                     f"the store at {path} is open in another process; "
                     "stop that process or use another directory"
                 ) from exc
-            raise CorruptStoreError(f"cannot open the RocksDB database at {path}: {exc}") from exc
+            raise CorruptStoreError(
+                f"cannot open the RocksDB database at {path} ({exc}). A file of it is damaged "
+                "or unreadable: restore the directory from a backup or start from a new one"
+            ) from exc
 
     @classmethod
     def _create(
@@ -693,8 +707,9 @@ class EmbeddingStore:
         slot_ids = np.asarray(table.slot_ids, dtype=np.int64)[slots]
         if np.ndim(slot_ids):
             slot_ids = slot_ids[candidates]
+        keys = layout.row_keys(slot_ids, fids[candidates])
         try:
-            blobs = self._db.get(layout.row_keys(slot_ids, fids[candidates]))
+            blobs = rocks.multi_get(self._db, keys)
         except Exception as exc:
             raise _disk_error(self.path, exc) from exc
         self._cache.disk_reads += len(candidates)
@@ -928,49 +943,43 @@ class EmbeddingStore:
     def checkpoint(self, extra: Mapping[str, bytes] | None = None) -> None:
         """Persist every change since the last checkpoint, and ``extra``, atomically.
 
-        One RocksDB write batch carries changed rows, deletions, the filter's
-        changed chunks, the metadata and the blobs of ``extra`` (which replace
-        the previous ones; ``None`` keeps them). A crash at any point leaves
-        either this checkpoint or the previous one, never a mix.
+        One SST file, ingested by RocksDB at once, carries changed rows,
+        deletions, the filter's changed chunks, the metadata and the blobs of
+        ``extra`` (which replace the previous ones; ``None`` keeps them). A
+        crash at any point leaves either this checkpoint or the previous one,
+        never a mix.
         """
-        batch = WriteBatch(raw_mode=True)
+        change = Checkpoint()
+        row_run = change.run(layout.ROW_PREFIX, layout.ROW_KEY_LEN)
         written = []
         for table in self._tables:
             rows, removed_slots, removed = table.dirty.pending()
             slot_ids = np.asarray(table.slot_ids, dtype=np.int64)
             gone = table.find(removed_slots, removed) < 0
-            for key in layout.row_keys(slot_ids[removed_slots[gone]], removed[gone]):
-                batch.delete(key)
+            row_run.add(layout.packed_row_keys(slot_ids[removed_slots[gone]], removed[gone]), None)
             if table.config.expire_after is not None:
-                _index_changes(batch, table, rows)
-            dtype = self._row_dtype(table)
-            # In chunks: the keys and values of all rows at once, as Python
-            # bytes, would take several times the rows' own memory.
-            for start in range(0, len(rows), _ENCODE_CHUNK):
-                chunk = rows[start : start + _ENCODE_CHUNK]
-                keys = layout.row_keys(slot_ids[table.row_slot[chunk]], table.row_fid[chunk])
-                values = layout.encode_rows(
-                    dtype, table.weights[chunk], table.state[chunk], table.last_seen[chunk]
-                )
-                for key, value in zip(keys, values, strict=True):
-                    batch.put(key, value)
+                _index_changes(change.run(layout.EXPIRY_PREFIX, layout.EXPIRY_KEY_LEN), table, rows)
+            keys = layout.packed_row_keys(slot_ids[table.row_slot[rows]], table.row_fid[rows])
+            row_run.add(keys, _row_values(table, self._row_dtype(table)), rows)
             written.append((table, rows))
         for chunk, blob in self._filter.dirty_chunks():
-            batch.put(layout.filter_key(chunk), blob)
+            change.put(layout.filter_key(chunk), blob)
         if extra is not None:
             for name in self.extra.keys() - extra.keys():
-                batch.delete(layout.extra_key(name))
+                change.delete(layout.extra_key(name))
             for name, blob in extra.items():
-                batch.put(layout.extra_key(name), bytes(blob))
+                change.put(layout.extra_key(name), bytes(blob))
         committed, self._committed = self._committed, self._row_counts()
         indexed, self._indexed = self._indexed, self._expiring()
-        batch.put(layout.META_KEY, self._meta())
+        change.put(layout.META_KEY, self._meta())
         try:
-            self._db.write(batch, _sync_writes())
+            change.ingest(self._db, rocks.options(), self.path / _INGEST_FILE)
         except Exception as exc:
-            # Nothing of the batch was applied: the changes stay pending.
+            # Nothing of the file was ingested: the changes stay pending.
             self._committed, self._indexed = committed, indexed
-            raise _disk_error(self.path, exc) from exc
+            if type(exc) is Exception or isinstance(exc, OSError):
+                raise _disk_error(self.path, exc) from exc
+            raise
         for table, rows in written:
             table.persisted[rows] = table.last_seen[rows]
             table.dirty.clear()
@@ -988,7 +997,7 @@ class EmbeddingStore:
         copy with :meth:`open`.
         """
         try:
-            Checkpoint(self._db).create_checkpoint(str(path))
+            DbCheckpoint(self._db).create_checkpoint(str(path))
         except Exception as exc:
             raise _disk_error(Path(path), exc) from exc
 
@@ -1125,7 +1134,7 @@ def _of_slot(table: RowTable, rows: np.ndarray, local: int) -> np.ndarray:
     return rows if len(table.names) == 1 else rows[table.row_slot[rows] == local]
 
 
-def _index_changes(batch: WriteBatch, table: RowTable, rows: np.ndarray) -> None:
+def _index_changes(run: KeyRun, table: RowTable, rows: np.ndarray) -> None:
     """Expiry index updates for a checkpoint of changed ``rows`` and of the removals.
 
     Deletions come first: a row removed and created again at the same
@@ -1134,16 +1143,27 @@ def _index_changes(batch: WriteBatch, table: RowTable, rows: np.ndarray) -> None
     slot_ids = np.asarray(table.slot_ids, dtype=np.int64)
     slots, fids, persisted = table.dirty.removals()
     indexed = ~np.isnan(persisted)
-    for key in layout.expiry_keys(slot_ids[slots[indexed]], persisted[indexed], fids[indexed]):
-        batch.delete(key)
+    run.add(
+        layout.packed_expiry_keys(slot_ids[slots[indexed]], persisted[indexed], fids[indexed]),
+        None,
+    )
     old, new = table.persisted[rows], table.last_seen[rows]
     moved = old != new  # true where old is NaN (a new row)
     stale = moved & ~np.isnan(old)
     row_slots, row_fids = slot_ids[table.row_slot[rows]], table.row_fid[rows]
-    for key in layout.expiry_keys(row_slots[stale], old[stale], row_fids[stale]):
-        batch.delete(key)
-    for key in layout.expiry_keys(row_slots[moved], new[moved], row_fids[moved]):
-        batch.put(key, b"")
+    run.add(layout.packed_expiry_keys(row_slots[stale], old[stale], row_fids[stale]), None)
+    run.add(layout.packed_expiry_keys(row_slots[moved], new[moved], row_fids[moved]), b"")
+
+
+def _row_values(table: RowTable, dtype: np.dtype):
+    """The encoded records of rows of ``table``, for a :class:`KeyRun`."""
+
+    def values(rows: np.ndarray) -> list[bytes]:
+        return layout.encode_rows(
+            dtype, table.weights[rows], table.state[rows], table.last_seen[rows]
+        )
+
+    return values
 
 
 def _disk_error(path: Path, exc: BaseException) -> StoreError:

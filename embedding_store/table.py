@@ -356,7 +356,10 @@ class RowTable:
     def _grow(self, needed: int, limit: int | None) -> None:
         capacity = int(len(self.weights) * _GROWTH)
         if limit is not None:
-            capacity = min(capacity, limit)  # a budget's rows, not 1.5 times as many
+            # Straight to the budget's rows: the arrays come from np.zeros, whose
+            # pages take memory only once rows use them, and each step by 1.5
+            # held the old arrays and their copy at once (2.5x the rows).
+            capacity = limit
         capacity = max(needed, capacity)
         self.weights = _grown(self.weights, capacity)
         self.state = _grown(self.state, capacity)

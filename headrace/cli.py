@@ -742,6 +742,18 @@ def serve(
     config: KafkaConfigOption = None,
     sync_key_file: SyncKeyOption = None,
     api_token_file: ApiTokenOption = None,
+    memory_budget: Annotated[
+        int | None,
+        typer.Option(
+            min=4096,
+            help="Bytes of memory for embedding rows per worker; the rows live in a local "
+            "RocksDB replica and the most recently used stay in memory. Default: all in memory.",
+        ),
+    ] = None,
+    replica_dir: Annotated[
+        Path | None,
+        typer.Option(help="Where workers keep their replicas (with --memory-budget)."),
+    ] = None,
 ) -> None:
     """Serve predictions over HTTP from parameters synced from a trainer.
 
@@ -762,6 +774,8 @@ def serve(
         key=_sync_key(sync_key_file),
         kafka=_kafka_settings(config),
         token=_api_token(api_token_file),
+        memory_budget=memory_budget,
+        replica_dir=None if replica_dir is None else str(replica_dir),
     )
     _check_params_reachable(params, options.kafka)
     logging.getLogger("headrace").info(

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 import numpy as np
 
 from headrace.embedding_store.index import FidIndex
 from headrace.serving.protocol import SlotRows, Update
+from headrace.serving.replica import CachedSlot, Replica
 
 __all__ = ["ParameterState", "RejectedUpdate", "View"]
 
@@ -67,6 +70,10 @@ class _SlotRows:
     def __len__(self) -> int:
         return len(self.index)
 
+    @property
+    def nbytes(self) -> int:
+        return self.index.nbytes + self.vectors.nbytes
+
 
 @dataclass(frozen=True)
 class View(Generic[Model]):
@@ -75,7 +82,7 @@ class View(Generic[Model]):
     version: int
     event_time: float
     model: Model
-    _slots: Mapping[str, _SlotRows]
+    _slots: Mapping[str, _SlotRows | CachedSlot]
 
     def lookup(self, slot: str, fids: np.ndarray) -> np.ndarray:
         """Vectors of ``fids``; a zero vector for ids (or slots) this version lacks."""
@@ -97,12 +104,35 @@ class ParameterState(Generic[Model]):
     build_model
         Turns a snapshot's ``meta`` and a dense blob into the model object
         that scores requests (the same code the trainer runs).
+    memory_budget
+        Bytes of memory for rows; ``None`` (the default) keeps every row in
+        memory. With a budget the rows live in a local RocksDB replica built
+        from the snapshot and the deltas after it, and memory holds the rows
+        requests used last (see :mod:`headrace.serving.replica`).
+    replica_dir
+        Where replicas are created (a directory of their own in it each);
+        the system's temporary directory by default.
     """
 
-    def __init__(self, build_model: Callable[[Mapping[str, Any], bytes], Model]) -> None:
+    def __init__(
+        self,
+        build_model: Callable[[Mapping[str, Any], bytes], Model],
+        *,
+        memory_budget: int | None = None,
+        replica_dir: str | Path | None = None,
+    ) -> None:
+        if memory_budget is not None and memory_budget <= 0:
+            raise ValueError(
+                f"memory_budget must be a positive number of bytes, got {memory_budget}"
+            )
         self._build_model = build_model
+        self._memory_budget = memory_budget
+        self._replica_dir = Path(replica_dir or tempfile.gettempdir())
+        self._replica: Replica | None = None
+        # Cache hits and misses of replicas since replaced: the totals run on.
+        self._retired_hits = self._retired_misses = 0
         self._lock = threading.Lock()
-        self._slots: dict[str, _SlotRows] = {}
+        self._slots: Mapping[str, _SlotRows | CachedSlot] = {}
         self._meta: Mapping[str, Any] | None = None
         self._model: Model | None = None
         self.version: int | None = None
@@ -135,10 +165,23 @@ class ParameterState(Generic[Model]):
             )
         # Built outside the lock: readers keep the old version meanwhile.
         model = self._build(update.meta, update.dense)
-        slots = {name: _SlotRows(rows) for name, rows in update.slots.items()}
+        replica = None
+        slots: Mapping[str, _SlotRows | CachedSlot]
+        if self._memory_budget is None:
+            slots = {name: _SlotRows(rows) for name, rows in update.slots.items()}
+        else:
+            with self._replica_errors(update):
+                replica = Replica(self._replica_dir, update.slots, self._memory_budget)
+            slots = replica.slots
         with self._lock:
+            old, self._replica = self._replica, replica
             self._slots, self._meta, self._model = slots, update.meta, model
             self._stamp(update)
+            if old is not None:
+                self._retired_hits += old.hits
+                self._retired_misses += old.misses
+        if old is not None:
+            old.close()
 
     def _apply_delta(self, update: Update) -> None:
         if self.version is None:
@@ -158,10 +201,28 @@ class ParameterState(Generic[Model]):
                 raise RejectedUpdate("malformed", f"delta {update.version} has a bad slot {name!r}")
         model = self._build(self._meta, update.dense) if update.dense is not None else self._model
         with self._lock:
-            for name, rows in update.slots.items():
-                self._slots[name].apply(rows)
+            if self._replica is not None:
+                with self._replica_errors(update):
+                    self._replica.apply(update.slots)
+            else:
+                for name, rows in update.slots.items():
+                    self._slots[name].apply(rows)
             self._model = model
             self._stamp(update)
+
+    @contextmanager
+    def _replica_errors(self, update: Update) -> Iterator[None]:
+        """Disk errors of the replica as a rejected update: the state keeps its version."""
+        try:
+            yield
+        except Exception as exc:  # OSError, or rocksdict's plain Exception for RocksDB's
+            if type(exc) is not Exception and not isinstance(exc, OSError):
+                raise
+            raise RejectedUpdate(
+                "replica",
+                f"{update.kind} {update.version} does not fit the local replica under "
+                f"{self._replica_dir} ({exc}); free space there or point replica_dir elsewhere",
+            ) from exc
 
     def _build(self, meta: Mapping[str, Any] | None, dense: bytes) -> Model:
         try:
@@ -173,6 +234,33 @@ class ParameterState(Generic[Model]):
         self.version = update.version
         self.event_time = update.event_time
         self.published_at = update.published_at
+
+    def cache_stats(self) -> dict[str, int]:
+        """Rows and bytes of rows in memory, and cache hits and misses since the start.
+
+        Without a memory budget every row is in memory and there is no cache
+        (hits and misses stay 0).
+        """
+        with self._lock:
+            replica = self._replica
+            if replica is None:
+                rows = sum(len(slot) for slot in self._slots.values())
+                nbytes = sum(getattr(slot, "nbytes", 0) for slot in self._slots.values())
+                return {"memory_rows": rows, "memory_bytes": nbytes, "hits": 0, "misses": 0}
+            return {
+                "memory_rows": sum(slot.cached() for slot in replica.slots.values()),
+                "memory_bytes": replica.nbytes,
+                "hits": self._retired_hits + replica.hits,
+                "misses": self._retired_misses + replica.misses,
+            }
+
+    def close(self) -> None:
+        """Remove the replica (with a memory budget); the state serves no more rows."""
+        with self._lock:
+            replica, self._replica = self._replica, None
+            self._slots, self.version = {}, None
+        if replica is not None:
+            replica.close()
 
     @contextmanager
     def read(self) -> Iterator[View[Model]]:

@@ -7,6 +7,7 @@ import threading
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from headrace.serving.params import ParameterState, RejectedUpdate
 from headrace.serving.protocol import CorruptUpdate, SyncKey, UpdateAssembler, decode_part
@@ -66,6 +67,7 @@ class SyncLoop:
             "Seconds from publishing the newest applied update to applying it.",
             registry=registry,
         ).set_function(lambda: self.lag_seconds)
+        registry.register(_RowCollector(state))
 
     def step(self, timeout_s: float = 0.0) -> int:
         """Apply what the transport has now; returns how many updates applied."""
@@ -110,3 +112,33 @@ class SyncLoop:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.reader.close()
+
+
+class _RowCollector:
+    """Where the worker's rows are: in memory, and the replica cache's hits and misses."""
+
+    def __init__(self, state: ParameterState) -> None:
+        self.state = state
+
+    def collect(self):
+        stats = self.state.cache_stats()
+        yield GaugeMetricFamily(
+            "headrace_serving_memory_rows",
+            "Embedding rows in this worker's memory (with a memory budget, the cached ones).",
+            value=stats["memory_rows"],
+        )
+        yield GaugeMetricFamily(
+            "headrace_serving_memory_bytes",
+            "Bytes of memory the embedding rows in memory take.",
+            value=stats["memory_bytes"],
+        )
+        yield CounterMetricFamily(
+            "headrace_serving_cache_hits",
+            "Looked-up ids found in memory (with a memory budget).",
+            value=stats["hits"],
+        )
+        yield CounterMetricFamily(
+            "headrace_serving_cache_misses",
+            "Looked-up ids read from the local replica (with a memory budget).",
+            value=stats["misses"],
+        )

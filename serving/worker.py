@@ -41,19 +41,29 @@ class WorkerOptions:
         TLS and SASL settings of a ``kafka://`` parameter location.
     token
         Bearer token required by the API (all but ``/healthz`` and ``/readyz``).
+    memory_budget
+        Bytes of memory for rows; ``None`` keeps every row in memory. With a
+        budget the rows live in a local RocksDB replica under ``replica_dir``
+        (see :class:`~headrace.serving.params.ParameterState`).
+    replica_dir
+        Where replicas are created; the system's temporary directory if ``None``.
     """
 
     poll_interval: float = 0.1
     key: SyncKey | None = None
     kafka: KafkaClientSettings = field(default_factory=KafkaClientSettings)
     token: str | None = field(default=None, repr=False)
+    memory_budget: int | None = None
+    replica_dir: str | None = None
 
 
 def build_worker(params: str, options: WorkerOptions | None = None) -> tuple[FastAPI, SyncLoop]:
     """The app and the (not yet started) sync loop of one worker."""
     options = options or WorkerOptions()
     registry = CollectorRegistry()
-    state: ParameterState[Scorer] = ParameterState(Scorer.from_update)
+    state: ParameterState[Scorer] = ParameterState(
+        Scorer.from_update, memory_budget=options.memory_budget, replica_dir=options.replica_dir
+    )
     sync = SyncLoop(
         open_reader(params, client=options.kafka),
         state,
@@ -76,6 +86,7 @@ def run_worker(params: str, host: str, port: int, options: WorkerOptions | None 
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:
         sync.stop()
+        sync.state.close()  # removes a replica
 
 
 def run_workers(
