@@ -420,6 +420,14 @@ def train(
         float, typer.Option(min=1.0, help="Seconds between full snapshots.")
     ] = 600.0,
     sync_key_file: SyncKeyOption = None,
+    dead_letters: Annotated[
+        str | None,
+        typer.Option(
+            help="Where bad records go: topic (<topic>.dlq; Kafka sources), file "
+            "(DATA_DIR/dead_letters.jsonl) or auto (the topic for Kafka, else the file). "
+            "Default: the config's dead_letters, auto."
+        ),
+    ] = None,
 ) -> None:
     """Train a model online from a stream; rerun on the same --data-dir to resume exactly.
 
@@ -435,6 +443,7 @@ def train(
         Trainer,
         TrainerError,
         load_trainer_config,
+        open_dead_letters,
         open_source,
     )
 
@@ -448,6 +457,10 @@ def train(
             )
     if publish is not None:
         _check_params_location(publish, "--publish")
+    if dead_letters not in (None, "auto", "topic", "file"):
+        raise typer.BadParameter(
+            f"expected topic, file or auto, not {dead_letters!r}", param_hint="--dead-letters"
+        )
     try:
         trainer_config = load_trainer_config(config)
     except ConfigError as exc:
@@ -465,10 +478,22 @@ def train(
         raise typer.BadParameter(str(exc), param_hint="--source") from exc
     except (BrokerUnavailable, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
+    try:
+        letters = open_dead_letters(
+            source, dead_letters or trainer_config.dead_letters, kafka=kafka
+        )
+    except (BrokerUnavailable, ValueError) as exc:
+        events.close()
+        raise _fail(str(exc)) from exc
     registry = CollectorRegistry()
     try:
         trainer = Trainer.open(
-            trainer_config, data_dir, events, registry=registry, deterministic=deterministic
+            trainer_config,
+            data_dir,
+            events,
+            registry=registry,
+            deterministic=deterministic,
+            dead_letters=letters,
         )
     except TrainerError as exc:
         raise _fail(str(exc)) from exc

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from typer.testing import CliRunner
 
 from headrace.cli import app
@@ -30,6 +30,7 @@ from headrace.stream import (
     ProcessKafkaSource,
     ReaderProcessError,
     ensure_topic,
+    read_dead_letters,
 )
 from tests.kafka.proxy import CuttableProxy
 from tests.tansu import TansuBroker, free_port
@@ -141,14 +142,12 @@ def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(
         sink.send(message)
     sink.close()
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     stream = EventStream(
         source_type(KafkaSourceConfig(kafka_bootstrap, topic)),
-        KafkaDeadLetterSink(producer, f"{topic}.dlq"),
+        KafkaDeadLetterSink(kafka_bootstrap, f"{topic}.dlq"),
     )
     assert len(_drain(stream, 2)) == 2
     stream.close()
-    producer.close()
     assert stream.dead_letter_counts == {"not_json": 1, "bad_label": 1}
 
     reader = KafkaConsumer(
@@ -163,7 +162,15 @@ def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(
     assert [letter.value for letter in letters] == [messages[1], messages[2]]
     assert [h["headrace.reason"] for h in headers] == [b"not_json", b"bad_label"]
     assert [h["headrace.offset"] for h in headers] == [b"1", b"2"]
-    assert {h["headrace.partition"] for h in headers} == {f"{topic}:0".encode()}
+    assert {(h["headrace.topic"], h["headrace.partition"]) for h in headers} == {
+        (topic.encode(), b"0")
+    }
+    # The same letters, read back through headrace.
+    back = list(read_dead_letters(kafka_bootstrap, f"{topic}.dlq"))
+    assert [(d.reason, d.partition, d.offset, d.raw) for d in back] == [
+        ("not_json", f"{topic}:0", 1, messages[1]),
+        ("bad_label", f"{topic}:0", 2, messages[2]),
+    ]
 
 
 def test_lag_pause_and_resume(kafka_bootstrap, topic_name):
