@@ -543,6 +543,33 @@ def train(
     typer.echo(json.dumps(report))
 
 
+@app.command("dead-letters")
+def print_dead_letters(
+    topic: Annotated[str, typer.Argument(help="A dead-letter topic: kafka://HOST:PORT/TOPIC.dlq.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A config whose \\[kafka] table holds the TLS/SASL settings."),
+    ] = None,
+) -> None:
+    """Print a dead-letter topic's letters as JSON lines, as in dead_letters.jsonl.
+
+    Each line has the reason, the detail, the source position (partition
+    key and offset) and the raw bytes in base64; it stops at the topic's end.
+    """
+    from headrace.stream import BrokerUnavailable, parse_kafka_url, read_dead_letters
+
+    try:
+        bootstrap, name = parse_kafka_url(topic)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="TOPIC") from exc
+    kafka = _kafka_settings(config)
+    try:
+        for letter in read_dead_letters(bootstrap, name, client=kafka):
+            typer.echo(json.dumps(letter.to_json()))
+    except (BrokerUnavailable, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+
+
 class _Dashboard:
     """The trainer's HTTP server and the poller of serving workers behind it."""
 

@@ -10,7 +10,9 @@ from typing import NamedTuple
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
+from typer.testing import CliRunner
 
+from headrace.cli import app
 from headrace.stream import (
     CtrGenerator,
     KafkaSink,
@@ -90,6 +92,13 @@ def test_bad_messages_go_to_the_dlq_topic_and_the_good_ones_are_trained(
     reasons = Counter(d.reason for d in letters)
     assert reasons == {"not_json": BAD // 2, "bad_label": BAD // 2}
     assert not (tmp_path / "topic" / "dead_letters.jsonl").exists()
+    printed = CliRunner().invoke(
+        app, ["dead-letters", f"kafka://{events_topic.bootstrap}/{events_topic.dlq}"]
+    )
+    assert printed.exit_code == 0, printed.output
+    assert [json.loads(line) for line in printed.stdout.splitlines()] == [
+        d.to_json() for d in letters
+    ]
     # Letters of source partition p are in DLQ partition p, in order.
     raw = KafkaConsumer(
         bootstrap_servers=events_topic.bootstrap,
