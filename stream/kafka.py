@@ -778,8 +778,11 @@ class KafkaDeadLetterSink:
             linger_ms=0,
         )
         self._partitions = self._sink.partitions()
-        # Source key -> sorted offsets of letters found in the topic by resume().
-        self._written: dict[str, np.ndarray] = {}
+        # Source key -> the letters resume() found: their source offsets
+        # (sorted), and where each is in the dead-letter partition.
+        self._found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Source key -> the last source offset written (or skipped as found).
+        self._last: dict[str, int] = {}
         # Dead-letter partition -> an offset that precedes every letter to come.
         self._read_ends: dict[int, int] = {}
         self._sources: set[str] = set()
@@ -812,10 +815,11 @@ class KafkaDeadLetterSink:
 
     def write(self, letter: DeadLetter) -> None:
         self._sources.add(letter.partition)
-        written = self._written.get(letter.partition)
-        if written is not None:
-            i = int(np.searchsorted(written, letter.offset))
-            if i < len(written) and written[i] == letter.offset:
+        self._last[letter.partition] = letter.offset
+        found = self._found.get(letter.partition)
+        if found is not None:
+            i = int(np.searchsorted(found[0], letter.offset))
+            if i < len(found[0]) and found[0][i] == letter.offset:
                 self.skipped += 1
                 return
         self._sink.send(
@@ -833,14 +837,28 @@ class KafkaDeadLetterSink:
         self._sink.flush(self.flush_timeout_s)
 
     def mark(self) -> dict[str, int]:
-        """Source key -> the end of its dead-letter partition, as far as this sink knows it."""
+        """Source key -> where a restart reads its dead-letter partition from.
+
+        That is the partition's end as far as this sink knows it, or, if
+        earlier, the first letter found by :meth:`resume` that the source has
+        not come back to yet: a restart before it comes back must find it.
+        """
         self.flush()
-        ends = self._read_ends | {
-            p: max(end, self._read_ends.get(p, 0)) for p, end in self._sink.ends.items()
-        }
-        return {
-            key: ends[p] for key in sorted(self._sources) if (p := self._partition_of(key)) in ends
-        }
+        ends = dict(self._read_ends)
+        for p, end in dict(self._sink.ends).items():
+            ends[p] = max(end, ends.get(p, 0))
+        mark: dict[str, int] = {}
+        for key in sorted(self._sources):
+            p = self._partition_of(key)
+            if p not in ends:
+                continue  # nothing known: a restart reads the partition from its start
+            mark[key] = ends[p]
+            if key in self._found:
+                offsets, at = self._found[key]
+                ahead = at[np.searchsorted(offsets, self._last.get(key, -1), side="right") :]
+                if len(ahead):
+                    mark[key] = min(mark[key], int(ahead.min()))
+        return mark
 
     def resume(self, mark: Mapping[str, int] | None, positions: Positions) -> None:
         """Find the letters of records at or after ``positions`` already in the topic.
@@ -849,21 +867,20 @@ class KafkaDeadLetterSink:
         from the mark's offsets (from their start where the mark has none)
         to their end.
         """
+        if not positions:
+            return
         mark = mark or {}
-        # Dead-letter partition -> where its letters of these sources may start (None: its start).
-        starts: dict[int, int | None] = {}
+        # Dead-letter partition -> where its letters of these sources may start.
+        starts: dict[int, int] = {}
         for key in positions:
-            p, start = self._partition_of(key), mark.get(key)
-            if p not in starts:
-                starts[p] = start
-            elif start is None or starts[p] is None:
-                starts[p] = None
-            else:
-                starts[p] = min(start, starts[p])  # type: ignore[type-var]
-        found: dict[str, list[int]] = {key: [] for key in positions}
+            p, start = self._partition_of(key), mark.get(key, 0)
+            starts[p] = min(start, starts.get(p, start))
+        found: dict[str, list[tuple[int, int]]] = {key: [] for key in positions}
         reader = KafkaSource(replace(self._reader, partitions=tuple(sorted(starts))))
         try:
-            reader.seek({f"{self.topic}:{p}": start for p, start in starts.items() if start})
+            # An offset before the partition's start (0, or one removed by
+            # retention) resets to its start.
+            reader.seek({f"{self.topic}:{p}": start for p, start in starts.items()})
             for _, messages in read_to_end(reader):
                 for message in messages:
                     position = _source_position(message)
@@ -872,18 +889,21 @@ class KafkaDeadLetterSink:
                     if position is not None and position[0] in positions:
                         key, offset = position
                         if offset >= positions[key]:
-                            found[key].append(offset)
+                            found[key].append((offset, message.offset))
             self._read_ends |= {split_key(k)[1]: end for k, end in reader.positions().items()}
         finally:
             reader.close()
         self._sources |= positions.keys()
-        self._written = {key: np.unique(np.array(v, np.int64)) for key, v in found.items() if v}
-        if self._written:
+        self._last = {key: offset - 1 for key, offset in positions.items()}
+        self._found = {
+            key: tuple(np.array(sorted(pairs), np.int64).T) for key, pairs in found.items() if pairs
+        }
+        if self._found:
             log.info(
-                "%s already holds %d dead letters of records read again after a restart; "
+                "%s already holds %d dead letters of records that will be read again; "
                 "they are not written twice",
                 self.topic,
-                sum(map(len, self._written.values())),
+                sum(len(offsets) for offsets, _ in self._found.values()),
             )
 
     def close(self) -> None:

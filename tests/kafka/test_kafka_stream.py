@@ -204,8 +204,11 @@ def test_dead_letters_are_written_once_per_source_position_across_restarts_and_r
     ranks = [[0, 2], [1, 3]]
     # Each rank checkpoints at offset 5, writes up to 9, and crashes.
     marks = [run(parts, None, 0, 10, 5)[0] for parts in ranks]
-    # Restarted from offset 5: offsets 5-9 are in the topic already.
-    restarted = [run(parts, mark, 5, 15, 12) for parts, mark in zip(ranks, marks, strict=True)]
+    # Restarted from offset 5 (offsets 5-9 are in the topic already), each
+    # checkpoints at 7, among those it skips, and crashes again.
+    again = [run(parts, mark, 5, 12, 7) for parts, mark in zip(ranks, marks, strict=True)]
+    assert [skipped for _, skipped in again] == [10, 10]
+    restarted = [run(parts, mark, 7, 15, 12) for parts, (mark, _) in zip(ranks, again, strict=True)]
     assert [skipped for _, skipped in restarted] == [10, 10]
     # One rank takes all four partitions with the ranks' marks (per source
     # partition, so they merge like positions); and a fresh start, no mark at all.
