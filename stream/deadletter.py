@@ -50,7 +50,7 @@ class DeadLetter:
 
 
 class DeadLetterSink(Protocol):
-    """Where dead letters go. ``flush`` returns once all written are durable.
+    """Where dead letters go. ``flush`` and ``mark`` return once all written are durable.
 
     A consumer that checkpoints its input positions writes each record's
     letter exactly once across crashes this way: it saves :meth:`mark`

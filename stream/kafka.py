@@ -774,7 +774,7 @@ class KafkaDeadLetterSink:
             topic,
             client=client,
             bootstrap_timeout_s=bootstrap_timeout_s,
-            # Letters are flushed per batch: waiting to fill a request only adds latency.
+            # Sent at once: a flush then finds little left to wait for.
             linger_ms=0,
         )
         self._partitions = self._sink.partitions()
