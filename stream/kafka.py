@@ -711,6 +711,10 @@ def read_dead_letters(
         reader.close()
 
 
+#: Letters a :class:`KafkaDeadLetterSink` holds before it sends them unasked.
+_SEND_EVERY = 4096
+
+
 class KafkaDeadLetterSink:
     """Produces dead letters to a Kafka topic, by convention ``<topic>.dlq``.
 
@@ -719,7 +723,8 @@ class KafkaDeadLetterSink:
     headers (``headrace.reason``, ``headrace.detail``, ``headrace.topic``,
     ``headrace.partition``, ``headrace.offset``; :func:`read_dead_letters`
     reads them back). The letters of source partition ``p`` go to partition
-    ``p mod n`` of the dead-letter topic, in order.
+    ``p mod n`` of the dead-letter topic, in order. They are sent at
+    :meth:`flush` (and :meth:`mark`), or once 4096 wait.
 
     Exactly once across crashes: the mark holds, per source partition, an
     offset of its dead-letter partition that precedes every letter written
@@ -770,13 +775,12 @@ class KafkaDeadLetterSink:
             bootstrap_timeout_s=bootstrap_timeout_s,
         )
         self._sink = KafkaSink(
-            bootstrap_servers,
-            topic,
-            client=client,
-            bootstrap_timeout_s=bootstrap_timeout_s,
-            # Sent at once: a flush then finds little left to wait for.
-            linger_ms=0,
+            bootstrap_servers, topic, client=client, bootstrap_timeout_s=bootstrap_timeout_s
         )
+        # Letters wait here for flush() (or until there are _SEND_EVERY):
+        # kafka-python's sender thread runs Python, and a request per letter
+        # made the training thread wait ~5 ms for the GIL each time.
+        self._unsent: list[tuple[int, bytes, list[tuple[str, bytes]]]] = []
         self._partitions = self._sink.partitions()
         # Source key -> the letters resume() found: their source offsets
         # (sorted), and where each is in the dead-letter partition.
@@ -822,9 +826,14 @@ class KafkaDeadLetterSink:
             if i < len(found[0]) and found[0][i] == letter.offset:
                 self.skipped += 1
                 return
-        self._sink.send(
-            letter.raw, partition=self._partition_of(letter.partition), headers=_headers(letter)
-        )
+        self._unsent.append((self._partition_of(letter.partition), letter.raw, _headers(letter)))
+        if len(self._unsent) >= _SEND_EVERY:
+            self._send()
+
+    def _send(self) -> None:
+        for partition, raw, headers in self._unsent:
+            self._sink.send(raw, partition=partition, headers=headers)
+        self._unsent.clear()
 
     def flush(self) -> None:
         """Wait for every dead letter written so far; raise if the broker refused one.
@@ -834,6 +843,7 @@ class KafkaDeadLetterSink:
         DeliveryError
             When the broker did not acknowledge them all.
         """
+        self._send()
         self._sink.flush(self.flush_timeout_s)
 
     def mark(self) -> dict[str, int]:
@@ -908,4 +918,5 @@ class KafkaDeadLetterSink:
 
     def close(self) -> None:
         """Flush, then release the producer."""
+        self._send()
         self._sink.close()
