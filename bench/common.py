@@ -5,11 +5,12 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 
+from headrace.stream import DeadLetterSink
 from headrace.trainer import StepResult, Trainer, TrainerConfig
 from headrace.trainer.sources import open_source
 
@@ -75,9 +76,15 @@ def river_run(
 
 
 def train(
-    config: TrainerConfig, source_url: str, **source_options: bool
+    config: TrainerConfig,
+    source_url: str,
+    dead_letters: Callable[[], DeadLetterSink | None] = lambda: None,
+    **source_options: bool,
 ) -> tuple[float, np.ndarray, np.ndarray]:
-    """One end-to-end trainer run on a fresh data dir; returns (events/s, predictions, labels)."""
+    """One end-to-end trainer run on a fresh data dir; returns (events/s, predictions, labels).
+
+    ``dead_letters`` makes the run's dead-letter sink (``None``: the data dir's file).
+    """
     probabilities, labels = [], []
 
     def collect(_trainer: Trainer, result: StepResult) -> None:
@@ -86,7 +93,7 @@ def train(
 
     with tempfile.TemporaryDirectory() as data_dir:
         source = open_source(source_url, **source_options)
-        with Trainer.open(config, data_dir, source) as trainer:
+        with Trainer.open(config, data_dir, source, dead_letters=dead_letters()) as trainer:
             trainer.after_step.append(collect)
             summary = trainer.run()
     return summary.events / summary.seconds, np.concatenate(probabilities), np.concatenate(labels)

@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Literal
 
 from prometheus_client import CollectorRegistry
 
@@ -21,7 +22,8 @@ from headrace.distributed.collectives import Collectives, TorchPeers, World
 from headrace.distributed.sharded import ShardedStore
 from headrace.distributed.shards import open_shard
 from headrace.kafka_client import KafkaClientSettings
-from headrace.trainer import Summary, Trainer, TrainerConfig, open_source
+from headrace.stream import DeadLetterSink, Source
+from headrace.trainer import Summary, Trainer, TrainerConfig, open_dead_letters, open_source
 
 __all__ = ["TrainingRun"]
 
@@ -72,8 +74,13 @@ class TrainingRun:
         kafka: KafkaClientSettings | None = None,
         registry: CollectorRegistry | None = None,
         env: Mapping[str, str] | None = None,
+        dead_letters: Literal["auto", "topic", "file"] | None = None,
     ) -> TrainingRun:
         """Open the run that ``env`` (default: the process environment) describes.
+
+        ``dead_letters`` picks the sink of bad records (see
+        :func:`~headrace.trainer.open_dead_letters`; default: the config's).
+        Every rank writes its partitions' letters to it.
 
         Raises
         ------
@@ -81,6 +88,8 @@ class TrainingRun:
             For a malformed source URL or one that cannot be split over the ranks.
         headrace.trainer.TrainerError
             As :meth:`Trainer.open`.
+        headrace.stream.BrokerUnavailable, ValueError
+            As :func:`~headrace.trainer.open_dead_letters`.
         DistributedError
             When the process group cannot form or the data dir is not a
             distributed run's.
@@ -88,10 +97,16 @@ class TrainingRun:
         data_dir = Path(data_dir)
         world = World.from_env() if env is None else World.from_env(env)
         options = {"until_end": until_end, "deterministic": deterministic, "kafka": kafka}
+        choice = dead_letters or config.dead_letters
         if world is None:
             events = open_source(source, **options)
             trainer = Trainer.open(
-                config, data_dir, events, registry=registry, deterministic=deterministic
+                config,
+                data_dir,
+                events,
+                registry=registry,
+                deterministic=deterministic,
+                dead_letters=_dead_letters(source, choice, kafka, events),
             )
             return cls(trainer, data_dir)
         # A collective returns while the reader thread parses: with the default 5 ms
@@ -114,6 +129,7 @@ class TrainingRun:
                 events,
                 registry=registry,
                 deterministic=deterministic,
+                dead_letters=_dead_letters(source, choice, kafka, events),
                 store=sharded,  # type: ignore[arg-type]  # the same interface, sharded
                 peers=TorchPeers(collectives),
             )
@@ -156,3 +172,17 @@ class TrainingRun:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _dead_letters(
+    url: str,
+    choice: Literal["auto", "topic", "file"],
+    kafka: KafkaClientSettings | None,
+    events: Source,
+) -> DeadLetterSink | None:
+    """:func:`open_dead_letters`, closing the opened source ``events`` if it fails."""
+    try:
+        return open_dead_letters(url, choice, kafka=kafka)
+    except BaseException:
+        events.close()
+        raise

@@ -432,6 +432,14 @@ def train(
         int,
         typer.Option(min=0, help="With --nproc: restart all ranks this often after a failure."),
     ] = 3,
+    dead_letters: Annotated[
+        str | None,
+        typer.Option(
+            help="Where bad records go: topic (<topic>.dlq; Kafka sources), file "
+            "(DATA_DIR/dead_letters.jsonl) or auto (the topic for Kafka, else the file). "
+            "Default: the config's dead_letters, auto."
+        ),
+    ] = None,
 ) -> None:
     """Train a model online from a stream; rerun on the same --data-dir to resume exactly.
 
@@ -464,6 +472,10 @@ def train(
                 "to publish",
                 param_hint="--publish",
             )
+    if dead_letters not in (None, "auto", "topic", "file"):
+        raise typer.BadParameter(
+            f"expected topic, file or auto, not {dead_letters!r}", param_hint="--dead-letters"
+        )
     try:
         trainer_config = load_trainer_config(config)
     except ConfigError as exc:
@@ -485,6 +497,7 @@ def train(
             deterministic=deterministic,
             kafka=kafka,
             registry=registry,
+            dead_letters=dead_letters,  # type: ignore[arg-type]  # checked above
         )
     except SourceUrlError as exc:
         raise typer.BadParameter(str(exc), param_hint="--source") from exc
@@ -583,6 +596,33 @@ def _launch_ranks(nproc: int, max_restarts: int) -> int:
         typer.echo(f"error: a rank failed {max_restarts + 1} times: {exc}", err=True)
         return 1
     return 0
+
+
+@app.command("dead-letters")
+def print_dead_letters(
+    topic: Annotated[str, typer.Argument(help="A dead-letter topic: kafka://HOST:PORT/TOPIC.dlq.")],
+    config: Annotated[
+        Path | None,
+        typer.Option(help="A config whose \\[kafka] table holds the TLS/SASL settings."),
+    ] = None,
+) -> None:
+    """Print a dead-letter topic's letters as JSON lines, as in dead_letters.jsonl.
+
+    Each line has the reason, the detail, the source position (partition
+    key and offset) and the raw bytes in base64; it stops at the topic's end.
+    """
+    from headrace.stream import BrokerUnavailable, parse_kafka_url, read_dead_letters
+
+    try:
+        bootstrap, name = parse_kafka_url(topic)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="TOPIC") from exc
+    kafka = _kafka_settings(config)
+    try:
+        for letter in read_dead_letters(bootstrap, name, client=kafka):
+            typer.echo(json.dumps(letter.to_json()))
+    except (BrokerUnavailable, ValueError) as exc:
+        raise _fail(str(exc)) from exc
 
 
 class _Dashboard:

@@ -21,18 +21,19 @@ if TYPE_CHECKING:
         DeadLetter,
         DeadLetterSink,
         JsonlDeadLetterSink,
-        KafkaDeadLetterSink,
         ListDeadLetterSink,
     )
     from .file import FileSource, open_log
     from .kafka import (
         BrokerUnavailable,
         DeliveryError,
+        KafkaDeadLetterSink,
         KafkaSink,
         KafkaSource,
         KafkaSourceConfig,
         ensure_topic,
         parse_kafka_url,
+        read_dead_letters,
         topic_partitions,
     )
     from .kafka_process import ProcessKafkaSource, ReaderProcessError
@@ -66,7 +67,7 @@ _MODULES = {
     "FileSource": "file",
     "GeneratedEvents": "synthetic",
     "JsonlDeadLetterSink": "deadletter",
-    "KafkaDeadLetterSink": "deadletter",
+    "KafkaDeadLetterSink": "kafka",
     "KafkaSink": "kafka",
     "KafkaSource": "kafka",
     "KafkaSourceConfig": "kafka",
@@ -92,6 +93,7 @@ _MODULES = {
     "movielens_events": "movielens",
     "open_log": "file",
     "parse_kafka_url": "kafka",
+    "read_dead_letters": "kafka",
     "replay_log": "replay",
     "topic_partitions": "kafka",
     "write_log": "replay",
@@ -138,6 +140,7 @@ __all__ = [
     "movielens_events",
     "open_log",
     "parse_kafka_url",
+    "read_dead_letters",
     "replay_log",
     "topic_partitions",
     "write_log",

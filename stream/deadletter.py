@@ -10,23 +10,20 @@ import base64
 import json
 import os
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Protocol
+from typing import IO, Protocol
 
 from headrace.schema import Reason
 
+from .batch import Positions
 from .file import open_log
-
-if TYPE_CHECKING:
-    from kafka import KafkaProducer
-    from kafka.producer.future import FutureRecordMetadata
 
 __all__ = [
     "DeadLetter",
     "DeadLetterSink",
     "JsonlDeadLetterSink",
-    "KafkaDeadLetterSink",
     "ListDeadLetterSink",
 ]
 
@@ -53,11 +50,31 @@ class DeadLetter:
 
 
 class DeadLetterSink(Protocol):
-    """Where dead letters go. ``flush`` returns once all written are durable."""
+    """Where dead letters go. ``flush`` and ``mark`` return once all written are durable.
+
+    A consumer that checkpoints its input positions writes each record's
+    letter exactly once across crashes this way: it saves :meth:`mark`
+    with the positions (taken when every letter written so far belongs to
+    a record before them), and on start calls :meth:`resume` with the saved
+    mark and the positions it resumes at. The sink then drops or skips the
+    letters of records that will be read again. A mark is a flat dict of
+    ints, so it can go into a JSON checkpoint; a sink ignores the keys of
+    another kind of sink's mark.
+    """
 
     def write(self, letter: DeadLetter) -> None: ...
 
     def flush(self) -> None: ...
+
+    def mark(self) -> dict[str, int]: ...
+
+    def resume(self, mark: Mapping[str, int] | None, positions: Positions) -> None:
+        """Forget what was written of records at or after ``positions``.
+
+        ``mark`` is what :meth:`mark` returned when those positions were
+        saved, or ``None`` when nothing was saved yet (every record is read
+        again).
+        """
 
     def close(self) -> None: ...
 
@@ -74,6 +91,15 @@ class ListDeadLetterSink:
     def flush(self) -> None:
         """Nothing to flush."""
 
+    def mark(self) -> dict[str, int]:
+        """How many letters it holds."""
+        return {"letters": len(self.letters)}
+
+    def resume(self, mark: Mapping[str, int] | None, positions: Positions) -> None:
+        """Drop the letters written after ``mark`` (all of them without one)."""
+        if mark is None or "letters" in mark:
+            del self.letters[mark["letters"] if mark else 0 :]
+
     def close(self) -> None:
         """Nothing to close."""
 
@@ -86,9 +112,8 @@ class ListDeadLetterSink:
 class JsonlDeadLetterSink:
     """Appends dead letters to a JSONL file (gzip when the name ends in ``.gz``).
 
-    A consumer that checkpoints its input positions saves :meth:`size` with
-    them and, after a crash, calls :meth:`truncate` with it: the letters of
-    records it will read again are dropped, so each is written once.
+    Its mark is the file's size (``{"bytes": n}``); :meth:`resume` cuts the
+    file there, so the letters of records read again are written once.
 
     Parameters
     ----------
@@ -101,8 +126,8 @@ class JsonlDeadLetterSink:
     >>> from headrace.schema import Reason
     >>> sink = JsonlDeadLetterSink(pathlib.Path(tempfile.mkdtemp()) / "dead.jsonl")
     >>> letter = DeadLetter(Reason.NOT_JSON, "", "log", 3, b"{")
-    >>> sink.write(letter); mark = sink.size()
-    >>> sink.write(letter); sink.truncate(mark)
+    >>> sink.write(letter); mark = sink.mark()
+    >>> sink.write(letter); sink.resume(mark, {"log": 3})
     >>> len(sink.path.read_text().splitlines())
     1
     """
@@ -118,16 +143,22 @@ class JsonlDeadLetterSink:
     def flush(self) -> None:
         self._file.flush()
 
-    def size(self) -> int:
-        """Bytes written so far (after a flush); a mark for :meth:`truncate`."""
+    def mark(self) -> dict[str, int]:
+        """Bytes written so far (after a flush)."""
         self._plain_file_only()
         self.flush()
-        return self.path.stat().st_size
+        return {"bytes": self.path.stat().st_size}
 
-    def truncate(self, size: int) -> None:
-        """Drop every letter written after the file had ``size`` bytes."""
+    def resume(self, mark: Mapping[str, int] | None, positions: Positions) -> None:
+        """Cut the file to the size in ``mark`` (to nothing without a mark).
+
+        A mark of another kind of sink leaves the file as it is.
+        """
+        if mark is not None and "bytes" not in mark:
+            return
         self._plain_file_only()
         self._file.close()
+        size = mark["bytes"] if mark is not None else 0
         os.truncate(self.path, min(size, self.path.stat().st_size))
         self._file = open_log(self.path, "at")
 
@@ -138,50 +169,3 @@ class JsonlDeadLetterSink:
 
     def close(self) -> None:
         self._file.close()
-
-
-class KafkaDeadLetterSink:
-    """Produces dead letters to a Kafka topic, by convention ``<topic>.dlq``.
-
-    The message value is the raw bytes exactly as received, so a fixed
-    consumer can replay it; reason, detail and source position travel in
-    headers (``headrace.reason``, ``headrace.detail``, ``headrace.partition``,
-    ``headrace.offset``).
-
-    Parameters
-    ----------
-    producer
-        A producer the caller owns (and closes), e.g. a
-        :class:`~headrace.stream.KafkaSink`'s, which carries the Kafka
-        client settings (TLS, SASL).
-    topic
-        The dead-letter topic.
-    flush_timeout_s
-        How long ``flush`` waits for the broker's acknowledgements.
-    """
-
-    def __init__(self, producer: KafkaProducer, topic: str, flush_timeout_s: float = 30.0) -> None:
-        self.producer = producer
-        self.topic = topic
-        self.flush_timeout_s = flush_timeout_s
-        self._pending: list[FutureRecordMetadata] = []
-
-    def write(self, letter: DeadLetter) -> None:
-        headers = [
-            ("headrace.reason", letter.reason.value.encode()),
-            ("headrace.detail", letter.detail.encode()),
-            ("headrace.partition", letter.partition.encode()),
-            ("headrace.offset", str(letter.offset).encode()),
-        ]
-        self._pending.append(self.producer.send(self.topic, value=letter.raw, headers=headers))
-
-    def flush(self) -> None:
-        """Wait for every dead letter written so far; raise if the broker refused one."""
-        self.producer.flush(timeout=self.flush_timeout_s)
-        pending, self._pending = self._pending, []
-        for future in pending:
-            # A future that failed holds the broker's error; get() re-raises it.
-            future.get(timeout=0)
-
-    def close(self) -> None:
-        self.flush()

@@ -3,31 +3,44 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import numpy as np
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import KafkaTimeoutError, TopicAlreadyExistsError
+from kafka.producer.future import RecordMetadata
 from kafka.structs import OffsetAndMetadata
 
 from headrace.kafka_client import ENV_PREFIX, KafkaClientSettings
+from headrace.schema import Reason
 
 from .batch import Positions, Record
+from .deadletter import DeadLetter
 
 __all__ = [
     "BrokerUnavailable",
     "DeliveryError",
+    "KafkaDeadLetterSink",
     "KafkaSink",
     "KafkaSource",
     "KafkaSourceConfig",
+    "dead_letter_from_kafka",
     "ensure_topic",
     "parse_kafka_url",
+    "read_dead_letters",
+    "read_to_end",
+    "split_key",
     "topic_partitions",
 ]
+
+
+log = logging.getLogger(__name__)
 
 
 class BrokerUnavailable(ConnectionError):
@@ -55,6 +68,16 @@ def parse_kafka_url(url: str) -> tuple[str, str]:
     if parts.scheme != "kafka" or not parts.netloc or not topic or "/" in topic:
         raise ValueError(f"expected kafka://HOST:PORT/TOPIC, got {url!r}")
     return parts.netloc, topic
+
+
+def split_key(key: str) -> tuple[str, int]:
+    """A position key ``"<topic>:<partition>"`` as (topic, partition).
+
+    >>> split_key("events.v2:3")
+    ('events.v2', 3)
+    """
+    topic, _, partition = key.rpartition(":")
+    return topic, int(partition)
 
 
 class _Complaints(logging.Handler):
@@ -351,8 +374,7 @@ class KafkaSource:
         return f"{tp.topic}:{tp.partition}"
 
     def _partition(self, key: str) -> TopicPartition:
-        topic, _, partition = key.rpartition(":")
-        return TopicPartition(topic, int(partition))
+        return TopicPartition(*split_key(key))
 
     def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
@@ -459,6 +481,56 @@ class KafkaSource:
         self.consumer.close()
 
 
+def read_to_end(
+    source: KafkaSource, *, idle_timeout_s: float = 30.0
+) -> Iterator[tuple[str, list[ConsumerRecord]]]:
+    """The source's records (with their headers) from its positions to each partition's end.
+
+    The end of a partition is its high watermark in the first fetch response
+    that gives one, so reading stops however much is written meanwhile
+    (records fetched past it are yielded too; the source's positions tell
+    how far it read). ``KafkaConsumer.end_offsets`` is not used, since
+    Tansu answers it with a stale offset (see :meth:`KafkaSource.lag`).
+
+    Parameters
+    ----------
+    source
+        A source with manually assigned partitions, seeked where to start.
+    idle_timeout_s
+        How long reading may make no progress before it gives up.
+
+    Yields
+    ------
+    tuple[str, list[ConsumerRecord]]
+        A partition key and records of it, in order, as
+        :meth:`KafkaSource.poll_partitions` gives them.
+
+    Raises
+    ------
+    TimeoutError
+        When nothing came for ``idle_timeout_s`` and a partition's end is not reached.
+    """
+    ends: dict[str, int] = {}
+    last_progress = time.monotonic()
+    while True:
+        positions = source.positions()
+        for key in positions.keys() - ends.keys():
+            if (end := source.highwater(key)) is not None:
+                ends[key] = end
+        if len(ends) == len(positions) and all(positions[k] >= ends[k] for k in positions):
+            return
+        if time.monotonic() - last_progress > idle_timeout_s:
+            behind = {k: (positions[k], ends.get(k)) for k in positions}
+            raise TimeoutError(
+                f"could not read {source.config.topic!r} to its end in {idle_timeout_s:.0f} s "
+                f"(partition: (position, end)) {behind}"
+            )
+        fetched = source.poll_partitions(1 << 16, timeout_s=0.2)
+        if fetched:
+            last_progress = time.monotonic()
+        yield from fetched
+
+
 class KafkaSink:
     """Produces messages to a topic and counts the broker's acknowledgements.
 
@@ -480,6 +552,12 @@ class KafkaSink:
     client
         TLS and SASL settings (plaintext by default).
 
+    Attributes
+    ----------
+    ends
+        Partition -> the offset after the last message of this sink the
+        broker acknowledged there (partitions written to only).
+
     Raises
     ------
     BrokerUnavailable
@@ -500,6 +578,7 @@ class KafkaSink:
         self.topic = topic
         self.sent = 0
         self.acked = 0
+        self.ends: dict[int, int] = {}
         self.errors: list[Exception] = []
         self.producer: KafkaProducer = _connect(
             KafkaProducer,
@@ -512,15 +591,29 @@ class KafkaSink:
             **(options or {}),
         )
 
-    def send(self, value: bytes, key: bytes | None = None, partition: int | None = None) -> None:
+    def send(
+        self,
+        value: bytes,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: Sequence[tuple[str, bytes]] | None = None,
+    ) -> None:
         """Queue one message; :meth:`flush` waits for it."""
-        future = self.producer.send(self.topic, value=value, key=key, partition=partition)
+        future = self.producer.send(
+            self.topic, value=value, key=key, partition=partition, headers=headers
+        )
         self.sent += 1
         future.add_callback(self._on_ack)
         future.add_errback(self.errors.append)
 
-    def _on_ack(self, _metadata: object) -> None:
+    def partitions(self) -> int:
+        """How many partitions the topic has (from the producer's metadata)."""
+        return len(self.producer.partitions_for(self.topic))
+
+    def _on_ack(self, metadata: RecordMetadata) -> None:
         self.acked += 1
+        end = self.ends.get(metadata.partition, 0)
+        self.ends[metadata.partition] = max(end, metadata.offset + 1)
 
     def flush(self, timeout_s: float | None = None) -> None:
         """Wait until every message sent is acknowledged.
@@ -543,3 +636,287 @@ class KafkaSink:
             self.flush()
         finally:
             self.producer.close()
+
+
+#: The Kafka headers of a dead letter; the message value is the raw record.
+REASON, DETAIL, TOPIC, PARTITION, OFFSET = (
+    "headrace.reason",
+    "headrace.detail",
+    "headrace.topic",
+    "headrace.partition",
+    "headrace.offset",
+)
+
+
+def _headers(letter: DeadLetter) -> list[tuple[str, bytes]]:
+    topic, partition = split_key(letter.partition)
+    return [
+        (REASON, letter.reason.value.encode()),
+        (DETAIL, letter.detail.encode()),
+        (TOPIC, topic.encode()),
+        (PARTITION, str(partition).encode()),
+        (OFFSET, str(letter.offset).encode()),
+    ]
+
+
+def _source_position(message: ConsumerRecord) -> tuple[str, int] | None:
+    """The source key and offset a dead-letter message names; None if it names none."""
+    headers = dict(message.headers or ())
+    try:
+        key = f"{headers[TOPIC].decode()}:{int(headers[PARTITION])}"
+        return key, int(headers[OFFSET])
+    except (KeyError, ValueError):
+        return None  # not a headrace dead letter
+
+
+def dead_letter_from_kafka(message: ConsumerRecord) -> DeadLetter:
+    """The :class:`DeadLetter` a message of a dead-letter topic holds.
+
+    Raises
+    ------
+    ValueError
+        When the message lacks the headers :class:`KafkaDeadLetterSink` writes.
+    """
+    position = _source_position(message)
+    headers = dict(message.headers or ())
+    if position is None or REASON not in headers:
+        raise ValueError(
+            f"{message.topic}:{message.partition} offset {message.offset} is not a dead "
+            f"letter: it lacks the {REASON}, {TOPIC}, {PARTITION} and {OFFSET} headers"
+        )
+    return DeadLetter(
+        Reason(headers[REASON].decode()),
+        headers.get(DETAIL, b"").decode(),
+        position[0],
+        position[1],
+        message.value or b"",
+    )
+
+
+def read_dead_letters(
+    bootstrap_servers: str, topic: str, *, client: KafkaClientSettings | None = None
+) -> Iterator[DeadLetter]:
+    """Every dead letter in ``topic`` (a ``<topic>.dlq``), in order within each partition.
+
+    Reads to the topic's end as of the call; raises :class:`ValueError` for
+    a message that is not a dead letter, and when the topic does not exist.
+    """
+    reader = KafkaSource(
+        KafkaSourceConfig(bootstrap_servers, topic, client=client or KafkaClientSettings())
+    )
+    try:
+        for _, messages in read_to_end(reader):
+            yield from map(dead_letter_from_kafka, messages)
+    finally:
+        reader.close()
+
+
+#: Letters a :class:`KafkaDeadLetterSink` holds before it sends them unasked.
+_SEND_EVERY = 4096
+
+
+class KafkaDeadLetterSink:
+    """Produces dead letters to a Kafka topic, by convention ``<topic>.dlq``.
+
+    The message value is the raw bytes exactly as received, so a fixed
+    consumer can replay them; the reason and the source position travel in
+    headers (``headrace.reason``, ``headrace.detail``, ``headrace.topic``,
+    ``headrace.partition``, ``headrace.offset``; :func:`read_dead_letters`
+    reads them back). The letters of source partition ``p`` go to partition
+    ``p mod n`` of the dead-letter topic, in order. They are sent at
+    :meth:`flush` (and :meth:`mark`), or once 4096 wait.
+
+    Exactly once across crashes: the mark holds, per source partition, an
+    offset of its dead-letter partition that precedes every letter written
+    after it. :meth:`resume` reads the dead-letter partitions from there (from
+    their start without a mark) and keeps the source positions of the letters
+    found at or after the positions resumed at; :meth:`write` skips those.
+    Marks and positions are per source partition, so several trainer ranks
+    reading disjoint partitions may share the topic, and a partition that
+    changes rank takes its mark along. Letters of the topic written by another
+    consumer of the same source (a fresh data directory, say) count as
+    written, too: the topic holds each bad record once.
+
+    Parameters
+    ----------
+    bootstrap_servers
+        ``HOST:PORT[,HOST:PORT...]``.
+    topic
+        The dead-letter topic; it must exist (see :meth:`for_source`).
+    client
+        TLS and SASL settings (plaintext by default).
+    bootstrap_timeout_s
+        How long to wait for the broker at start.
+    flush_timeout_s
+        How long ``flush`` waits for the broker's acknowledgements.
+
+    Attributes
+    ----------
+    skipped
+        Letters not written because the topic held them already.
+    """
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        *,
+        client: KafkaClientSettings | None = None,
+        bootstrap_timeout_s: float = 10.0,
+        flush_timeout_s: float = 30.0,
+    ) -> None:
+        self.topic = topic
+        self.flush_timeout_s = flush_timeout_s
+        self.skipped = 0
+        self._reader = KafkaSourceConfig(
+            bootstrap_servers,
+            topic,
+            client=client or KafkaClientSettings(),
+            bootstrap_timeout_s=bootstrap_timeout_s,
+        )
+        self._sink = KafkaSink(
+            bootstrap_servers, topic, client=client, bootstrap_timeout_s=bootstrap_timeout_s
+        )
+        # Letters wait here for flush() (or until there are _SEND_EVERY):
+        # kafka-python's sender thread runs Python, and a request per letter
+        # made the training thread wait ~5 ms for the GIL each time.
+        self._unsent: list[tuple[int, bytes, list[tuple[str, bytes]]]] = []
+        self._partitions = self._sink.partitions()
+        # Source key -> the letters resume() found: their source offsets
+        # (sorted), and where each is in the dead-letter partition.
+        self._found: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        # Source key -> the last source offset written (or skipped as found).
+        self._last: dict[str, int] = {}
+        # Dead-letter partition -> an offset that precedes every letter to come.
+        self._read_ends: dict[int, int] = {}
+        self._sources: set[str] = set()
+
+    @classmethod
+    def for_source(
+        cls,
+        bootstrap_servers: str,
+        source_topic: str,
+        *,
+        client: KafkaClientSettings | None = None,
+        bootstrap_timeout_s: float = 10.0,
+    ) -> KafkaDeadLetterSink:
+        """The sink of ``<source_topic>.dlq``, created with the source's partition count if new."""
+        partitions = topic_partitions(
+            bootstrap_servers, source_topic, client=client, bootstrap_timeout_s=bootstrap_timeout_s
+        )
+        topic = f"{source_topic}.dlq"
+        ensure_topic(
+            bootstrap_servers,
+            topic,
+            partitions,
+            client=client,
+            bootstrap_timeout_s=bootstrap_timeout_s,
+        )
+        return cls(bootstrap_servers, topic, client=client, bootstrap_timeout_s=bootstrap_timeout_s)
+
+    def _partition_of(self, source_key: str) -> int:
+        return split_key(source_key)[1] % self._partitions
+
+    def write(self, letter: DeadLetter) -> None:
+        self._sources.add(letter.partition)
+        self._last[letter.partition] = letter.offset
+        found = self._found.get(letter.partition)
+        if found is not None:
+            i = int(np.searchsorted(found[0], letter.offset))
+            if i < len(found[0]) and found[0][i] == letter.offset:
+                self.skipped += 1
+                return
+        self._unsent.append((self._partition_of(letter.partition), letter.raw, _headers(letter)))
+        if len(self._unsent) >= _SEND_EVERY:
+            self._send()
+
+    def _send(self) -> None:
+        for partition, raw, headers in self._unsent:
+            self._sink.send(raw, partition=partition, headers=headers)
+        self._unsent.clear()
+
+    def flush(self) -> None:
+        """Wait for every dead letter written so far; raise if the broker refused one.
+
+        Raises
+        ------
+        DeliveryError
+            When the broker did not acknowledge them all.
+        """
+        self._send()
+        self._sink.flush(self.flush_timeout_s)
+
+    def mark(self) -> dict[str, int]:
+        """Source key -> where a restart reads its dead-letter partition from.
+
+        That is the partition's end as far as this sink knows it, or, if
+        earlier, the first letter found by :meth:`resume` that the source has
+        not come back to yet: a restart before it comes back must find it.
+        """
+        self.flush()
+        ends = dict(self._read_ends)
+        for p, end in dict(self._sink.ends).items():
+            ends[p] = max(end, ends.get(p, 0))
+        mark: dict[str, int] = {}
+        for key in sorted(self._sources):
+            p = self._partition_of(key)
+            if p not in ends:
+                continue  # nothing known: a restart reads the partition from its start
+            mark[key] = ends[p]
+            if key in self._found:
+                offsets, at = self._found[key]
+                ahead = at[np.searchsorted(offsets, self._last.get(key, -1), side="right") :]
+                if len(ahead):
+                    mark[key] = min(mark[key], int(ahead.min()))
+        return mark
+
+    def resume(self, mark: Mapping[str, int] | None, positions: Positions) -> None:
+        """Find the letters of records at or after ``positions`` already in the topic.
+
+        Reads the dead-letter partitions of ``positions``' source partitions
+        from the mark's offsets (from their start where the mark has none)
+        to their end.
+        """
+        if not positions:
+            return
+        mark = mark or {}
+        # Dead-letter partition -> where its letters of these sources may start.
+        starts: dict[int, int] = {}
+        for key in positions:
+            p, start = self._partition_of(key), mark.get(key, 0)
+            starts[p] = min(start, starts.get(p, start))
+        found: dict[str, list[tuple[int, int]]] = {key: [] for key in positions}
+        reader = KafkaSource(replace(self._reader, partitions=tuple(sorted(starts))))
+        try:
+            # An offset before the partition's start (0, or one removed by
+            # retention) resets to its start.
+            reader.seek({f"{self.topic}:{p}": start for p, start in starts.items()})
+            for _, messages in read_to_end(reader):
+                for message in messages:
+                    position = _source_position(message)
+                    # Letters of other ranks' partitions, and of records before
+                    # the positions, are not read again: no need to skip them.
+                    if position is not None and position[0] in positions:
+                        key, offset = position
+                        if offset >= positions[key]:
+                            found[key].append((offset, message.offset))
+            self._read_ends |= {split_key(k)[1]: end for k, end in reader.positions().items()}
+        finally:
+            reader.close()
+        self._sources |= positions.keys()
+        self._last = {key: offset - 1 for key, offset in positions.items()}
+        self._found = {
+            key: tuple(np.array(sorted(pairs), np.int64).T) for key, pairs in found.items() if pairs
+        }
+        if self._found:
+            log.info(
+                "%s already holds %d dead letters of records that will be read again; "
+                "they are not written twice",
+                self.topic,
+                sum(len(offsets) for offsets, _ in self._found.values()),
+            )
+
+    def close(self) -> None:
+        """Flush, then release the producer."""
+        self._send()
+        self._sink.close()

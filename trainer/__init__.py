@@ -28,7 +28,12 @@ from headrace.trainer.config import (
 from headrace.trainer.drift import Detection, DriftMonitor
 from headrace.trainer.evaluation import ProgressiveMetrics, histogram_auc
 from headrace.trainer.loop import StepResult, Summary, Trainer, TrainerError
-from headrace.trainer.sources import OrderedKafkaReader, SourceUrlError, open_source
+from headrace.trainer.sources import (
+    OrderedKafkaReader,
+    SourceUrlError,
+    open_dead_letters,
+    open_source,
+)
 
 __all__ = [
     "DenseOptimizerConfig",
@@ -48,6 +53,7 @@ __all__ = [
     "TrainingState",
     "histogram_auc",
     "load_trainer_config",
+    "open_dead_letters",
     "open_source",
     "saved_model",
 ]

@@ -54,9 +54,11 @@ class TrainingState:
         Where the source resumes: just after the last batch trained.
     next_expiry
         Event time of the next expiry sweep (``None`` before the first batch).
-    dead_letter_bytes
-        Size of the dead-letter file when the positions were saved: a
-        restart cuts it there, since it reads the records after them again.
+    dead_letter_mark
+        The dead-letter sink's mark when the positions were saved
+        (``DeadLetterSink.mark``: the file's size, or per source partition
+        the dead-letter topic's offset): a restart reads the records after
+        the positions again, and the sink writes their letters only once.
     duplicates
         Events dropped because their ``event_id`` was trained already.
     sample_rate
@@ -70,7 +72,7 @@ class TrainingState:
     batches: int = 0
     positions: dict[str, int] = field(default_factory=dict)
     next_expiry: float | None = None
-    dead_letter_bytes: int | None = None
+    dead_letter_mark: dict[str, int] = field(default_factory=dict)
     duplicates: int = 0
     sample_rate: float = 1.0
 
@@ -79,7 +81,12 @@ class TrainingState:
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> TrainingState:
-        return cls(**json.loads(blob))
+        fields = json.loads(blob)
+        # Checkpoints before the Kafka dead-letter sink saved the file's size alone.
+        size = fields.pop("dead_letter_bytes", None)
+        if size is not None:
+            fields["dead_letter_mark"] = {"bytes": size}
+        return cls(**fields)
 
 
 def saved_model(extra: Mapping[str, bytes]) -> tuple[TrainerConfig, nn.Module]:

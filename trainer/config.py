@@ -176,6 +176,11 @@ class TrainerConfig(_Frozen):
     store
         The store's memory budget and eviction policy (every row in memory
         by default).
+    dead_letters
+        Where records that are not valid events go: ``"topic"`` is
+        ``<topic>.dlq`` (Kafka sources only), ``"file"`` is
+        ``dead_letters.jsonl`` in the data directory, and ``"auto"`` the
+        topic for a Kafka source and the file otherwise.
     """
 
     slots: tuple[Slot, ...] = Field(DEFAULT_SLOTS, min_length=1)
@@ -196,6 +201,7 @@ class TrainerConfig(_Frozen):
     dedup_window: int = Field(1 << 18, ge=1)
     tables: tuple[SlotConfig, ...] = ()
     store: StoreConfig = StoreConfig()
+    dead_letters: Literal["auto", "topic", "file"] = "auto"
 
     @model_validator(mode="before")
     @classmethod

@@ -44,6 +44,7 @@ from headrace.model import (
 )
 from headrace.stream import (
     Batch,
+    DeadLetterSink,
     EventParser,
     EventStream,
     JsonlDeadLetterSink,
@@ -195,6 +196,15 @@ def _step_dense(optimizer: torch.optim.Optimizer) -> None:
     )
 
 
+def _close_all(source: Source, dead_letters: DeadLetterSink | None) -> None:
+    """Close what :meth:`Trainer.open` was given, when it cannot use it."""
+    try:
+        source.close()
+    finally:
+        if dead_letters is not None:
+            dead_letters.close()
+
+
 def _torch_bytes(obj: object) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
@@ -330,11 +340,14 @@ class Trainer:
         deterministic: bool = False,
         store: EmbeddingStore | None = None,
         peers: Peers | None = None,
+        dead_letters: DeadLetterSink | None = None,
     ) -> Trainer:
         """A trainer on ``data_dir`` (store in ``store/``, dead letters in ``dead_letters.jsonl``).
 
         ``store`` replaces the one in ``store/`` (a distributed run's shard),
-        ``peers`` are the other ranks (see :class:`Trainer`).
+        ``peers`` are the other ranks (see :class:`Trainer`). ``dead_letters``
+        replaces the file (the trainer owns it and closes it), e.g. a
+        :class:`~headrace.stream.KafkaDeadLetterSink`.
 
         Raises
         ------
@@ -348,7 +361,7 @@ class Trainer:
             # A model class that cannot be built fails before the data dir is touched.
             build_model(config.model_spec)
         except ModelError as exc:
-            source.close()
+            _close_all(source, dead_letters)
             raise TrainerError(str(exc)) from exc
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
@@ -360,7 +373,7 @@ class Trainer:
                 eviction=config.store.eviction,
             )
         except (StoreError, OSError) as exc:
-            source.close()
+            _close_all(source, dead_letters)
             raise TrainerError(str(exc)) from exc
         parser = EventParser(
             ParserConfig(
@@ -368,7 +381,8 @@ class Trainer:
                 fid_names=tuple(config.model_spec.shared_tables.items()),
             )
         )
-        stream = EventStream(source, JsonlDeadLetterSink(data_dir / "dead_letters.jsonl"), parser)
+        sink = dead_letters or JsonlDeadLetterSink(data_dir / "dead_letters.jsonl")
+        stream = EventStream(source, sink, parser)
         try:
             return cls(
                 config, store, stream, registry=registry, deterministic=deterministic, peers=peers
@@ -396,6 +410,8 @@ class Trainer:
     def _restore(self) -> None:
         extra = self.store.extra
         if STATE_BLOB not in extra:
+            # No checkpoint: whatever a crashed run dead-lettered is read again.
+            self.stream.dead_letters.resume(None, self.stream.positions())
             return
         saved = TrainerConfig.model_validate_json(extra[CONFIG_BLOB])
         if saved.model != self.config.model:
@@ -417,10 +433,6 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.dense_optimizer.lr
         self.state = TrainingState.from_bytes(extra[STATE_BLOB])
-        sink = self.stream.dead_letters
-        if self.state.dead_letter_bytes is not None and isinstance(sink, JsonlDeadLetterSink):
-            # The records after the saved positions are read (and dead-lettered) again.
-            sink.truncate(self.state.dead_letter_bytes)
         # Pickle of our own numpy arrays and River detectors, written by this class.
         monitors = pickle.loads(extra[MONITOR_BLOB])
         # Checkpoints before the signal window held (metrics, drift) only.
@@ -433,6 +445,8 @@ class Trainer:
             )
         if self.state.positions:
             self.stream.seek(self.state.positions)
+        # The records after the saved positions are read (and dead-lettered) again.
+        self.stream.dead_letters.resume(self.state.dead_letter_mark, self.stream.positions())
         log.info(
             "restored checkpoint: %d examples trained, resuming at %s",
             self.state.trained,
@@ -442,9 +456,7 @@ class Trainer:
     def checkpoint(self) -> None:
         """Persist rows, dense weights, optimizer state, counters and positions atomically."""
         started = time.perf_counter()
-        sink = self.stream.dead_letters
-        if isinstance(sink, JsonlDeadLetterSink):
-            self.state.dead_letter_bytes = sink.size()
+        self.state.dead_letter_mark = self.stream.dead_letters.mark()
         self.store.checkpoint(
             {
                 CONFIG_BLOB: self.config.model_dump_json().encode(),

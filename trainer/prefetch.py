@@ -147,7 +147,9 @@ class BatchPrefetcher:
         if isinstance(item, _End):
             self._ended = True
             return None
-        self.stream.write_dead_letters(item.letters)
+        # Not flushed: the trainer's checkpoint takes the sink's mark, which
+        # does, before it saves positions that pass these letters.
+        self.stream.write_dead_letters(item.letters, flush=False)
         self._taken = item.batch.positions
         return item
 

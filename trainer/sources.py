@@ -1,4 +1,6 @@
-"""Sources named by URL, and a Kafka reader whose batches depend on positions alone.
+"""Sources named by URL, their dead-letter sinks, and a Kafka reader with fixed batches.
+
+The reader's batches depend on positions alone.
 
 ``kafka://HOST:PORT/TOPIC``, ``file://PATH`` (``.jsonl`` or ``.jsonl.gz``) or
 ``synthetic://?events=N&seed=S``.
@@ -8,11 +10,14 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
+    DeadLetterSink,
     FileSource,
+    KafkaDeadLetterSink,
     KafkaSource,
     KafkaSourceConfig,
     Positions,
@@ -25,7 +30,7 @@ from headrace.stream import (
     topic_partitions,
 )
 
-__all__ = ["OrderedKafkaReader", "SourceUrlError", "open_source"]
+__all__ = ["OrderedKafkaReader", "SourceUrlError", "open_dead_letters", "open_source"]
 
 _USAGE = "kafka://HOST:PORT/TOPIC, file://PATH or synthetic://?events=N&seed=S"
 
@@ -230,3 +235,38 @@ def open_source(
         seed = _query_int(query, "seed", 0)
         return SyntheticSource(SyntheticConfig(seed=seed or 0), limit=events)
     raise SourceUrlError(f"unknown source {url!r}; expected {_USAGE}")
+
+
+def open_dead_letters(
+    url: str,
+    choice: Literal["auto", "topic", "file"] = "auto",
+    *,
+    kafka: KafkaClientSettings | None = None,
+) -> DeadLetterSink | None:
+    """The dead-letter sink for the source ``url`` names.
+
+    ``"auto"`` is the topic ``<topic>.dlq`` for a Kafka source (created, with
+    the source's partition count, if missing) and the trainer's file
+    otherwise; ``"topic"`` and ``"file"`` force one. ``None`` stands for the
+    file, ``dead_letters.jsonl`` in the trainer's data directory.
+
+    Raises
+    ------
+    ValueError
+        For ``"topic"`` with a source that is not Kafka, naming the setting.
+    headrace.stream.BrokerUnavailable
+        When no Kafka broker answers.
+    """
+    is_kafka = urlsplit(url).scheme == "kafka"
+    if choice == "topic" and not is_kafka:
+        raise ValueError(
+            f"dead letters go to a topic only for a kafka:// source, not {url!r}: "
+            'use --dead-letters file (dead_letters = "file" in the trainer config)'
+        )
+    if choice == "file" or not is_kafka:
+        return None
+    try:
+        bootstrap, topic = parse_kafka_url(url)
+    except ValueError as exc:
+        raise SourceUrlError(str(exc)) from None
+    return KafkaDeadLetterSink.for_source(bootstrap, topic, client=kafka)

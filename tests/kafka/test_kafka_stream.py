@@ -15,12 +15,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer
 from typer.testing import CliRunner
 
 from headrace.cli import app
+from headrace.schema import Reason
 from headrace.stream import (
     BrokerUnavailable,
+    DeadLetter,
     EventStream,
     KafkaDeadLetterSink,
     KafkaSink,
@@ -30,6 +32,7 @@ from headrace.stream import (
     ProcessKafkaSource,
     ReaderProcessError,
     ensure_topic,
+    read_dead_letters,
 )
 from tests.kafka.proxy import CuttableProxy
 from tests.tansu import TansuBroker, free_port
@@ -141,14 +144,12 @@ def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(
         sink.send(message)
     sink.close()
 
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
     stream = EventStream(
         source_type(KafkaSourceConfig(kafka_bootstrap, topic)),
-        KafkaDeadLetterSink(producer, f"{topic}.dlq"),
+        KafkaDeadLetterSink(kafka_bootstrap, f"{topic}.dlq"),
     )
     assert len(_drain(stream, 2)) == 2
     stream.close()
-    producer.close()
     assert stream.dead_letter_counts == {"not_json": 1, "bad_label": 1}
 
     reader = KafkaConsumer(
@@ -163,7 +164,61 @@ def test_dead_letters_go_to_the_dlq_topic_with_reason_and_position(
     assert [letter.value for letter in letters] == [messages[1], messages[2]]
     assert [h["headrace.reason"] for h in headers] == [b"not_json", b"bad_label"]
     assert [h["headrace.offset"] for h in headers] == [b"1", b"2"]
-    assert {h["headrace.partition"] for h in headers} == {f"{topic}:0".encode()}
+    assert {(h["headrace.topic"], h["headrace.partition"]) for h in headers} == {
+        (topic.encode(), b"0")
+    }
+    # The same letters, read back through headrace.
+    back = list(read_dead_letters(kafka_bootstrap, f"{topic}.dlq"))
+    assert [(d.reason, d.partition, d.offset, d.raw) for d in back] == [
+        ("not_json", f"{topic}:0", 1, messages[1]),
+        ("bad_label", f"{topic}:0", 2, messages[2]),
+    ]
+
+
+def test_dead_letters_are_written_once_per_source_position_across_restarts_and_ranks(
+    kafka_bootstrap, topic_name
+):
+    """Two ranks on disjoint partitions share the DLQ; each restarts, then one takes all."""
+    topic = topic_name("ranks")
+    ensure_topic(kafka_bootstrap, topic, 4)
+
+    def letters(partitions: list[int], offsets: range) -> list[DeadLetter]:
+        return [
+            DeadLetter(Reason.NOT_JSON, "", f"{topic}:{p}", o, b"bad %d/%d" % (p, o))
+            for o in offsets
+            for p in partitions
+        ]
+
+    def run(partitions: list[int], mark, start: int, stop: int, crash_at: int):
+        """Resume at ``start``, dead-letter offsets up to ``stop``, checkpoint at ``crash_at``."""
+        sink = KafkaDeadLetterSink.for_source(kafka_bootstrap, topic)
+        sink.resume(mark, {f"{topic}:{p}": start for p in partitions})
+        checkpoint = None
+        for letter in letters(partitions, range(start, stop)):
+            if letter.offset == crash_at and checkpoint is None:
+                checkpoint = sink.mark()
+            sink.write(letter)
+        sink.close()  # the crash: the letters after the checkpoint are in the topic
+        return checkpoint, sink.skipped
+
+    ranks = [[0, 2], [1, 3]]
+    # Each rank checkpoints at offset 5, writes up to 9, and crashes.
+    marks = [run(parts, None, 0, 10, 5)[0] for parts in ranks]
+    # Restarted from offset 5 (offsets 5-9 are in the topic already), each
+    # checkpoints at 7, among those it skips, and crashes again.
+    again = [run(parts, mark, 5, 12, 7) for parts, mark in zip(ranks, marks, strict=True)]
+    assert [skipped for _, skipped in again] == [10, 10]
+    restarted = [run(parts, mark, 7, 15, 12) for parts, (mark, _) in zip(ranks, again, strict=True)]
+    assert [skipped for _, skipped in restarted] == [10, 10]
+    # One rank takes all four partitions with the ranks' marks (per source
+    # partition, so they merge like positions); and a fresh start, no mark at all.
+    merged = restarted[0][0] | restarted[1][0]
+    assert run([0, 1, 2, 3], merged, 12, 20, 99)[1] == 4 * 3
+    assert run([0, 1, 2, 3], None, 0, 20, 99)[1] == 4 * 20
+
+    dlq = f"{topic}.dlq"
+    written = Counter((d.partition, d.offset) for d in read_dead_letters(kafka_bootstrap, dlq))
+    assert written == Counter({(f"{topic}:{p}", o): 1 for p in range(4) for o in range(20)})
 
 
 def test_lag_pause_and_resume(kafka_bootstrap, topic_name):

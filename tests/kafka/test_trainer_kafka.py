@@ -4,10 +4,22 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
+from typer.testing import CliRunner
 
-from headrace.stream import CtrGenerator, KafkaSink, SyntheticConfig, ensure_topic
+from headrace.cli import app
+from headrace.stream import (
+    CtrGenerator,
+    KafkaSink,
+    SyntheticConfig,
+    ensure_topic,
+    read_dead_letters,
+)
 from headrace.tansu import free_port
 from tests.trainer.conftest import (
     SMALL_CONFIG,
@@ -21,37 +33,110 @@ from tests.trainer.killing import train_with_kills
 pytestmark = pytest.mark.kafka
 
 # Enough events that training takes seconds: the kills must land mid-run.
-EVENTS, PARTITIONS, BAD = 12_000, 3, 6
+# A bad message every 100 events: every kill lands a few letters past the
+# last checkpoint, so a restart that wrote them again would be seen.
+EVENTS, PARTITIONS, BAD = 12_000, 3, 120
+BAD_MESSAGES = (b"not json", b'{"ts": 1, "label": 7, "sparse": {}}')
+
+
+class EventsTopic(NamedTuple):
+    url: str
+    dlq: str
+    bootstrap: str
+    #: (source partition key, offset) -> the bad message there.
+    bad: dict[tuple[str, int], bytes]
 
 
 @pytest.fixture
-def events_topic(kafka_bootstrap, topic_name) -> str:
-    """A topic of EVENTS good and BAD bad messages over PARTITIONS partitions."""
+def events_topic(kafka_bootstrap, topic_name) -> EventsTopic:
+    """A topic of EVENTS good and BAD bad messages (two reasons) over PARTITIONS partitions."""
     topic = topic_name("train")
     ensure_topic(kafka_bootstrap, topic, PARTITIONS)
     sink = KafkaSink(kafka_bootstrap, topic)
+    sent = [0] * PARTITIONS
+    bad = {}
     for i, event in enumerate(CtrGenerator(SyntheticConfig(seed=9)).generate(0, EVENTS).events):
+        p = i % PARTITIONS
         if i % (EVENTS // BAD) == 0:
-            sink.send(b"not json", partition=i % PARTITIONS)
-        sink.send(json.dumps(event).encode(), partition=i % PARTITIONS)
+            bad[(f"{topic}:{p}", sent[p])] = BAD_MESSAGES[len(bad) % 2]
+            sink.send(bad[(f"{topic}:{p}", sent[p])], partition=p)
+            sent[p] += 1
+        sink.send(json.dumps(event).encode(), partition=p)
+        sent[p] += 1
     sink.close()
-    return f"kafka://{kafka_bootstrap}/{topic}"
+    url = f"kafka://{kafka_bootstrap}/{topic}"
+    return EventsTopic(url, f"{topic}.dlq", kafka_bootstrap, bad)
 
 
-def test_kafka_source_survives_three_kills_bit_identically(tmp_path, events_topic):
+def dlq_positions(topic: EventsTopic) -> Counter[tuple[str, int]]:
+    """How often each source position was dead-lettered to the topic's DLQ."""
+    return Counter((d.partition, d.offset) for d in read_dead_letters(topic.bootstrap, topic.dlq))
+
+
+@pytest.fixture
+def small_config(tmp_path: Path) -> Path:
     config = tmp_path / "trainer.toml"
     config.write_text(SMALL_CONFIG)
-    args = ["train", "--source", events_topic, "--config", str(config), "--until-end"]
+    return config
+
+
+def test_bad_messages_go_to_the_dlq_topic_and_the_good_ones_are_trained(
+    tmp_path, events_topic, small_config
+):
+    args = ["train", "--source", events_topic.url, "--config", str(small_config)]
+    summary = run_cli(*args, "--until-end", "--data-dir", str(tmp_path / "topic"))
+    assert summary["trained"] == EVENTS and summary["dead_letters"] == BAD
+    letters = list(read_dead_letters(events_topic.bootstrap, events_topic.dlq))
+    assert {(d.partition, d.offset): d.raw for d in letters} == events_topic.bad
+    assert len(letters) == BAD
+    reasons = Counter(d.reason for d in letters)
+    assert reasons == {"not_json": BAD // 2, "bad_label": BAD // 2}
+    assert not (tmp_path / "topic" / "dead_letters.jsonl").exists()
+    printed = CliRunner().invoke(
+        app, ["dead-letters", f"kafka://{events_topic.bootstrap}/{events_topic.dlq}"]
+    )
+    assert printed.exit_code == 0, printed.output
+    assert [json.loads(line) for line in printed.stdout.splitlines()] == [
+        d.to_json() for d in letters
+    ]
+    # Letters of source partition p are in DLQ partition p, in order.
+    raw = KafkaConsumer(
+        bootstrap_servers=events_topic.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    raw.assign([TopicPartition(events_topic.dlq, p) for p in range(PARTITIONS)])
+    headers = [(m.partition, dict(m.headers)) for m in raw]
+    raw.close()
+    assert all(h["headrace.partition"] == str(p).encode() for p, h in headers)
+    offsets = [int(h["headrace.offset"]) for p, h in headers if p == 1]
+    assert offsets == sorted(offsets) and len(offsets) == BAD // PARTITIONS
+
+    # The file sink on request: the letters go to the data dir, none to the topic.
+    summary = run_cli(
+        *args, "--until-end", "--dead-letters", "file", "--data-dir", str(tmp_path / "file")
+    )
+    assert summary["trained"] == EVENTS
+    lines = (tmp_path / "file" / "dead_letters.jsonl").read_text().splitlines()
+    assert {(d["partition"], d["offset"]) for d in map(json.loads, lines)} == set(events_topic.bad)
+    assert dlq_positions(events_topic) == Counter(set(events_topic.bad))
+
+
+def test_kafka_source_survives_three_kills_bit_identically(tmp_path, events_topic, small_config):
+    args = ["train", "--source", events_topic.url, "--config", str(small_config)]
+    args.append("--until-end")
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     after_kills = train_with_kills(
         [*args, "--deterministic", "--data-dir", str(killed)], killed, EVENTS, 5
     )
+    # Each bad message was dead-lettered once to the topic, kills or not.
+    assert dlq_positions(events_topic) == Counter(set(events_topic.bad))
     summary = run_cli(*args, "--deterministic", "--data-dir", str(clean))
 
     assert all(0 < trained < EVENTS for trained in after_kills), after_kills
     state, _, _ = saved_training(killed)
     assert state.trained == summary["trained"] == EVENTS
-    assert state.dead_letters == {"not_json": BAD}
+    assert state.dead_letters == {"not_json": BAD // 2, "bad_label": BAD // 2}
     assert sum(state.positions.values()) == EVENTS + BAD
     assert_bit_identical(killed, clean)
 
@@ -60,6 +145,8 @@ def test_kafka_source_survives_three_kills_bit_identically(tmp_path, events_topi
     fast = tmp_path / "fast"
     assert run_cli(*args, "--data-dir", str(fast))["trained"] == EVENTS
     assert saved_training(fast)[0].trained == EVENTS
+    # The later runs on fresh data dirs found every letter in the topic already.
+    assert dlq_positions(events_topic) == Counter(set(events_topic.bad))
 
 
 def test_an_unreachable_publish_broker_fails_at_start_and_exits(tmp_path, events_topic):
@@ -68,7 +155,7 @@ def test_an_unreachable_publish_broker_fails_at_start_and_exits(tmp_path, events
         headrace_command(
             "train",
             "--source",
-            events_topic,
+            events_topic.url,
             "--data-dir",
             str(tmp_path / "data"),
             "--publish",

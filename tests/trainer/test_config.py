@@ -101,3 +101,23 @@ def test_cli_rejects_a_bad_source_url(tmp_path):
     )
     assert result.exit_code == 2
     assert "events='ten' must be an integer" in result.output
+
+
+@pytest.mark.parametrize(
+    ("flag", "env", "message"),
+    [
+        (["--dead-letters", "topic"], {}, "use --dead-letters file"),
+        ([], {"HEADRACE_TRAINER__DEAD_LETTERS": "topic"}, "use --dead-letters file"),
+        (["--dead-letters", "kafka"], {}, "expected topic, file or auto, not 'kafka'"),
+        ([], {"HEADRACE_TRAINER__DEAD_LETTERS": "kafka"}, "dead_letters"),
+    ],
+)
+def test_a_dead_letter_topic_needs_a_kafka_source(tmp_path, monkeypatch, flag, env, message):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    result = CliRunner().invoke(
+        app,
+        ["train", "--source", "synthetic://?events=10", "--data-dir", str(tmp_path), *flag],
+    )
+    assert result.exit_code == 2
+    assert message in " ".join(result.output.split())

@@ -16,6 +16,7 @@ from headrace.stream import FileSource, SyntheticConfig, SyntheticSource
 from headrace.trainer import (
     Trainer,
     TrainerError,
+    TrainingState,
     load_trainer_config,
     saved_model,
 )
@@ -213,3 +214,22 @@ def test_a_memory_budget_trains_the_same_and_checkpoints_early(tmp_path, small_c
     tiered_stats = runs[64 << 10][2]
     assert tiered_stats.memory_rows * 100 < 64 << 10 < sum(tiered_stats.rows.values()) * 100
     assert "checkpoint taken early" in caplog.text
+
+
+def test_a_crashed_first_run_leaves_no_dead_letter_behind(tmp_path, small_config):
+    # A run killed before its first checkpoint wrote letters; all its records are read again.
+    log = tmp_path / "events.jsonl"
+    write_log(log, 500, bad_every=100)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "dead_letters.jsonl").write_text('{"offset": 0}\n{"offset": 101}\n')
+    with Trainer.open(load_trainer_config(small_config), tmp_path / "data", FileSource(log)) as t:
+        assert t.run().dead_letters == 5
+    letters = (tmp_path / "data" / "dead_letters.jsonl").read_text().splitlines()
+    assert [json.loads(line)["offset"] for line in letters] == [0, 101, 202, 303, 404]
+    assert "raw_b64" in json.loads(letters[0])
+
+
+def test_a_checkpoint_that_saved_the_dead_letter_file_size_resumes():
+    old = b'{"trained": 3, "dead_letter_bytes": 120, "positions": {"log": 9}}'
+    assert TrainingState.from_bytes(old).dead_letter_mark == {"bytes": 120}
+    assert TrainingState.from_bytes(b'{"dead_letter_bytes": null}').dead_letter_mark == {}
