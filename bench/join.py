@@ -40,12 +40,10 @@ import numpy as np
 import torch
 
 from headrace.joiner import JoinConfig, Joiner, open_inputs, open_sink
+from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
 from headrace.stream import (
     EventParser,
     FileSource,
-    KafkaSink,
-    KafkaSource,
-    KafkaSourceConfig,
     ListDeadLetterSink,
     LogSink,
     ParserConfig,
@@ -56,7 +54,8 @@ from headrace.stream import (
     open_log,
 )
 from headrace.tansu import kafka_bootstrap
-from headrace.trainer import Trainer, TrainerConfig, lookup_pooled
+from headrace.model import lookup_inputs
+from headrace.trainer import Trainer, TrainerConfig
 from headrace.trainer.correction import calibrated_probabilities
 from headrace.trainer.evaluation import histogram_auc
 
@@ -81,7 +80,7 @@ def write_streams(n: int, folder: Path) -> tuple[float, np.ndarray]:
 
 def produce(bootstrap: str, path: Path, topic: str) -> int:
     ensure_topic(bootstrap, topic, KAFKA_PARTITIONS)
-    sink = KafkaSink(bootstrap, topic, linger_ms=20)
+    sink = RdKafkaSink(bootstrap, topic)
     with open_log(path) as lines:
         for line in lines:
             value = line.rstrip(b"\n")
@@ -89,17 +88,20 @@ def produce(bootstrap: str, path: Path, topic: str) -> int:
             key = value.split(b'"request_id":"', 1)[1].split(b'"', 1)[0]
             sink.send(value, key=key)
     sink.close()
-    return sink.acked
+    return sink.sent
 
 
 def raw_poll(bootstrap: str, topics: list[tuple[str, int]]) -> float:
-    """Messages per second read raw from both topics (``(topic, messages)``), in turn."""
+    """Messages per second read raw from both topics (``(topic, messages)``), in turn.
+
+    With the joiner's own consumer (librdkafka), all partitions.
+    """
     started = time.perf_counter()
     for topic, count in topics:
-        source = KafkaSource(KafkaSourceConfig(bootstrap, topic))
+        source = RdKafkaSource(bootstrap, topic, range(KAFKA_PARTITIONS))
         read = 0
         while read < count:
-            read += len(source.poll(1 << 16, 1.0))
+            read += len(source.poll(1 << 14, 1.0))
         source.close()
     return sum(count for _, count in topics) / (time.perf_counter() - started)
 
@@ -119,8 +121,13 @@ class ServedScores:
     """Scores every impression at its own event time with the model as it stood then."""
 
     def __init__(self, path: Path, config: TrainerConfig, sample_rate: float) -> None:
+        spec = config.model_spec
         parser = EventParser(
-            ParserConfig(require_label=False, dense_names=config.model.dense_features)
+            ParserConfig(
+                require_label=False,
+                dense_names=spec.model.dense_features,
+                fid_names=tuple(spec.shared_tables.items()),
+            )
         )
         source = FileSource(path)
         self.chunks = []
@@ -143,8 +150,7 @@ class ServedScores:
     def score_until(self, trainer: Trainer, serve_time: float) -> None:
         started = time.perf_counter()
         end = int(np.searchsorted(self.ts, serve_time, side="right"))
-        cfg = trainer.config
-        slots = tuple(s.name for s in cfg.slots)
+        spec = trainer.model_spec
         while self.cursor < end:
             chunk, offset = divmod(self.cursor, 1024)
             batch = self.chunks[chunk]
@@ -153,10 +159,10 @@ class ServedScores:
             keep[offset:stop] = True
             part = batch.select(keep)
             with torch.no_grad():
-                pooled = lookup_pooled(
-                    part, slots, trainer.store.lookup, cfg.model.pooling, cfg.dim
+                pooled, sequences = lookup_inputs(
+                    part, spec.slots, spec.tables, trainer.store.lookup, spec.model.pooling, spec.dim
                 )
-                logits = trainer.model(pooled, torch.from_numpy(part.dense)).numpy()
+                logits = trainer.model(pooled, sequences, torch.from_numpy(part.dense)).numpy()
             rates = np.full(len(part), self.sample_rate, dtype=np.float32)
             self.scores[self.cursor : self.cursor + len(part)] = calibrated_probabilities(
                 logits, rates

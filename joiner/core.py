@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import struct
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, deque
+from typing import NamedTuple
 
 import orjson
 
@@ -54,8 +54,7 @@ def keep_negative(seed: int, key: str, rate: float) -> bool:
     return int.from_bytes(digest.digest(), "little") < rate * 2.0**64
 
 
-@dataclass(frozen=True, slots=True)
-class Emitted:
+class Emitted(NamedTuple):
     """One labelled event to write: its join key (the message key) and JSON bytes."""
 
     key: str
@@ -63,8 +62,7 @@ class Emitted:
     label: int
 
 
-@dataclass(frozen=True, slots=True)
-class Late:
+class Late(NamedTuple):
     """An action that joined nothing, with why."""
 
     reason: str
@@ -119,6 +117,10 @@ class JoinCore:
         self.max_impression_ts = -float("inf")
         self.max_action_ts = -float("inf")
         self._pending: dict[str, _Pending] = {}
+        # When each pending window closes: (close time, key). Impressions
+        # mostly come in time order, so their closes go to a FIFO (O(1));
+        # only an impression older than the newest close goes to the heap.
+        self._closing_in_order: deque[tuple[float, str]] = deque()
         self._closing: list[tuple[float, str]] = []
         self._early: dict[str, tuple[float, bytes]] = {}
         self._early_order: list[tuple[float, str]] = []
@@ -155,9 +157,10 @@ class JoinCore:
 
     def occupancy(self) -> float:
         """How much of the window the pending impressions span (0 to about 1)."""
-        if not self._closing:
+        heads = [q[0][0] for q in (self._closing_in_order, self._closing) if q]
+        if not heads:
             return 0.0
-        oldest = self._closing[0][0] - self.config.window_s
+        oldest = min(heads) - self.config.window_s
         return max(0.0, self.max_impression_ts - oldest) / self.config.window_s
 
     # -- input ---------------------------------------------------------------
@@ -168,7 +171,8 @@ class JoinCore:
         if key in self._pending:
             raise KeyError(key)
         self.counters["impressions"] += 1
-        self.max_impression_ts = max(self.max_impression_ts, impression.ts)
+        if impression.ts > self.max_impression_ts:
+            self.max_impression_ts = impression.ts
         pending = _Pending(impression.ts, impression.body, False)
         early = self._early.pop(key, None)
         if early is not None:
@@ -207,17 +211,28 @@ class JoinCore:
 
     def advance(self, watermark: float) -> None:
         """Close every window that ends at or before ``watermark``; drop orphaned early actions."""
-        closing = self._closing
-        while closing and closing[0][0] <= watermark:
-            _, key = heapq.heappop(closing)
-            pending = self._pending.pop(key)
-            self.changes[PENDING + key.encode()] = None
-            self.counters["closed"] += 1
-            if self.config.mode == "wait":
+        in_order, heap = self._closing_in_order, self._closing
+        pending_of, changes = self._pending, self.changes
+        wait = self.config.mode == "wait"
+        closed = 0
+        while True:
+            # The earlier of the two heads, if its window has closed.
+            if in_order and in_order[0][0] <= watermark and (not heap or in_order[0] <= heap[0]):
+                key = in_order.popleft()[1]
+            elif heap and heap[0][0] <= watermark:
+                key = heapq.heappop(heap)[1]
+            else:
+                break
+            pending = pending_of.pop(key)
+            changes[PENDING + key.encode()] = None
+            closed += 1
+            if wait:
                 if pending.positive:
                     self._emit_positive(key, pending, b"w")
                 else:
                     self._emit_negative(key, pending, b"w")
+        if closed:
+            self.counters["closed"] += closed
         order = self._early_order
         while order and order[0][0] < watermark:
             ts, key = heapq.heappop(order)
@@ -244,7 +259,12 @@ class JoinCore:
 
     def _add_pending(self, key: str, pending: _Pending) -> None:
         self._pending[key] = pending
-        heapq.heappush(self._closing, (pending.ts + self.config.window_s, key))
+        close = (pending.ts + self.config.window_s, key)
+        in_order = self._closing_in_order
+        if not in_order or close >= in_order[-1]:
+            in_order.append(close)
+        else:
+            heapq.heappush(self._closing, close)
 
     def _buffer_early(self, action: Action, raw: bytes) -> None:
         key = action.key

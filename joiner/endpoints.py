@@ -14,13 +14,11 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
+from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
 from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
     FileSource,
-    KafkaSink,
-    KafkaSourceConfig,
     LogSink,
-    ProcessKafkaSource,
     Source,
     ensure_topic,
     parse_kafka_url,
@@ -112,14 +110,9 @@ def open_inputs(
             "give both topics as many partitions, keyed by request id"
         )
     mine = my_partitions(counts[0], rank, ranks)
-    settings = client or KafkaClientSettings()
-    first = ProcessKafkaSource(
-        KafkaSourceConfig(imp_servers, imp_topic, partitions=mine, client=settings)
-    )
+    first = RdKafkaSource(imp_servers, imp_topic, mine, client)
     try:
-        second = ProcessKafkaSource(
-            KafkaSourceConfig(act_servers, act_topic, partitions=mine, client=settings)
-        )
+        second = RdKafkaSource(act_servers, act_topic, mine, client)
     except BaseException:
         first.close()
         raise
@@ -136,5 +129,5 @@ def open_sink(
         except ValueError as exc:
             raise EndpointError(f"{option}: {exc}") from None
         ensure_topic(servers, topic, partitions, client=client)
-        return KafkaSink(servers, topic, client=client)
+        return RdKafkaSink(servers, topic, client)
     return LogSink(_file_path(url, option), append=True)
