@@ -2,16 +2,20 @@
 
 Each cycle reads a chunk of impressions and of actions (keeping the two
 inputs within ``align_slack_s`` of each other in event time), joins them,
-advances the watermark and writes what was emitted. An input's progress is
+advances the watermark and writes what was emitted. An action is joined
+only once the impressions have been read up to its time (until then it is
+held, and the committed position of its partition stays before it), so the
+output follows event time. An input's progress is
 the smallest, over its partitions that still have records to read, of the
 newest ``ts`` read from each (partitions are read unevenly; one read to its
 end does not hold the others back), and the watermark is the impressions'
 progress less the allowed lateness, held back to the actions' progress
-while actions are still coming. Every
-``commit_every_s`` it flushes the output, the late actions and the dead
-letters, then commits the state changes, both inputs' positions and the
-counters in one RocksDB write batch. After a crash it restarts from the
-last commit: what it emitted since then is emitted again with the same
+while actions are still coming. Every ``commit_every_s`` it flushes the
+output, the late actions and the dead letters, then commits the state
+changes, both inputs' positions, the counters and the size of every output
+file in one RocksDB write batch. After a crash it restarts from the last
+commit: output files are cut back to their committed size, so what is
+emitted again is written once; a Kafka output gets it again with the same
 ``event_id`` values, and the trainer drops the ids it has already trained.
 """
 
@@ -134,12 +138,43 @@ class Joiner:
         for name, source in self.inputs.items():
             if name in self.state.positions:
                 source.seek(self.state.positions[name])
+        self._cut_back_outputs()
         if self.state.positions:
             log.info(
                 "resuming at %s with %d pending impressions",
                 self.state.positions,
                 self.core.pending,
             )
+
+    def _outputs(self) -> dict[str, object]:
+        return {
+            "out": self.out,
+            "late": self.late,
+            **{f"dead_{name}": sink for name, sink in self.dead_letters.items()},
+        }
+
+    def _marks(self) -> dict[str, int]:
+        """The size of every output file now (outputs that are not files have none)."""
+        return {
+            name: sink.size()  # type: ignore[attr-defined]
+            for name, sink in self._outputs().items()
+            if hasattr(sink, "truncate")
+        }
+
+    def _cut_back_outputs(self) -> None:
+        """Cut output files back to the last commit; on a first start, commit their sizes.
+
+        What was written after the last commit is written again as the
+        inputs are read again from there: cutting it makes emitted events,
+        late actions and dead letters in files exactly once.
+        """
+        if not self.state.marks:
+            self.commit()
+            return
+        for name, sink in self._outputs().items():
+            if name in self.state.marks and hasattr(sink, "truncate"):
+                sink.truncate(self.state.marks[name])
+        log.info("output files cut back to the last commit: %s", self.state.marks)
 
     # -- one cycle -----------------------------------------------------------
 
@@ -318,7 +353,9 @@ class Joiner:
         for key, queue in self._held.items():
             if queue:  # read again after a restart: held actions are not joined yet
                 positions["actions"][key] = queue[0][2].offset
-        self.state.commit(self.core.take_changes(), positions, dict(self.core.counters))
+        self.state.commit(
+            self.core.take_changes(), positions, dict(self.core.counters), self._marks()
+        )
         self.telemetry.commit_duration.observe(time.perf_counter() - started)
 
     def close_all_windows(self) -> None:
