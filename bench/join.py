@@ -41,6 +41,7 @@ import torch
 
 from headrace.joiner import JoinConfig, Joiner, open_inputs, open_sink
 from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
+from headrace.model import lookup_inputs
 from headrace.stream import (
     EventParser,
     FileSource,
@@ -54,7 +55,6 @@ from headrace.stream import (
     open_log,
 )
 from headrace.tansu import kafka_bootstrap
-from headrace.model import lookup_inputs
 from headrace.trainer import Trainer, TrainerConfig
 from headrace.trainer.correction import calibrated_probabilities
 from headrace.trainer.evaluation import histogram_auc
@@ -160,7 +160,12 @@ class ServedScores:
             part = batch.select(keep)
             with torch.no_grad():
                 pooled, sequences = lookup_inputs(
-                    part, spec.slots, spec.tables, trainer.store.lookup, spec.model.pooling, spec.dim
+                    part,
+                    spec.slots,
+                    spec.tables,
+                    trainer.store.lookup,
+                    spec.model.pooling,
+                    spec.dim,
                 )
                 logits = trainer.model(pooled, sequences, torch.from_numpy(part.dense)).numpy()
             rates = np.full(len(part), self.sample_rate, dtype=np.float32)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from headrace.serving import ParameterPublisher, SyncKey
     from headrace.stream import KafkaSink
     from headrace.trainer import Trainer
-    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
 #: The dashboard's samples, in the trainer's data dir so that they outlive a restart.
@@ -395,6 +395,13 @@ def train(
             "and sync lag."
         ),
     ] = None,
+    joiner_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A joiner's --metrics-port base URL (repeatable); the dashboard shows its "
+            "joined events/s, pending impressions, late actions and window occupancy."
+        ),
+    ] = None,
     max_events: Annotated[
         int | None, typer.Option(min=1, help="Stop after reading this many records in this run.")
     ] = None,
@@ -441,11 +448,12 @@ def train(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for url in serving_url or []:
-        if not url.startswith(("http://", "https://")):
-            raise typer.BadParameter(
-                f"{url!r} is not a URL; give http://HOST:PORT", param_hint="--serving-url"
-            )
+    for option, urls in (("--serving-url", serving_url), ("--joiner-url", joiner_url)):
+        for url in urls or []:
+            if not url.startswith(("http://", "https://")):
+                raise typer.BadParameter(
+                    f"{url!r} is not a URL; give http://HOST:PORT", param_hint=option
+                )
     if publish is not None:
         _check_params_location(publish, "--publish")
     try:
@@ -490,6 +498,7 @@ def train(
                 publisher,
                 (metrics_host, metrics_port),
                 serving_url or [],
+                joiner_url or [],
                 data_dir / DASHBOARD_HISTORY,
                 token,
             )
@@ -519,19 +528,22 @@ def train(
 
 
 class _Dashboard:
-    """The trainer's HTTP server and the poller of serving workers behind it."""
+    """The trainer's HTTP server and the pollers of serving workers and joiners behind it."""
 
     def __init__(
-        self, server: DashboardServer, poller: WorkerPoller | None, history: TrainingHistory
+        self,
+        server: DashboardServer,
+        pollers: list[WorkerPoller | JoinerPoller],
+        history: TrainingHistory,
     ) -> None:
         self.server = server
-        self.poller = poller
+        self.pollers = pollers
         self.history = history
 
     def close(self) -> None:
         self.server.close()
-        if self.poller is not None:
-            self.poller.stop()
+        for poller in self.pollers:
+            poller.stop()
         self.history.close()
 
 
@@ -541,6 +553,7 @@ def _start_dashboard(
     publisher: ParameterPublisher | None,
     address: tuple[str, int],
     serving_urls: list[str],
+    joiner_urls: list[str],
     history_path: Path,
     token: str | None,
 ) -> _Dashboard:
@@ -551,13 +564,15 @@ def _start_dashboard(
     every page requires it, and the serving workers are asked with it.
     """
     from headrace.config import API_TOKEN_ENV
-    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
     poller = WorkerPoller(serving_urls, token=token) if serving_urls else None
+    joiners = JoinerPoller(joiner_urls, token=token) if joiner_urls else None
     history = TrainingHistory(
         sync_version=(lambda: publisher.version) if publisher is not None else None,
         workers=poller.status if poller is not None else None,
+        joiners=joiners.status if joiners is not None else None,
         path=history_path,
     )
     host, port = address
@@ -572,8 +587,9 @@ def _start_dashboard(
             "pick a free --metrics-port"
         ) from exc
     server.start()
-    if poller is not None:
-        poller.start()
+    pollers = [p for p in (poller, joiners) if p is not None]
+    for each in pollers:
+        each.start()
     logger = logging.getLogger("headrace")
     logger.info(
         "metrics on http://%s:%d/metrics, drift dashboard on http://%s:%d/dashboard (%s)",
@@ -591,7 +607,7 @@ def _start_dashboard(
             server.port,
             API_TOKEN_ENV,
         )
-    return _Dashboard(server, poller, history)
+    return _Dashboard(server, pollers, history)
 
 
 def _check_params_location(url: str, option: str) -> None:

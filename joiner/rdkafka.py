@@ -143,9 +143,7 @@ class RdKafkaSource:
         )
         try:
             _check_reachable(self._consumer, servers, topic)
-            self._positions: Positions = {
-                key: self._query(p)[0] for p, key in self._keys.items()
-            }
+            self._positions: Positions = {key: self._query(p)[0] for p, key in self._keys.items()}
             self._assign()
         except BaseException:
             self._consumer.close()

@@ -26,8 +26,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from operator import itemgetter
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry

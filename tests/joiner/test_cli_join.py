@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from headrace.cli import app
 from headrace.stream import KafkaSink, ensure_topic
 from headrace.tansu import free_port
+from headrace.trainer.dashboard import JoinerPoller
 from tests.deploy.conftest import read_metric_list
 from tests.trainer.conftest import headrace_command
 
@@ -108,6 +109,9 @@ def test_running_joiner_exports_every_listed_metric_and_stops_cleanly(
             if emitted and sum(s.value for s in emitted.samples if s.name.endswith("_total")) > 0:
                 break
             time.sleep(0.5)
+        # What the trainer's dashboard reads of it (train --joiner-url).
+        url = f"http://127.0.0.1:{port}"
+        status = JoinerPoller([url]).poll(url)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -119,4 +123,6 @@ def test_running_joiner_exports_every_listed_metric_and_stops_cleanly(
             assert name in families, f"{spec.name} is not exported"
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["impressions"] == 50 and summary["positives"] >= 1
+    assert status.up and 1 <= status.emitted <= 50 and status.actions == 1
+    assert status.pending is not None and status.early == 0 and status.late == 0
     assert summary["dead_impressions:not_json"] == 1
