@@ -174,7 +174,7 @@ class JoinCore:
         if impression.ts > self.max_impression_ts:
             self.max_impression_ts = impression.ts
         pending = _Pending(impression.ts, impression.body, False)
-        early = self._early.pop(key, None)
+        early = self._early.pop(key, None) if self._early else None
         if early is not None:
             self.changes[EARLY + key.encode()] = None
             if early[0] - impression.ts <= self.config.window_s:

@@ -9,7 +9,6 @@ item key configured, both carry the item too and the join key is
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple
 
 import orjson
@@ -27,8 +26,6 @@ __all__ = ["Action", "Impression", "ImpressionReader", "join_key", "read_action"
 
 #: Fields the joiner writes into an emitted event; an impression's own are dropped.
 _OWNED = ("label", "weight", "sample_rate", "event_id")
-#: One scan finds any of them (or their names inside a string: then the slow path).
-_MENTIONS_OWNED = re.compile(("|".join(f'"{name}"' for name in _OWNED)).encode()).search
 
 
 class Impression(NamedTuple):
@@ -125,7 +122,14 @@ class ImpressionReader:
     def _body(raw: bytes) -> bytes:
         """The impression as a JSON object without the fields the joiner writes."""
         body = raw if raw.endswith(b"}") else raw.strip()
-        if body.endswith(b"}") and _MENTIONS_OWNED(body) is None:
+        # Four substring searches in C (a regex alternation or a generator
+        # costs several times more, per impression).
+        if body.endswith(b"}") and not (
+            b'"label"' in body
+            or b'"weight"' in body
+            or b'"sample_rate"' in body
+            or b'"event_id"' in body
+        ):
             return body
         # Rare: the impression carries a field the joiner owns (or the bytes
         # mention one inside a string); rewrite it without them.
