@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
     from headrace.kafka_client import KafkaClientSettings
     from headrace.serving import ParameterPublisher, SyncKey
-    from headrace.stream import KafkaSink
+    from headrace.stream import KafkaSink, LogSink
     from headrace.trainer import Trainer
     from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
     from headrace.trainer.history import TrainingHistory
@@ -210,6 +210,20 @@ def generate(
     ] = None,
     partitions: PartitionsOption = 1,
     config: KafkaConfigOption = None,
+    actions_to: Annotated[
+        str | None,
+        typer.Option(
+            "--actions-to",
+            help="Two streams for `headrace join`: impressions (events without a label) "
+            "to --to or --out, and each converting impression's click, a delay later in "
+            "event time, to this kafka://HOST:PORT/TOPIC or FILE.jsonl[.gz]; Kafka "
+            "messages keyed by request id.",
+        ),
+    ] = None,
+    mean_delay: Annotated[
+        float,
+        typer.Option(min=0.001, help="--actions-to: mean delay of a click, seconds of event time."),
+    ] = 600.0,
 ) -> None:
     """Generate synthetic CTR events and print the Bayes-optimal AUC of their labels."""
     from headrace.stream import CtrGenerator, SyntheticConfig, generate_events
@@ -218,7 +232,22 @@ def generate(
         raise typer.BadParameter("give exactly one of --out FILE.jsonl[.gz] or --to kafka://...")
     if out is not None and not out.name.endswith((".jsonl", ".jsonl.gz")):
         raise typer.BadParameter(f"{out} must end in .jsonl or .jsonl.gz", param_hint="--out")
-    sink = _open_kafka_sink(to, partitions, _kafka_settings(config)) if to is not None else None
+    if (
+        actions_to is not None
+        and not actions_to.startswith("kafka://")
+        and not (actions_to.endswith((".jsonl", ".jsonl.gz")))
+    ):
+        raise typer.BadParameter(
+            f"give kafka://HOST:PORT/TOPIC or FILE.jsonl[.gz], not {actions_to!r}",
+            param_hint="--actions-to",
+        )
+    kafka = _kafka_settings(config)
+    sink = _open_kafka_sink(to, partitions, kafka) if to is not None else None
+    if actions_to is not None:
+        imps = sink if sink is not None else out
+        assert imps is not None
+        _generate_two_streams(seed, events, mean_delay, imps, actions_to, partitions, kafka)
+        return
     generator = CtrGenerator(SyntheticConfig(seed=seed))
     with _progress("generating") as progress:
         task = progress.add_task("generate", total=events)
@@ -231,6 +260,59 @@ def generate(
     if sink is not None:
         _finish(sink)
     typer.echo(json.dumps({"events": events, "seed": seed, "bayes_auc": round(auc.value(), 6)}))
+
+
+def _generate_two_streams(
+    seed: int,
+    impressions: int,
+    mean_delay: float,
+    imps: KafkaSink | Path,
+    actions_to: str,
+    partitions: int,
+    kafka: KafkaClientSettings,
+) -> None:
+    """``generate --actions-to``: impressions to ``imps``, their clicks to ``actions_to``."""
+    from headrace.stream import LogSink, SyntheticConfig, TwoStreamConfig, TwoStreamGenerator
+
+    files: list[LogSink] = []
+    kafka_sinks: list[KafkaSink] = []
+    sinks = []
+    for where in (imps, actions_to):
+        if isinstance(where, str) and where.startswith("kafka://"):
+            where = _open_kafka_sink(where, partitions, kafka)
+        if isinstance(where, str | Path):
+            files.append(LogSink(Path(where)))
+            sinks.append(files[-1])
+        else:
+            kafka_sinks.append(where)
+            sinks.append(where)
+    actions = _CountingSink(sinks[1])
+    config = TwoStreamConfig(SyntheticConfig(seed=seed), mean_delay_s=mean_delay)
+    with _progress("generating impressions") as progress:
+        task = progress.add_task("generate", total=impressions)
+        auc = TwoStreamGenerator(config).write(
+            impressions, sinks[0], actions, on_progress=lambda n: progress.advance(task, n)
+        )
+    for log in files:
+        log.close()
+    for topic in kafka_sinks:
+        _finish(topic)
+    report = {"impressions": impressions, "actions": actions.sent, "seed": seed}
+    # The labels a joiner with this window makes (a click after it is late).
+    report |= {"window_s": config.window_s, "bayes_auc": round(auc.value(), 6)}
+    typer.echo(json.dumps(report))
+
+
+class _CountingSink:
+    """Counts the messages passed on to a Kafka or file sink."""
+
+    def __init__(self, sink: KafkaSink | LogSink) -> None:
+        self.sink = sink
+        self.sent = 0
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        self.sink.send(value, key)
+        self.sent += 1
 
 
 @app.command()
