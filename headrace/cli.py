@@ -24,9 +24,9 @@ if TYPE_CHECKING:
 
     from headrace.kafka_client import KafkaClientSettings
     from headrace.serving import ParameterPublisher, SyncKey
-    from headrace.stream import KafkaSink
+    from headrace.stream import KafkaSink, LogSink
     from headrace.trainer import Trainer
-    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
 #: The dashboard's samples, in the trainer's data dir so that they outlive a restart.
@@ -210,6 +210,20 @@ def generate(
     ] = None,
     partitions: PartitionsOption = 1,
     config: KafkaConfigOption = None,
+    actions_to: Annotated[
+        str | None,
+        typer.Option(
+            "--actions-to",
+            help="Two streams for `headrace join`: impressions (events without a label) "
+            "to --to or --out, and each converting impression's click, a delay later in "
+            "event time, to this kafka://HOST:PORT/TOPIC or FILE.jsonl[.gz]; Kafka "
+            "messages keyed by request id.",
+        ),
+    ] = None,
+    mean_delay: Annotated[
+        float,
+        typer.Option(min=0.001, help="--actions-to: mean delay of a click, seconds of event time."),
+    ] = 600.0,
 ) -> None:
     """Generate synthetic CTR events and print the Bayes-optimal AUC of their labels."""
     from headrace.stream import CtrGenerator, SyntheticConfig, generate_events
@@ -218,7 +232,22 @@ def generate(
         raise typer.BadParameter("give exactly one of --out FILE.jsonl[.gz] or --to kafka://...")
     if out is not None and not out.name.endswith((".jsonl", ".jsonl.gz")):
         raise typer.BadParameter(f"{out} must end in .jsonl or .jsonl.gz", param_hint="--out")
-    sink = _open_kafka_sink(to, partitions, _kafka_settings(config)) if to is not None else None
+    if (
+        actions_to is not None
+        and not actions_to.startswith("kafka://")
+        and not (actions_to.endswith((".jsonl", ".jsonl.gz")))
+    ):
+        raise typer.BadParameter(
+            f"give kafka://HOST:PORT/TOPIC or FILE.jsonl[.gz], not {actions_to!r}",
+            param_hint="--actions-to",
+        )
+    kafka = _kafka_settings(config)
+    sink = _open_kafka_sink(to, partitions, kafka) if to is not None else None
+    if actions_to is not None:
+        imps = sink if sink is not None else out
+        assert imps is not None
+        _generate_two_streams(seed, events, mean_delay, imps, actions_to, partitions, kafka)
+        return
     generator = CtrGenerator(SyntheticConfig(seed=seed))
     with _progress("generating") as progress:
         task = progress.add_task("generate", total=events)
@@ -231,6 +260,59 @@ def generate(
     if sink is not None:
         _finish(sink)
     typer.echo(json.dumps({"events": events, "seed": seed, "bayes_auc": round(auc.value(), 6)}))
+
+
+def _generate_two_streams(
+    seed: int,
+    impressions: int,
+    mean_delay: float,
+    imps: KafkaSink | Path,
+    actions_to: str,
+    partitions: int,
+    kafka: KafkaClientSettings,
+) -> None:
+    """``generate --actions-to``: impressions to ``imps``, their clicks to ``actions_to``."""
+    from headrace.stream import LogSink, SyntheticConfig, TwoStreamConfig, TwoStreamGenerator
+
+    files: list[LogSink] = []
+    kafka_sinks: list[KafkaSink] = []
+    sinks = []
+    for where in (imps, actions_to):
+        if isinstance(where, str) and where.startswith("kafka://"):
+            where = _open_kafka_sink(where, partitions, kafka)
+        if isinstance(where, str | Path):
+            files.append(LogSink(Path(where)))
+            sinks.append(files[-1])
+        else:
+            kafka_sinks.append(where)
+            sinks.append(where)
+    actions = _CountingSink(sinks[1])
+    config = TwoStreamConfig(SyntheticConfig(seed=seed), mean_delay_s=mean_delay)
+    with _progress("generating impressions") as progress:
+        task = progress.add_task("generate", total=impressions)
+        auc = TwoStreamGenerator(config).write(
+            impressions, sinks[0], actions, on_progress=lambda n: progress.advance(task, n)
+        )
+    for log in files:
+        log.close()
+    for topic in kafka_sinks:
+        _finish(topic)
+    report = {"impressions": impressions, "actions": actions.sent, "seed": seed}
+    # The labels a joiner with this window makes (a click after it is late).
+    report |= {"window_s": config.window_s, "bayes_auc": round(auc.value(), 6)}
+    typer.echo(json.dumps(report))
+
+
+class _CountingSink:
+    """Counts the messages passed on to a Kafka or file sink."""
+
+    def __init__(self, sink: KafkaSink | LogSink) -> None:
+        self.sink = sink
+        self.sent = 0
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        self.sink.send(value, key)
+        self.sent += 1
 
 
 @app.command()
@@ -395,6 +477,13 @@ def train(
             "and sync lag."
         ),
     ] = None,
+    joiner_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A joiner's --metrics-port base URL (repeatable); the dashboard shows its "
+            "joined events/s, pending impressions, late actions and window occupancy."
+        ),
+    ] = None,
     max_events: Annotated[
         int | None, typer.Option(min=1, help="Stop after reading this many records in this run.")
     ] = None,
@@ -459,11 +548,12 @@ def train(
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for url in serving_url or []:
-        if not url.startswith(("http://", "https://")):
-            raise typer.BadParameter(
-                f"{url!r} is not a URL; give http://HOST:PORT", param_hint="--serving-url"
-            )
+    for option, urls in (("--serving-url", serving_url), ("--joiner-url", joiner_url)):
+        for url in urls or []:
+            if not url.startswith(("http://", "https://")):
+                raise typer.BadParameter(
+                    f"{url!r} is not a URL; give http://HOST:PORT", param_hint=option
+                )
     if publish is not None:
         _check_params_location(publish, "--publish")
         if World.from_env() is not None:
@@ -525,6 +615,7 @@ def train(
                 # Each rank on its own port.
                 (metrics_host, metrics_port + run.rank),
                 serving_url or [],
+                joiner_url or [],
                 run.data_dir / DASHBOARD_HISTORY,
                 token,
             )
@@ -626,19 +717,22 @@ def print_dead_letters(
 
 
 class _Dashboard:
-    """The trainer's HTTP server and the poller of serving workers behind it."""
+    """The trainer's HTTP server and the pollers of serving workers and joiners behind it."""
 
     def __init__(
-        self, server: DashboardServer, poller: WorkerPoller | None, history: TrainingHistory
+        self,
+        server: DashboardServer,
+        pollers: list[WorkerPoller | JoinerPoller],
+        history: TrainingHistory,
     ) -> None:
         self.server = server
-        self.poller = poller
+        self.pollers = pollers
         self.history = history
 
     def close(self) -> None:
         self.server.close()
-        if self.poller is not None:
-            self.poller.stop()
+        for poller in self.pollers:
+            poller.stop()
         self.history.close()
 
 
@@ -648,6 +742,7 @@ def _start_dashboard(
     publisher: ParameterPublisher | None,
     address: tuple[str, int],
     serving_urls: list[str],
+    joiner_urls: list[str],
     history_path: Path,
     token: str | None,
 ) -> _Dashboard:
@@ -658,13 +753,15 @@ def _start_dashboard(
     every page requires it, and the serving workers are asked with it.
     """
     from headrace.config import API_TOKEN_ENV
-    from headrace.trainer.dashboard import DashboardServer, WorkerPoller
+    from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
     from headrace.trainer.history import TrainingHistory
 
     poller = WorkerPoller(serving_urls, token=token) if serving_urls else None
+    joiners = JoinerPoller(joiner_urls, token=token) if joiner_urls else None
     history = TrainingHistory(
         sync_version=(lambda: publisher.version) if publisher is not None else None,
         workers=poller.status if poller is not None else None,
+        joiners=joiners.status if joiners is not None else None,
         path=history_path,
     )
     host, port = address
@@ -679,8 +776,9 @@ def _start_dashboard(
             "pick a free --metrics-port"
         ) from exc
     server.start()
-    if poller is not None:
-        poller.start()
+    pollers = [p for p in (poller, joiners) if p is not None]
+    for each in pollers:
+        each.start()
     logger = logging.getLogger("headrace")
     logger.info(
         "metrics on http://%s:%d/metrics, drift dashboard on http://%s:%d/dashboard (%s)",
@@ -698,7 +796,7 @@ def _start_dashboard(
             server.port,
             API_TOKEN_ENV,
         )
-    return _Dashboard(server, poller, history)
+    return _Dashboard(server, pollers, history)
 
 
 def _check_params_location(url: str, option: str) -> None:

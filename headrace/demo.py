@@ -43,7 +43,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from headrace.kafka_client import KafkaClientSettings
+from headrace.kafka_client import SECRET_KEYS, KafkaClientSettings
 
 __all__ = ["DemoError", "DemoOptions", "DemoState", "run_demo"]
 
@@ -696,6 +696,20 @@ def _start_broker(
     return bootstrap, topic, params
 
 
+def _kafka_table(kafka: KafkaClientSettings) -> str:
+    """The joiner's config file: the demo's ``[kafka]`` settings (secrets stay in the env).
+
+    >>> print(_kafka_table(KafkaClientSettings()), end="")
+    # Written by `headrace demo`: the [kafka] settings of its --config.
+    [kafka]
+    """
+    settings = kafka.model_dump(mode="json", exclude_unset=True, exclude=set(SECRET_KEYS))
+    lines = ["# Written by `headrace demo`: the [kafka] settings of its --config.", "[kafka]"]
+    # JSON strings and booleans are TOML's too; secret values never reach a file.
+    lines += [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    return "\n".join(lines) + "\n"
+
+
 def _start_joiner(
     options: DemoOptions,
     bootstrap: str,
@@ -710,9 +724,12 @@ def _start_joiner(
         ensure_topic(bootstrap, topic, 1, client=options.kafka)
     imps, acts, events = (f"kafka://{bootstrap}/{t}" for t in topics)
     port = url.rsplit(":", 1)[1]
+    config = data_dir / "joiner.toml"
+    config.write_text(_kafka_table(options.kafka), encoding="utf-8")
     args = ["join", "--impressions", imps, "--actions", acts, "--out", events]
     args += ["--data-dir", str(data_dir / "joiner"), "--window", str(options.join_window)]
     args += ["--mode", options.join_mode, "--metrics-port", port, "--metrics-host", "127.0.0.1"]
+    args += ["--config", str(config)]
     logs = data_dir / "logs"
     return Child("the joiner", _cli(*args), logs / "joiner.log", stdout=logs / "joiner.out")
 
@@ -781,15 +798,16 @@ def _run(
     ]
     for url in serving_urls:
         trainer_args += ["--serving-url", url]
+    joiner_url = f"http://127.0.0.1:{free_port()}" if options.joiner else None
+    if joiner_url is not None:  # the trainer's dashboard shows the joiner's panels
+        trainer_args += ["--joiner-url", joiner_url]
     run.trainer = Child(
         "the trainer", _cli(*trainer_args), logs / "trainer.log", stdout=logs / "trainer.out"
     )
     state.save(data_dir)
     world = (options.seed, options.drift_every, options.rate, state.next_event, options.kafka)
-    joiner_url = None
-    if options.joiner:
+    if joiner_url is not None:
         inputs = (f"{topic}-impressions", f"{topic}-actions")
-        joiner_url = f"http://127.0.0.1:{free_port()}"
         run.joiner = _start_joiner(options, bootstrap, (*inputs, topic), joiner_url, data_dir)
         run.generator = TwoStreamDemoGenerator(
             bootstrap, inputs, *world, window_s=options.join_window

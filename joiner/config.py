@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from headrace.config import load_config
 
@@ -27,6 +27,13 @@ class JoinConfig(BaseModel):
         if an action came in it, else 0. ``"fake-negative"``: emit it at once
         as a negative, and again as a positive when its action comes (Ktena
         et al., RecSys 2019); the positive carries an importance weight.
+    fake_negative_wait_s
+        Fake-negative mode: seconds of event time an impression waits before
+        its first copy goes out, labelled by the actions come so far (a
+        negative that a later action turns into a fake one, then followed by
+        a positive). 0: at once, as Ktena et al.; a few minutes catches the
+        quick actions, so fewer first copies are fake (as ES-DFM's elapsed
+        time, Yang et al., AAAI 2021).
     negative_rate
         Keep each negative with this probability (deterministic per join
         key); emitted events carry it as ``sample_rate``.
@@ -56,6 +63,7 @@ class JoinConfig(BaseModel):
 
     window_s: float = Field(3600.0, gt=0)
     mode: Literal["wait", "fake-negative"] = "wait"
+    fake_negative_wait_s: float = Field(0.0, ge=0)
     negative_rate: float = Field(1.0, gt=0, le=1)
     item_key: str | None = None
     positive_types: tuple[str, ...] = ()
@@ -68,7 +76,25 @@ class JoinConfig(BaseModel):
 
     def identity(self) -> dict[str, object]:
         """The settings a data directory's state depends on (a restart must keep them)."""
-        return {"window_s": self.window_s, "mode": self.mode, "item_key": self.item_key}
+        identity: dict[str, object] = {
+            "window_s": self.window_s,
+            "mode": self.mode,
+            "item_key": self.item_key,
+        }
+        if self.fake_negative_wait_s:  # (absent before it existed: old states stay valid)
+            identity["fake_negative_wait_s"] = self.fake_negative_wait_s
+        return identity
+
+    @model_validator(mode="after")
+    def _wait_within_window(self) -> JoinConfig:
+        if self.fake_negative_wait_s and self.mode != "fake-negative":
+            raise ValueError("fake_negative_wait_s is for mode 'fake-negative'")
+        if self.fake_negative_wait_s >= self.window_s:
+            raise ValueError(
+                f"fake_negative_wait_s ({self.fake_negative_wait_s}) must be below window_s "
+                f"({self.window_s}); with a wait that long, use mode 'wait'"
+            )
+        return self
 
 
 def load_join_config(path: str | Path | None = None, **flags: object) -> JoinConfig:

@@ -25,8 +25,8 @@ from __future__ import annotations
 import hashlib
 import heapq
 import struct
-from collections import Counter
-from dataclasses import dataclass
+from collections import Counter, deque
+from typing import NamedTuple
 
 import orjson
 
@@ -36,7 +36,8 @@ from headrace.joiner.records import Action, Impression
 __all__ = ["Emitted", "JoinCore", "Late", "keep_negative"]
 
 PENDING, EARLY = b"p:", b"e:"
-_PENDING = struct.Struct("<d?")
+_PENDING = struct.Struct("<dB")  # ts, flags: _POSITIVE | _SENT
+_POSITIVE, _SENT = 1, 2
 _EARLY = struct.Struct("<d")
 
 
@@ -54,8 +55,7 @@ def keep_negative(seed: int, key: str, rate: float) -> bool:
     return int.from_bytes(digest.digest(), "little") < rate * 2.0**64
 
 
-@dataclass(frozen=True, slots=True)
-class Emitted:
+class Emitted(NamedTuple):
     """One labelled event to write: its join key (the message key) and JSON bytes."""
 
     key: str
@@ -63,8 +63,7 @@ class Emitted:
     label: int
 
 
-@dataclass(frozen=True, slots=True)
-class Late:
+class Late(NamedTuple):
     """An action that joined nothing, with why."""
 
     reason: str
@@ -72,13 +71,52 @@ class Late:
 
 
 class _Pending:
-    __slots__ = ("body", "positive", "ts")
+    # sent: fake-negative mode, its first copy is out (at once, or after the
+    # fake-negative wait).
+    __slots__ = ("body", "positive", "sent", "ts")
 
-    def __init__(self, ts: float, body: bytes, positive: bool) -> None:
-        self.ts, self.body, self.positive = ts, body, positive
+    def __init__(self, ts: float, body: bytes, positive: bool, sent: bool = False) -> None:
+        self.ts, self.body, self.positive, self.sent = ts, body, positive, sent
 
     def pack(self) -> bytes:
-        return _PENDING.pack(self.ts, self.positive) + self.body
+        flags = (_POSITIVE if self.positive else 0) | (_SENT if self.sent else 0)
+        return _PENDING.pack(self.ts, flags) + self.body
+
+
+class _Deadlines:
+    """``(time, key)`` deadlines, taken in time order.
+
+    Impressions mostly come in time order, so their deadlines go to a FIFO
+    (O(1)); only one earlier than the newest goes to a heap.
+    """
+
+    __slots__ = ("_fifo", "_heap")
+
+    def __init__(self) -> None:
+        self._fifo: deque[tuple[float, str]] = deque()
+        self._heap: list[tuple[float, str]] = []
+
+    def push(self, at: float, key: str) -> None:
+        item, fifo = (at, key), self._fifo
+        if not fifo or item >= fifo[-1]:
+            fifo.append(item)
+        else:
+            heapq.heappush(self._heap, item)
+
+    def earliest(self) -> float | None:
+        heads = [q[0][0] for q in (self._fifo, self._heap) if q]
+        return min(heads) if heads else None
+
+    def take_until(self, time: float) -> list[str]:
+        """The keys of every deadline at or before ``time``, in time order."""
+        fifo, heap, keys = self._fifo, self._heap, []
+        while True:
+            if fifo and fifo[0][0] <= time and (not heap or fifo[0] <= heap[0]):
+                keys.append(fifo.popleft()[1])
+            elif heap and heap[0][0] <= time:
+                keys.append(heapq.heappop(heap)[1])
+            else:
+                return keys
 
 
 class JoinCore:
@@ -119,7 +157,11 @@ class JoinCore:
         self.max_impression_ts = -float("inf")
         self.max_action_ts = -float("inf")
         self._pending: dict[str, _Pending] = {}
-        self._closing: list[tuple[float, str]] = []
+        self._closing = _Deadlines()  # when each pending window closes
+        self._fake_negative = config.mode == "fake-negative"
+        # Fake-negative mode with a wait: when each impression's first copy goes out.
+        self._first_copy = _Deadlines() if self._fake_negative else None
+        self._wait = config.fake_negative_wait_s
         self._early: dict[str, tuple[float, bytes]] = {}
         self._early_order: list[tuple[float, str]] = []
         self._rate_suffix = (
@@ -133,8 +175,11 @@ class JoinCore:
     def _restore(self, key: bytes, value: bytes) -> None:
         join_key = key[2:].decode()
         if key.startswith(PENDING):
-            ts, positive = _PENDING.unpack_from(value)
-            self._add_pending(join_key, _Pending(ts, value[_PENDING.size :], positive))
+            ts, flags = _PENDING.unpack_from(value)
+            pending = _Pending(ts, value[_PENDING.size :], bool(flags & _POSITIVE))
+            # Old states (no _SENT flag) had no wait: every first copy was out.
+            pending.sent = self._fake_negative and (bool(flags & _SENT) or self._wait == 0)
+            self._add_pending(join_key, pending)
             self.max_impression_ts = max(self.max_impression_ts, ts)
         elif key.startswith(EARLY):
             (ts,) = _EARLY.unpack_from(value)
@@ -155,9 +200,10 @@ class JoinCore:
 
     def occupancy(self) -> float:
         """How much of the window the pending impressions span (0 to about 1)."""
-        if not self._closing:
+        earliest = self._closing.earliest()
+        if earliest is None:
             return 0.0
-        oldest = self._closing[0][0] - self.config.window_s
+        oldest = earliest - self.config.window_s
         return max(0.0, self.max_impression_ts - oldest) / self.config.window_s
 
     # -- input ---------------------------------------------------------------
@@ -168,21 +214,23 @@ class JoinCore:
         if key in self._pending:
             raise KeyError(key)
         self.counters["impressions"] += 1
-        self.max_impression_ts = max(self.max_impression_ts, impression.ts)
+        if impression.ts > self.max_impression_ts:
+            self.max_impression_ts = impression.ts
         pending = _Pending(impression.ts, impression.body, False)
-        early = self._early.pop(key, None)
+        early = self._early.pop(key, None) if self._early else None
         if early is not None:
             self.changes[EARLY + key.encode()] = None
             if early[0] - impression.ts <= self.config.window_s:
                 pending.positive = True
             else:
                 self._late("after_window", early[1])
-        self._add_pending(key, pending)
-        self.changes[PENDING + key.encode()] = pending.pack()
-        if self.config.mode == "fake-negative":
+        if self._fake_negative and self._wait == 0:
+            pending.sent = True
             self._emit_negative(key, pending, b"n")
             if pending.positive:
                 self._emit_positive(key, pending, b"p")
+        self._add_pending(key, pending)
+        self.changes[PENDING + key.encode()] = pending.pack()
 
     def action(self, action: Action, raw: bytes) -> None:
         """Take one checked action (``raw``: its message, for the late-actions sink)."""
@@ -202,22 +250,36 @@ class JoinCore:
         else:
             pending.positive = True
             self.changes[PENDING + key.encode()] = pending.pack()
-            if self.config.mode == "fake-negative":
+            if pending.sent:  # fake-negative mode, after its (fake) negative
                 self._emit_positive(key, pending, b"p")
 
     def advance(self, watermark: float) -> None:
         """Close every window that ends at or before ``watermark``; drop orphaned early actions."""
-        closing = self._closing
-        while closing and closing[0][0] <= watermark:
-            _, key = heapq.heappop(closing)
-            pending = self._pending.pop(key)
-            self.changes[PENDING + key.encode()] = None
-            self.counters["closed"] += 1
-            if self.config.mode == "wait":
+        pending_of, changes = self._pending, self.changes
+        if self._first_copy is not None:
+            for key in self._first_copy.take_until(watermark - self._wait):
+                pending = pending_of.get(key)
+                if pending is not None and not pending.sent:
+                    pending.sent = True
+                    changes[PENDING + key.encode()] = pending.pack()
+                    if pending.positive:  # its action came within the wait
+                        self.counters["positives_first"] += 1
+                        self._emit_positive(key, pending, b"p")
+                    else:
+                        self._emit_negative(key, pending, b"n")
+        wait = self.config.mode == "wait"
+        closed = 0
+        for key in self._closing.take_until(watermark):
+            pending = pending_of.pop(key)
+            changes[PENDING + key.encode()] = None
+            closed += 1
+            if wait:
                 if pending.positive:
                     self._emit_positive(key, pending, b"w")
                 else:
                     self._emit_negative(key, pending, b"w")
+        if closed:
+            self.counters["closed"] += closed
         order = self._early_order
         while order and order[0][0] < watermark:
             ts, key = heapq.heappop(order)
@@ -244,7 +306,9 @@ class JoinCore:
 
     def _add_pending(self, key: str, pending: _Pending) -> None:
         self._pending[key] = pending
-        heapq.heappush(self._closing, (pending.ts + self.config.window_s, key))
+        self._closing.push(pending.ts + self.config.window_s, key)
+        if not pending.sent and self._first_copy is not None:
+            self._first_copy.push(pending.ts, key)
 
     def _buffer_early(self, action: Action, raw: bytes) -> None:
         key = action.key
@@ -274,13 +338,18 @@ class JoinCore:
 
     def _emit_positive(self, key: str, pending: _Pending, kind: bytes) -> None:
         weight = b""
-        if self.config.mode == "fake-negative":
-            # Every impression was emitted as a negative, so a positive's
-            # observed odds are p, not p / (1 - p): weighting positives by
-            # 1 / (1 - p) restores them (Ktena et al., with the stream's
-            # conversion rate standing in for each example's p).
-            rate = min(self.counters["positives"] / max(self.counters["impressions"], 1), 0.5)
-            weight = b',"weight":' + orjson.dumps(round(1.0 / (1.0 - rate), 4))
+        if self._fake_negative:
+            # An impression goes out once as a negative unless its action
+            # came within the wait (share F of the positives), and every
+            # positive once: the observed odds are p / (1 - pF), not
+            # p / (1 - p). Weighting positives by (1 - pF) / (1 - p) restores
+            # them (Ktena et al.'s correction for F = 0, with the stream's
+            # rates standing in for each example's p and pF).
+            counters = self.counters
+            seen = max(counters["impressions"], 1)
+            rate = min(counters["positives"] / seen, 0.5)
+            first = min(counters["positives_first"] / seen, rate)
+            weight = b',"weight":' + orjson.dumps(round((1.0 - first) / (1.0 - rate), 4))
         self._emit(key, pending, 1, kind, weight)
 
     def _emit(self, key: str, pending: _Pending, label: int, kind: bytes, extra: bytes) -> None:

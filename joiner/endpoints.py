@@ -10,24 +10,22 @@ them), so that an impression and its actions meet in the same process.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 from urllib.parse import urlsplit
 
+from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
 from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
     FileSource,
-    KafkaSink,
-    KafkaSourceConfig,
-    LogSink,
-    ProcessKafkaSource,
     Source,
     ensure_topic,
     parse_kafka_url,
     topic_partitions,
 )
 
-__all__ = ["EndpointError", "Sink", "my_partitions", "open_inputs", "open_sink"]
+__all__ = ["EndpointError", "FileSink", "Sink", "my_partitions", "open_inputs", "open_sink"]
 
 
 class EndpointError(ValueError):
@@ -42,6 +40,52 @@ class Sink(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class FileSink:
+    """Appends messages as lines to a plain file, cut back to a mark after a crash.
+
+    The joiner saves :meth:`size` with each commit and, on restart,
+    :meth:`truncate` s the file to it: what was written after the last
+    commit is cut, and written again once, as the inputs are read again.
+
+    >>> import tempfile, pathlib
+    >>> sink = FileSink(pathlib.Path(tempfile.mkdtemp()) / "out.jsonl")
+    >>> sink.send(b'{"a":1}'); mark = sink.size()
+    >>> sink.send(b'{"a":2}'); sink.truncate(mark)
+    >>> sink.path.read_bytes().splitlines()
+    [b'{"a":1}']
+    """
+
+    def __init__(self, path: Path) -> None:
+        if path.suffix == ".gz":
+            raise EndpointError(
+                f"{path}: the joiner writes plain files (a restart cuts them back to its "
+                "last commit, which a gzip stream cannot be); drop the .gz"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._file: IO[bytes] = path.open("ab")
+
+    def send(self, value: bytes, key: bytes | None = None) -> None:
+        """Write one line; ``key`` (a Kafka message key) is not kept."""
+        self._file.write(value + b"\n")
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def size(self) -> int:
+        """Bytes written so far: a mark for :meth:`truncate`."""
+        self.flush()
+        return os.fstat(self._file.fileno()).st_size
+
+    def truncate(self, size: int) -> None:
+        """Drop every line written after the file had ``size`` bytes."""
+        self.flush()
+        os.ftruncate(self._file.fileno(), min(size, self.size()))
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def my_partitions(partitions: int, rank: int, ranks: int) -> tuple[int, ...]:
@@ -112,14 +156,9 @@ def open_inputs(
             "give both topics as many partitions, keyed by request id"
         )
     mine = my_partitions(counts[0], rank, ranks)
-    settings = client or KafkaClientSettings()
-    first = ProcessKafkaSource(
-        KafkaSourceConfig(imp_servers, imp_topic, partitions=mine, client=settings)
-    )
+    first = RdKafkaSource(imp_servers, imp_topic, mine, client)
     try:
-        second = ProcessKafkaSource(
-            KafkaSourceConfig(act_servers, act_topic, partitions=mine, client=settings)
-        )
+        second = RdKafkaSource(act_servers, act_topic, mine, client)
     except BaseException:
         first.close()
         raise
@@ -129,12 +168,17 @@ def open_inputs(
 def open_sink(
     url: str, option: str, partitions: int = 1, client: KafkaClientSettings | None = None
 ) -> Sink:
-    """A sink for ``url``; a Kafka topic is created (with ``partitions``) if missing."""
+    """A sink for ``url``; a Kafka topic is created (with ``partitions``) if missing.
+
+    A file is appended to, exactly once across crashes (:class:`FileSink`);
+    a topic gets each message at least once (the trainer drops repeated
+    events by ``event_id``).
+    """
     if url.startswith("kafka://"):
         try:
             servers, topic = parse_kafka_url(url)
         except ValueError as exc:
             raise EndpointError(f"{option}: {exc}") from None
         ensure_topic(servers, topic, partitions, client=client)
-        return KafkaSink(servers, topic, client=client)
-    return LogSink(_file_path(url, option), append=True)
+        return RdKafkaSink(servers, topic, client)
+    return FileSink(_file_path(url, option))

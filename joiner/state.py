@@ -23,6 +23,7 @@ __all__ = ["JoinState", "JoinStateError"]
 _META = b"m:meta"
 _POSITIONS = b"m:positions"
 _COUNTERS = b"m:counters"
+_MARKS = b"m:marks"
 
 
 class JoinStateError(RuntimeError):
@@ -48,6 +49,8 @@ class JoinState:
         ``{"impressions": ..., "actions": ...}`` as committed.
     counters
         Counters as committed.
+    marks
+        Output name -> the file size it had at the commit (files only).
     """
 
     def __init__(self, path: str | Path, identity: dict[str, object]) -> None:
@@ -63,6 +66,7 @@ class JoinState:
             raise
         self.positions: dict[str, Positions] = json.loads(self._db.get(_POSITIONS) or b"{}")
         self.counters: dict[str, int] = json.loads(self._db.get(_COUNTERS) or b"{}")
+        self.marks: dict[str, int] = json.loads(self._db.get(_MARKS) or b"{}")
         self.entries: dict[bytes, bytes] = {
             key: value for key, value in self._db.items() if not key.startswith(b"m:")
         }
@@ -83,8 +87,9 @@ class JoinState:
         changes: dict[bytes, bytes | None],
         positions: dict[str, Positions],
         counters: dict[str, int],
+        marks: dict[str, int] | None = None,
     ) -> None:
-        """Write state changes, positions and counters atomically (and durably)."""
+        """Write state changes, positions, counters and output marks atomically (and durably)."""
         batch = WriteBatch(raw_mode=True)
         for key, value in changes.items():
             if value is None:
@@ -93,6 +98,9 @@ class JoinState:
                 batch.put(key, value)
         batch.put(_POSITIONS, json.dumps(positions, sort_keys=True).encode())
         batch.put(_COUNTERS, json.dumps(counters, sort_keys=True).encode())
+        if marks is not None:
+            batch.put(_MARKS, json.dumps(marks, sort_keys=True).encode())
+            self.marks = marks
         self._db.write(batch, self._sync)
         self.positions = positions
 

@@ -6,7 +6,10 @@ Charts run over event time and show rolling AUC and log loss with drift
 detections marked, label rate, ingest rate, consumer lag, embedding rows and
 admitted / filtered / expired ids per slot, the published sync version and
 each serving worker's version and sync lag (polled from the workers'
-``/metrics`` by :class:`WorkerPoller`; the trainer imports nothing of serving).
+``/metrics`` by :class:`WorkerPoller`; the trainer imports nothing of serving)
+and, when the trainer is given joiners, each joiner's joined events/s,
+pending impressions, early actions, late share and window occupancy (polled
+by :class:`JoinerPoller`).
 """
 
 from __future__ import annotations
@@ -25,15 +28,23 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from headrace.trainer.history import DriftMark, Sample, TrainingHistory, WorkerStatus
+from headrace.trainer.history import (
+    DriftMark,
+    JoinerStatus,
+    Sample,
+    TrainingHistory,
+    WorkerStatus,
+)
 
-__all__ = ["DashboardServer", "WorkerPoller", "render_dashboard"]
+__all__ = ["DashboardServer", "JoinerPoller", "WorkerPoller", "render_dashboard"]
+
+S = TypeVar("S", WorkerStatus, JoinerStatus)
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +98,23 @@ def authorized(header: str | None, token: str | None) -> bool:
     return secrets.compare_digest(value.encode(), token.encode())
 
 
-class WorkerPoller:
-    """Polls serving workers' ``/metrics`` in a thread for their version and sync lag.
+class _MetricsPoller(Generic[S]):
+    """Polls processes' ``/metrics`` in a thread; :meth:`read` turns the values into a status.
 
     Parameters
     ----------
     urls
-        Base URLs of the workers, e.g. ``http://127.0.0.1:8000``.
+        Base URLs, e.g. ``http://127.0.0.1:8000``.
     every_s
         Seconds between polls.
     timeout_s
-        How long one worker may take to answer before it counts as down.
+        How long one process may take to answer before it counts as down.
     token
-        The workers' API token, sent as a bearer token.
+        The API token, sent as a bearer token.
     """
+
+    #: The status of a process that does not answer.
+    down: S
 
     def __init__(
         self,
@@ -113,10 +127,11 @@ class WorkerPoller:
         self.every_s = every_s
         self.timeout_s = timeout_s
         self._token = token
-        self._status: dict[str, WorkerStatus] = {url: WorkerStatus(up=False) for url in self.urls}
+        self._status: dict[str, S] = dict.fromkeys(self.urls, self.down)
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="worker-poller", daemon=True)
+        name = f"{type(self).__name__.lower()}"
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -126,8 +141,8 @@ class WorkerPoller:
         if self._thread.is_alive():
             self._thread.join(timeout=self.timeout_s + 1)
 
-    def status(self) -> dict[str, WorkerStatus]:
-        """The latest status of every worker, by URL."""
+    def status(self) -> dict[str, S]:
+        """The latest status of every process, by URL."""
         with self._lock:
             return dict(self._status)
 
@@ -139,17 +154,30 @@ class WorkerPoller:
                     self._status[url] = status
             self._stop.wait(self.every_s)
 
-    def poll(self, url: str) -> WorkerStatus:
-        """One worker's status now; ``up=False`` when it does not answer."""
+    def poll(self, url: str) -> S:
+        """One process's status now; :attr:`down` when it does not answer."""
         try:
             with open_url(f"{url}/metrics", self.timeout_s, self._token) as response:
                 text = response.read().decode()
         except (OSError, urllib.error.URLError):
-            return WorkerStatus(up=False)
+            return self.down
         values: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for sample in family.samples:
-                values[sample.name] = sample.value
+                # Labelled series of one name are added up.
+                values[sample.name] = values.get(sample.name, 0.0) + sample.value
+        return self.read(values)
+
+    def read(self, values: Mapping[str, float]) -> S:
+        raise NotImplementedError
+
+
+class WorkerPoller(_MetricsPoller[WorkerStatus]):
+    """Polls serving workers' ``/metrics`` for their version and sync lag."""
+
+    down = WorkerStatus(up=False)
+
+    def read(self, values: Mapping[str, float]) -> WorkerStatus:
         version = values.get("headrace_serving_version")
         lag = values.get("headrace_serving_sync_lag_seconds")
         # The worker reports version 0 before it has applied a snapshot.
@@ -157,6 +185,28 @@ class WorkerPoller:
             up=True,
             version=int(version) if version else None,
             lag_s=round(lag, 3) if lag is not None and version else None,
+        )
+
+
+class JoinerPoller(_MetricsPoller[JoinerStatus]):
+    """Polls joiners' (``headrace join --metrics-port``) ``/metrics`` for their figures."""
+
+    down = JoinerStatus(up=False)
+
+    def read(self, values: Mapping[str, float]) -> JoinerStatus:
+        def total(name: str) -> int | None:
+            value = values.get(name)
+            return None if value is None else int(value)
+
+        occupancy = values.get("headrace_join_window_occupancy_ratio")
+        return JoinerStatus(
+            up=True,
+            emitted=total("headrace_join_emitted_events_total"),
+            actions=total("headrace_join_actions_total"),
+            late=total("headrace_join_late_actions_total"),
+            pending=total("headrace_join_pending_impressions"),
+            early=total("headrace_join_early_actions"),
+            occupancy=None if occupancy is None else round(occupancy, 4),
         )
 
 
@@ -302,6 +352,63 @@ def _per_worker(samples: Sequence[Sample], value: str) -> dict[str, Points]:
     return workers
 
 
+def _per_joiner(samples: Sequence[Sample], value: str) -> dict[str, Points]:
+    joiners: dict[str, Points] = {}
+    for sample in samples:
+        for url, status in sample.joiners.items():
+            points = joiners.setdefault(url.removeprefix("http://"), [])
+            y = getattr(status, value)
+            if y is not None:
+                points.append((sample.event_time, float(y)))
+    return joiners
+
+
+def _joiner_rates(samples: Sequence[Sample]) -> dict[str, Points]:
+    """Each joiner's emitted events per wall second, between consecutive samples."""
+    rates: dict[str, Points] = {}
+    last: dict[str, tuple[float, int]] = {}
+    for sample in samples:
+        for url, status in sample.joiners.items():
+            if status.emitted is None:
+                continue
+            before = last.get(url)
+            last[url] = (sample.wall_time, status.emitted)
+            if before is not None and sample.wall_time > before[0]:
+                rate = (status.emitted - before[1]) / (sample.wall_time - before[0])
+                rates.setdefault(url.removeprefix("http://"), []).append(
+                    (sample.event_time, max(rate, 0.0))
+                )
+    return rates
+
+
+def _late_shares(samples: Sequence[Sample]) -> dict[str, Points]:
+    """Each joiner's late actions as a share of its actions (running totals)."""
+    shares: dict[str, Points] = {}
+    for sample in samples:
+        for url, status in sample.joiners.items():
+            if status.late is not None and status.actions:
+                shares.setdefault(url.removeprefix("http://"), []).append(
+                    (sample.event_time, status.late / status.actions)
+                )
+    return shares
+
+
+def _joiner_section(samples: Sequence[Sample]) -> list[tuple[str, list[str]]]:
+    """The joiner's charts, when the trainer polls joiners (``--joiner-url``)."""
+    if not any(sample.joiners for sample in samples):
+        return []
+    waiting = _per_joiner(samples, "pending")
+    early = {f"{url} early actions": p for url, p in _per_joiner(samples, "early").items()}
+    pending = {f"{url} pending impressions": p for url, p in waiting.items()} | early
+    charts = [
+        line_chart("joined_rate", "Joined events/s", _joiner_rates(samples)),
+        line_chart("joiner_pending", "Pending impressions, early actions", pending),
+        line_chart("late_share", "Late actions (share of actions)", _late_shares(samples)),
+        line_chart("occupancy", "Window occupancy", _per_joiner(samples, "occupancy")),
+    ]
+    return [("Online joiner", charts)]
+
+
 _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 18px 0 6px; }
@@ -436,6 +543,7 @@ def render_dashboard(history: TrainingHistory) -> str:
                 ),
             ],
         ),
+        *_joiner_section(samples),
     ]
     body = "".join(
         f'<h2>{html.escape(title)}</h2><div class="grid-charts">{"".join(charts)}</div>'

@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headrace.trainer.loop import StepResult, Trainer
 
-__all__ = ["DriftMark", "Sample", "TrainingHistory", "WorkerStatus"]
+__all__ = ["DriftMark", "JoinerStatus", "Sample", "TrainingHistory", "WorkerStatus"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +49,32 @@ class WorkerStatus:
     up: bool
     version: int | None = None
     lag_s: float | None = None
+
+
+@dataclass(frozen=True)
+class JoinerStatus:
+    """What one joiner (``headrace join``) reported at its last poll.
+
+    Attributes
+    ----------
+    up
+        Whether it answered.
+    emitted, actions, late
+        Running totals: labelled events emitted, actions taken in, actions
+        that joined nothing (every reason).
+    pending, early
+        Impressions whose window is open; actions waiting for their impression.
+    occupancy
+        Share of the window the pending impressions span.
+    """
+
+    up: bool
+    emitted: int | None = None
+    actions: int | None = None
+    late: int | None = None
+    pending: int | None = None
+    early: int | None = None
+    occupancy: float | None = None
 
 
 @dataclass(frozen=True)
@@ -84,11 +110,14 @@ class Sample:
     memory_budget: int | None = None
     cache_hits: int = 0
     cache_misses: int = 0
+    #: Each joiner's status by URL (none unless the trainer polls joiners).
+    joiners: Mapping[str, JoinerStatus] = field(default_factory=dict)
 
 
 def _sample_from_json(record: dict[str, Any]) -> Sample:
     workers = {url: WorkerStatus(**status) for url, status in record["workers"].items()}
-    return Sample(**(record | {"workers": workers}))
+    joiners = {url: JoinerStatus(**status) for url, status in record.get("joiners", {}).items()}
+    return Sample(**(record | {"workers": workers, "joiners": joiners}))
 
 
 def _finite(value: float) -> float | None:
@@ -108,6 +137,8 @@ class TrainingHistory:
         Returns the version the parameter publisher wrote last, if one runs.
     workers
         Returns the latest status of each serving worker, by URL.
+    joiners
+        Returns the latest status of each joiner, by URL.
     clock
         Wall-clock seconds (injectable for tests).
     path
@@ -123,12 +154,14 @@ class TrainingHistory:
         capacity: int = 3600,
         sync_version: Callable[[], int | None] | None = None,
         workers: Callable[[], Mapping[str, WorkerStatus]] | None = None,
+        joiners: Callable[[], Mapping[str, JoinerStatus]] | None = None,
         clock: Callable[[], float] = time.monotonic,
         path: Path | None = None,
     ) -> None:
         self.every_s = every_s
         self.sync_version = sync_version
         self.workers = workers
+        self.joiners = joiners
         self.clock = clock
         self._samples: deque[Sample] = deque(maxlen=capacity)
         self._drifts: deque[DriftMark] = deque(maxlen=capacity)
@@ -256,6 +289,7 @@ class TrainingHistory:
             memory_budget=stats.memory_budget,
             cache_hits=stats.cache_hits,
             cache_misses=stats.cache_misses,
+            joiners=dict(self.joiners()) if self.joiners else {},
         )
 
     def _append(self, sample: Sample) -> None:

@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from headrace.trainer.dashboard import line_chart, render_dashboard
-from headrace.trainer.history import DriftMark, Sample, TrainingHistory, WorkerStatus
+from headrace.trainer.history import (
+    DriftMark,
+    JoinerStatus,
+    Sample,
+    TrainingHistory,
+    WorkerStatus,
+)
 from tests.demo.conftest import DemoStack, get_json, get_text
 
 CHROMIUM_FLAGS = [
@@ -120,6 +126,31 @@ def test_dashboard_says_where_the_rows_are() -> None:
     page = render_dashboard(history)
     assert "1,234 rows in memory (budget 1,000,000 bytes)" in page
     assert "cache hit ratio 75.0%" in page
+
+
+def test_dashboard_shows_the_joiners_it_polls(tmp_path: Path) -> None:
+    history = TrainingHistory(path=tmp_path / "history.jsonl")
+    history._append(sample(1000.0, 0.7, 1))
+    assert "Online joiner" not in render_dashboard(history)
+    for k in range(1, 6):
+        joiner = JoinerStatus(
+            up=True, emitted=1000 * k, actions=100 * k, late=k, pending=500, early=3, occupancy=0.9
+        )
+        moment = dataclasses.replace(
+            sample(1000.0 + k, 0.7, k), wall_time=float(k), joiners={"http://j:9200": joiner}
+        )
+        history._append(moment)
+    history.close()
+    # Read back as a restarted trainer would.
+    page = render_dashboard(TrainingHistory(path=tmp_path / "history.jsonl"))
+    points = {chart: int(n) for chart, n in FIGURE.findall(page)}
+    # A rate needs two polls: one point fewer.
+    assert points["joined_rate"] == 4
+    assert points["late_share"] == points["occupancy"] == 5
+    assert points["joiner_pending"] == 10  # pending impressions and early actions
+    assert {"j:9200 pending impressions", "j:9200 early actions"} <= set(
+        dict(POLYLINE.findall(page))
+    )
 
 
 def test_history_outlives_a_restart_and_stays_bounded(tmp_path: Path, caplog) -> None:

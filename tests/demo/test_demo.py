@@ -162,3 +162,11 @@ def test_joiner_demo_trains_on_joined_impressions_and_serves(tmp_path: Path) -> 
     joiner = json.loads((data_dir / "logs" / "joiner.out").read_text().splitlines()[-1])
     assert joiner["positives"] > 0 and joiner["negatives"] > 0
     assert summary["trained_total"] <= joiner["positives"] + joiner["negatives"]
+    # The trainer's dashboard polled the joiner (train --joiner-url).
+    history = (data_dir / "dashboard_history.jsonl").read_text().splitlines()
+    polled = [
+        status
+        for line in history
+        for status in json.loads(line).get("sample", {}).get("joiners", {}).values()
+    ]
+    assert any(status["up"] and status["emitted"] > 0 for status in polled)

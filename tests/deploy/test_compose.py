@@ -31,6 +31,7 @@ REQUIRED_SERVICES = {
     "prometheus",
     "grafana",
     "generator",
+    "joiner",
     "trainer",
     "serving-1",
     "serving-2",
@@ -79,7 +80,7 @@ def by_subcommand(services: dict[str, dict[str, Any]], sub: str) -> dict[str, li
 def listen_port(service: dict[str, Any]) -> int:
     """The container port a service's own command listens on."""
     [argv] = headrace_invocations(service) if "build" in service else [[]]
-    if argv[1:2] == ["train"]:
+    if argv[1:2] in (["train"], ["join"]):
         return int(option(argv, "--metrics-port"))
     if argv[1:2] == ["serve"]:
         return int(option(argv, "--port"))
@@ -158,21 +159,31 @@ def test_kafka_urls_point_at_the_broker(services: dict[str, dict[str, Any]]) -> 
         assert (url_host, int(url_port)) == (host, port), f"{name} talks to {url_host}:{url_port}"
 
 
-def test_topics_connect_generator_trainer_and_workers(
+def test_topics_connect_generator_joiner_trainer_and_workers(
     services: dict[str, dict[str, Any]],
 ) -> None:
+    def topic(argv: list[str], name: str) -> str:
+        return KAFKA_URL.match(option(argv, name))[3]
+
     [train] = by_subcommand(services, "train").values()
-    producers = [
-        *by_subcommand(services, "replay").values(),
-        *by_subcommand(services, "generate").values(),
-    ]
-    produced = {KAFKA_URL.match(option(argv, "--to"))[3] for argv in producers if "--to" in argv}
-    assert produced == {KAFKA_URL.match(option(train, "--source"))[3]}, "nothing feeds the trainer"
-    published = KAFKA_URL.match(option(train, "--publish"))[3]
+    [join] = by_subcommand(services, "join").values()
+    produced = {
+        topic(argv, "--to")
+        for name, service in services.items()
+        if "build" in service
+        for argv in headrace_invocations(service)
+        if argv[1] in ("replay", "generate") and "--to" in argv
+    }
+    # The generator feeds the joiner both its inputs; the joiner feeds the trainer.
+    assert produced == {topic(join, "--impressions"), topic(join, "--actions")}
+    assert topic(join, "--out") == topic(train, "--source"), "nothing feeds the trainer"
+    published = topic(train, "--publish")
     serve = by_subcommand(services, "serve")
     assert set(serve) == {"serving-1", "serving-2"}
     for name, argv in serve.items():
-        assert KAFKA_URL.match(option(argv, "--params"))[3] == published, name
+        assert topic(argv, "--params") == published, name
+    joiner_urls = [train[i + 1] for i, arg in enumerate(train) if arg == "--joiner-url"]
+    assert joiner_urls == [f"http://joiner:{listen_port(services['joiner'])}"]
 
 
 def test_trainer_command(services: dict[str, dict[str, Any]]) -> None:
@@ -187,13 +198,14 @@ def test_ports_agree_with_commands_and_scrape_targets(
 ) -> None:
     jobs = scrape_targets()
     scraped = {host: port for targets in jobs.values() for host, port in targets}
-    for name in ["trainer", *by_subcommand(services, "serve")]:
+    for name in ["trainer", "joiner", *by_subcommand(services, "serve")]:
         port = listen_port(services[name])
         assert scraped.get(name) == port, f"Prometheus scrapes {name} on {scraped.get(name)}"
         published = [p.split(":") for p in services[name].get("ports", [])]
         assert [c for _, c in published] == [str(port)], f"{name} publishes {published}"
     assert {h for h, _ in jobs["headrace-trainer"]} == set(by_subcommand(services, "train"))
     assert {h for h, _ in jobs["headrace-serving"]} == set(by_subcommand(services, "serve"))
+    assert {h for h, _ in jobs["headrace-joiner"]} == set(by_subcommand(services, "join"))
     for host in scraped:
         assert host in services or host == "localhost", f"scrape target {host} is no service"
 

@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from headrace.cli import app
 from headrace.stream import KafkaSink, ensure_topic
 from headrace.tansu import free_port
+from headrace.trainer.dashboard import JoinerPoller
 from tests.deploy.conftest import read_metric_list
-from tests.trainer.conftest import headrace_command
+from tests.trainer.conftest import headrace_command, run_cli
 
 runner = CliRunner()
 
@@ -108,6 +109,9 @@ def test_running_joiner_exports_every_listed_metric_and_stops_cleanly(
             if emitted and sum(s.value for s in emitted.samples if s.name.endswith("_total")) > 0:
                 break
             time.sleep(0.5)
+        # What the trainer's dashboard reads of it (train --joiner-url).
+        url = f"http://127.0.0.1:{port}"
+        status = JoinerPoller([url]).poll(url)
         proc.send_signal(signal.SIGTERM)
         stdout, stderr = proc.communicate(timeout=60)
     finally:
@@ -119,4 +123,52 @@ def test_running_joiner_exports_every_listed_metric_and_stops_cleanly(
             assert name in families, f"{spec.name} is not exported"
     summary = json.loads(stdout.strip().splitlines()[-1])
     assert summary["impressions"] == 50 and summary["positives"] >= 1
+    assert status.up and 1 <= status.emitted <= 50 and status.actions == 1
+    assert status.pending is not None and status.early == 0 and status.late == 0
     assert summary["dead_impressions:not_json"] == 1
+
+
+def test_generated_two_streams_join_through_kafka(kafka_bootstrap, topic_name, tmp_path):
+    """`generate --actions-to` writes what `join` reads, as the compose file runs them."""
+    imps, acts = topic_name("imps"), topic_name("acts")
+    urls = [f"kafka://{kafka_bootstrap}/{t}" for t in (imps, acts)]
+    generated = run_cli(
+        "generate", "--events", "3000", "--seed", "5", "--mean-delay", "5",
+        "--to", urls[0], "--actions-to", urls[1], "--partitions", "2",
+    )  # fmt: skip
+    assert generated["impressions"] == 3000 and 0 < generated["actions"] < 3000
+    assert 0.5 < generated["bayes_auc"] < 1
+    joined = run_cli(
+        "join", "--impressions", urls[0], "--actions", urls[1],
+        "--out", f"file://{tmp_path}/events.jsonl", "--data-dir", str(tmp_path / "join"),
+        "--window", "3600", "--until-end",
+    )  # fmt: skip
+    assert joined["impressions"] == joined["closed"] == 3000
+    # A 5 s mean delay within a 1 h window: every click joins.
+    assert joined["positives"] == joined["actions"] == generated["actions"]
+    assert "late_after_window" not in joined and "late_no_impression" not in joined
+
+
+def test_generate_two_stream_logs_replay_into_the_joiner(tmp_path):
+    """The compose file's way: two logs (replayed at a pace there), joined from files here."""
+    imps, acts = tmp_path / "imps.jsonl.gz", tmp_path / "acts.jsonl.gz"
+    generated = run_cli(
+        "generate", "--events", "2000", "--seed", "5", "--mean-delay", "5",
+        "--out", str(imps), "--actions-to", str(acts),
+    )  # fmt: skip
+    joined = run_cli(
+        "join", "--impressions", f"file://{imps}", "--actions", f"file://{acts}",
+        "--out", f"file://{tmp_path}/events.jsonl", "--data-dir", str(tmp_path / "join"),
+        "--until-end",
+    )  # fmt: skip
+    assert joined["impressions"] == 2000
+    assert joined["positives"] == joined["actions"] == generated["actions"] > 0
+
+
+def test_generate_actions_to_names_what_it_takes(tmp_path):
+    result = runner.invoke(
+        app,
+        ["generate", "--events", "5", "--out", str(tmp_path / "x.jsonl"), "--actions-to",
+         str(tmp_path / "acts.txt")],
+    )  # fmt: skip
+    assert result.exit_code != 0 and "--actions-to" in result.output

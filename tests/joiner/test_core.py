@@ -127,6 +127,37 @@ def test_fake_negative_mode_emits_at_once_then_a_weighted_positive():
     assert len(d.events) == 3 and d.core.pending == 0
 
 
+def test_fake_negative_wait_labels_the_first_copy_with_what_came_in_it():
+    d = Driver(mode="fake-negative", fake_negative_wait_s=60)
+    d.imp(imp(0, "quick")).imp(imp(0, "slow")).imp(imp(0, "never")).act(act(30, "quick"))
+    d.advance(59)
+    assert d.events == []  # nothing goes out before the wait
+    d.advance(60)
+    assert d.labels() == {"quick#p": 1, "slow#n": 0, "never#n": 0}
+    # Weight (1 - first-copy positive rate) / (1 - positive rate): 1 before any positive.
+    assert next(e for e in d.events if e["event_id"] == "quick#p")["weight"] == 1.0
+    # A restart keeps which first copies are out.
+    state = {k: v for k, v in d.core.take_changes().items() if v}
+    d.core = JoinCore(d.config, state, dict(d.core.counters))
+    d.act(act(80, "slow")).act(act(90, "quick")).advance(W + 10)
+    assert d.labels() == {"quick#p": 1, "slow#n": 0, "never#n": 0, "slow#p": 1}
+    # Before it: one positive of three impressions, caught in the wait: (1 - 1/3) / (1 - 1/3).
+    assert d.events[-1]["weight"] == 1.0
+    assert d.core.counters["duplicate_actions"] == 1 and d.core.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"fake_negative_wait_s": 10}, "mode 'fake-negative'"),
+        ({"mode": "fake-negative", "fake_negative_wait_s": W}, "below window_s"),
+    ],
+)
+def test_fake_negative_wait_is_checked(settings, message):
+    with pytest.raises(ValueError, match=message):
+        JoinConfig(window_s=W, **settings)
+
+
 def test_negative_downsampling_is_deterministic_and_marks_the_rate():
     keys = [f"r{i}" for i in range(4000)]
     kept = [k for k in keys if keep_negative(7, k, 0.1)]
