@@ -151,7 +151,7 @@ def _ceil_in_class(position: int, rank: int, world_size: int) -> int:
 
 
 def merged_state(
-    states: list[TrainingState], rank: int, dead_letter_bytes: int | None
+    states: list[TrainingState], rank: int, dead_letter_mark: dict[str, int]
 ) -> TrainingState:
     """Rank ``rank``'s training state in a new world, from every old rank's.
 
@@ -183,7 +183,7 @@ def merged_state(
         return TrainingState(
             positions=positions,
             next_expiry=first.next_expiry,
-            dead_letter_bytes=dead_letter_bytes,
+            dead_letter_mark=dead_letter_mark,
             sample_rate=first.sample_rate,
         )
     dead_letters: dict[str, int] = {}
@@ -197,7 +197,7 @@ def merged_state(
         batches=sum(s.batches for s in states),
         positions=positions,
         next_expiry=first.next_expiry,
-        dead_letter_bytes=dead_letter_bytes,
+        dead_letter_mark=dead_letter_mark,
         duplicates=sum(s.duplicates for s in states),
         sample_rate=first.sample_rate,
     )
@@ -222,14 +222,31 @@ def _reshard(
                 states.append(TrainingState.from_bytes(old.extra[STATE_BLOB]))
                 if old_rank == min(world.rank, old_size - 1):
                     blobs = dict(old.extra)
-        letters = generations.data_dir / f"rank-{world.rank}" / "dead_letters.jsonl"
-        if world.rank < old_size:
-            kept = states[world.rank].dead_letter_bytes
-        else:
-            kept = letters.stat().st_size if letters.exists() else None
-        blobs[STATE_BLOB] = merged_state(states, world.rank, kept).to_bytes()
+        blobs[STATE_BLOB] = merged_state(
+            states, world.rank, _dead_letter_mark(states, world.rank, generations.data_dir)
+        ).to_bytes()
         blobs[GENERATION_BLOB] = f"{manifest.generation}/{world.size}".encode()
         store.checkpoint(blobs)
+
+
+def _dead_letter_mark(states: list[TrainingState], rank: int, data_dir: Path) -> dict[str, int]:
+    """Rank ``rank``'s dead-letter mark in a new world.
+
+    A dead-letter topic's mark is per source partition, and a partition may
+    move to another rank: every rank takes all of them. A file's mark
+    (``"bytes"``) is the rank's own file's: the size an old rank of the same
+    number saved, or the whole file a rank beyond the old world left.
+    """
+    mark = {key: offset for s in states for key, offset in s.dead_letter_mark.items()}
+    mark.pop("bytes", None)
+    if rank < len(states):
+        own = states[rank].dead_letter_mark.get("bytes")
+    else:
+        letters = data_dir / f"rank-{rank}" / "dead_letters.jsonl"
+        own = letters.stat().st_size if letters.exists() else None
+    if own is not None:
+        mark["bytes"] = own
+    return mark
 
 
 def open_shard(

@@ -74,3 +74,20 @@ def test_two_three_two_ranks(tmp_path: Path) -> None:
     for name in weights[0]:
         assert weights[0][name].numpy().tobytes() == weights[1][name].numpy().tobytes()
     assert all(len(fids) for fids, _ in rows.values())
+
+
+def test_dead_letter_marks_follow_their_partitions_and_files(tmp_path: Path) -> None:
+    from headrace.distributed.shards import _dead_letter_mark
+    from headrace.trainer.checkpoint import TrainingState
+
+    old = [
+        TrainingState(dead_letter_mark={"bytes": 120, "t:0": 4}),
+        TrainingState(dead_letter_mark={"bytes": 80, "t:1": 7}),
+    ]
+    # Every rank takes every partition's topic mark, and its own file's size.
+    assert _dead_letter_mark(old, 1, tmp_path) == {"t:0": 4, "t:1": 7, "bytes": 80}
+    # A rank the old world did not have keeps the file it finds, whole.
+    assert _dead_letter_mark(old, 2, tmp_path) == {"t:0": 4, "t:1": 7}
+    (tmp_path / "rank-2").mkdir()
+    (tmp_path / "rank-2" / "dead_letters.jsonl").write_bytes(b"x" * 33)
+    assert _dead_letter_mark(old, 2, tmp_path)["bytes"] == 33
