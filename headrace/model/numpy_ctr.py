@@ -22,11 +22,6 @@ from headrace.model.builtin import CtrModel
 __all__ = ["NumpyCtr"]
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
-    # The tanh form never overflows, unlike 1 / (1 + exp(-z)) at z << 0.
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
-
-
 class _Dense(NamedTuple):
     """Numpy views of one linear layer's weights and gradients."""
 

@@ -11,36 +11,18 @@ from pathlib import Path
 import numpy as np
 
 from headrace.distributed import GENERATION_BLOB
-from tests.trainer.conftest import saved_training
+from tests.trainer.conftest import SMALL_MODEL, saved_training
 
 #: Small and fast; checkpoints by events, so that a restarted run trains the same batches.
-CONFIG = """
+CONFIG = (
+    """
 batch_size = {batch_size}
 checkpoint_every_events = 200
 checkpoint_every_s = 0.3
 expire_every = 60.0
-
-[model]
-hidden = [16]
-
-[[slots]]
-name = "user_id"
-dim = 4
-expire_after = 400.0
-
-[[slots]]
-name = "item_id"
-dim = 4
-
-[[slots]]
-name = "tags"
-dim = 4
-occurrence_threshold = 2
-
-[[slots]]
-name = "device"
-dim = 4
 """
+    + SMALL_MODEL
+)
 
 
 def write_config(path: Path, batch_size: int) -> Path:

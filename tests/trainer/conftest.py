@@ -17,13 +17,8 @@ from headrace.embedding_store import EmbeddingStore
 from headrace.stream import CtrGenerator, SyntheticConfig
 from headrace.trainer.checkpoint import MODEL_BLOB, STATE_BLOB, TrainingState
 
-#: A small, fast model; checkpoints often so that kills land between them.
-SMALL_CONFIG = """
-batch_size = 32
-checkpoint_every_events = 300
-checkpoint_every_s = 0.2
-expire_every = 60.0
-
+#: The small, fast model's layer and slots, for the trainer and distributed tests.
+SMALL_MODEL = """
 [model]
 hidden = [16]
 
@@ -45,6 +40,17 @@ occurrence_threshold = 2
 name = "device"
 dim = 4
 """
+
+#: A small, fast model; checkpoints often so that kills land between them.
+SMALL_CONFIG = (
+    """
+batch_size = 32
+checkpoint_every_events = 300
+checkpoint_every_s = 0.2
+expire_every = 60.0
+"""
+    + SMALL_MODEL
+)
 
 
 @pytest.fixture
