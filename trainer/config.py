@@ -106,7 +106,7 @@ DEFAULT_SLOTS = tuple(
 
 
 class DenseOptimizerConfig(_Frozen):
-    """The torch optimizer of the dense weights."""
+    """The optimizer of the dense weights (torch's fused kernels, see ``dense_optimizer``)."""
 
     kind: Literal["adam", "adagrad", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)

@@ -28,7 +28,6 @@ import numpy as np
 import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
-from torch.optim.adam import adam
 
 from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
 from headrace.model import (
@@ -63,6 +62,7 @@ from headrace.trainer.checkpoint import (
 from headrace.trainer.config import TrainerConfig
 from headrace.trainer.correction import calibrated_probabilities, metric_weights
 from headrace.trainer.dedup import RecentEventIds
+from headrace.trainer.dense_optimizer import DenseOptimizer
 from headrace.trainer.drift import DriftMonitor, SignalWindow
 from headrace.trainer.evaluation import ProgressiveMetrics
 from headrace.trainer.peers import Peers
@@ -154,46 +154,6 @@ def _flat_parameters(model: torch.nn.Module) -> torch.nn.Parameter:
         p.grad = flat.grad[offset : offset + size].view_as(p)
         offset += size
     return flat
-
-
-def _dense_optimizer(config: TrainerConfig, flat: torch.nn.Parameter) -> torch.optim.Optimizer:
-    cfg = config.dense_optimizer
-    kinds = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
-    # Fused: one kernel instead of a dozen ops.
-    return kinds[cfg.kind]([flat], lr=cfg.lr, fused=True)
-
-
-def _step_dense(optimizer: torch.optim.Optimizer) -> None:
-    """``optimizer.step()``, calling Adam's fused kernel directly once its state exists.
-
-    ``Optimizer.step``'s own bookkeeping (profiler scope, grad mode, hooks,
-    grouping the parameters) cost about as much as the kernel itself, 40 µs
-    a step at batch 32. The trainer's optimizer has one parameter, the flat one.
-    """
-    group = optimizer.param_groups[0]
-    (flat,) = group["params"]
-    state = optimizer.state.get(flat)
-    if not isinstance(optimizer, torch.optim.Adam) or not state or group["amsgrad"]:
-        optimizer.step()
-        return
-    beta1, beta2 = group["betas"]
-    adam(
-        [flat],
-        [flat.grad],
-        [state["exp_avg"]],
-        [state["exp_avg_sq"]],
-        [],
-        [state["step"]],
-        fused=True,
-        decoupled_weight_decay=group["decoupled_weight_decay"],
-        amsgrad=False,
-        beta1=beta1,
-        beta2=beta2,
-        lr=group["lr"],
-        weight_decay=group["weight_decay"],
-        eps=group["eps"],
-        maximize=group["maximize"],
-    )
 
 
 def _close_all(source: Source, dead_letters: DeadLetterSink | None) -> None:
@@ -313,7 +273,9 @@ class Trainer:
             if type(self.model) is CtrModel and not self._tables.reordered
             else None
         )
-        self.optimizer = _dense_optimizer(config, self._dense)
+        self.optimizer = DenseOptimizer(
+            config.dense_optimizer.kind, self._dense, config.dense_optimizer.lr
+        )
         self.metrics = ProgressiveMetrics(config.window)
         self.drift = DriftMonitor(config.drift, self._store_slots)
         self.signals = SignalWindow(config.drift.window_events, self._store_slots)
@@ -426,12 +388,9 @@ class Trainer:
         except ValueError as exc:
             raise TrainerError(
                 f"the data directory {self.store.path.parent} holds dense optimizer state "
-                f"that this headrace cannot read ({exc}); it was written by an older "
-                "version: use a new --data-dir"
+                f"that cannot be restored: {exc}. Use the dense_optimizer settings it was "
+                "trained with, or a new --data-dir"
             ) from exc
-        # The dense optimizer's learning rate may change between runs.
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.config.dense_optimizer.lr
         self.state = TrainingState.from_bytes(extra[STATE_BLOB])
         # Pickle of our own numpy arrays and River detectors, written by this class.
         monitors = pickle.loads(extra[MONITOR_BLOB])
@@ -498,7 +457,7 @@ class Trainer:
         self.store.apply_gradients(lookup, row_grads)
         if reduced is not None:
             reduced()
-        _step_dense(self.optimizer)
+        self.optimizer.step()
         probabilities = calibrated_probabilities(logits, batch.sample_rates)
         # The loss is the mean over every rank's events; this rank's own mean:
         loss_value = loss * examples / max(len(batch), 1)

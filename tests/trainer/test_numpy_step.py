@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,6 @@ from torch.nn import functional as F
 
 from headrace.model import CtrModel, NumpyCtr, RowPooling, pool_embeddings
 from headrace.stream import Batch
-from headrace.trainer.loop import _step_dense
 
 
 def _batch(rng: np.random.Generator, n: int) -> Batch:
@@ -84,24 +81,3 @@ def test_numpy_step_matches_autograd(kind, id_bias, weighted):
 def test_numpy_step_needs_gradient_tensors():
     with pytest.raises(ValueError, match="grad"):
         NumpyCtr(CtrModel("fm", 2, 3, n_dense=0))
-
-
-def test_direct_adam_step_equals_the_optimizers_own_step_across_a_restore():
-    torch.manual_seed(0)
-    mine = torch.nn.Parameter(torch.randn(300))
-    theirs = torch.nn.Parameter(mine.detach().clone())
-    mine_opt = torch.optim.Adam([mine], lr=1e-2, fused=True)
-    their_opt = torch.optim.Adam([theirs], lr=1e-2, fused=True)
-    for step in range(20):
-        if step == 10:  # as a checkpoint restore does, through bytes
-            saved = io.BytesIO()
-            torch.save(their_opt.state_dict(), saved)
-            saved.seek(0)
-            mine_opt.load_state_dict(torch.load(saved))
-        grad = torch.randn(300)
-        mine.grad, theirs.grad = grad.clone(), grad.clone()
-        _step_dense(mine_opt)
-        their_opt.step()
-    assert torch.equal(mine, theirs)
-    assert torch.equal(mine_opt.state[mine]["exp_avg"], their_opt.state[theirs]["exp_avg"])
-    assert float(mine_opt.state[mine]["step"]) == 20
