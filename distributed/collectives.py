@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -186,11 +186,27 @@ class Collectives:
         self._timed("barrier", started, 0)
 
 
+#: What a rank adds to the periodic agreement: its values, maxed over all ranks.
+Vote = Callable[[], Sequence[float]]
+#: What every rank then does with the maxima, in the same round.
+Act = Callable[[list[float]], None]
+
+
 class TorchPeers:
-    """The :class:`~headrace.trainer.peers.Peers` of a training step, over :class:`Collectives`."""
+    """The :class:`~headrace.trainer.peers.Peers` of a training step, over :class:`Collectives`.
+
+    Other parts of a rank that must act in step with the other ranks (the
+    parameter publisher) add a vote with :meth:`add_vote`; it rides on the
+    periodic :meth:`agree`, so it costs no collective of its own.
+    """
 
     def __init__(self, collectives: Collectives) -> None:
         self.collectives = collectives
+        self._votes: list[tuple[Vote, Act]] = []
+
+    def add_vote(self, vote: Vote, act: Act) -> None:
+        """At every agreement, max ``vote()`` over the ranks and call ``act`` with it on each."""
+        self._votes.append((vote, act))
 
     def begin_step(self, examples: int, event_time: float) -> tuple[int, float]:
         # One all_reduce(MAX): the event time, and each rank's count in its own column.
@@ -205,7 +221,14 @@ class TorchPeers:
         return self.collectives.start_all_reduce(grad, dist.ReduceOp.SUM)
 
     def agree(self, stop: bool, ended: bool, checkpoint: bool) -> tuple[bool, bool]:
-        flags = torch.tensor([stop, not ended, checkpoint], dtype=torch.int32)
+        votes = [list(vote()) for vote, _ in self._votes]
+        flags = torch.tensor(
+            [stop, not ended, checkpoint, *(v for each in votes for v in each)],
+            dtype=torch.float64,
+        )
         self.collectives.all_reduce(flags, dist.ReduceOp.MAX)
-        any_stop, any_reading, any_due = flags.tolist()
+        any_stop, any_reading, any_due, *maxima = flags.tolist()
+        for (_, act), each in zip(self._votes, votes, strict=True):
+            act(maxima[: len(each)])
+            maxima = maxima[len(each) :]
         return bool(any_stop or not any_reading), bool(any_due)

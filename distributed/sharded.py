@@ -21,7 +21,13 @@ from typing import Any
 import numpy as np
 
 from headrace.distributed.collectives import Collectives
-from headrace.embedding_store import EmbeddingStore, StoreStats, TrainingLookup
+from headrace.embedding_store import (
+    EmbeddingStore,
+    SlotChanges,
+    SlotConfig,
+    StoreStats,
+    TrainingLookup,
+)
 
 __all__ = ["ShardedLookup", "ShardedStore", "owner_of"]
 
@@ -118,6 +124,21 @@ class ShardedStore:
 
     def close(self) -> None:
         self.local.close()
+
+    # -- what a publisher reads: this shard's rows -----------------------------
+
+    @property
+    def slots(self) -> tuple[SlotConfig, ...]:
+        return self.local.slots
+
+    def pending_changes(self) -> int:
+        return self.local.pending_changes()
+
+    def drain_changes(self) -> dict[str, SlotChanges]:
+        return self.local.drain_changes()
+
+    def export(self, slot: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.local.export(slot)
 
     def lookup_slots(self, fids: Mapping[str, Any], event_time: float) -> ShardedLookup:
         """Vectors ``(n, dim)`` of this rank's fids of several slots, from their owners.

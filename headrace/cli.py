@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from rich.progress import Progress
 
+    from headrace.distributed import TrainingRun
     from headrace.kafka_client import KafkaClientSettings
     from headrace.serving import ParameterPublisher, SyncKey
     from headrace.stream import KafkaSink, LogSink
@@ -556,12 +557,6 @@ def train(
                 )
     if publish is not None:
         _check_params_location(publish, "--publish")
-        if World.from_env() is not None:
-            raise typer.BadParameter(
-                "publishing from several ranks is not supported yet; train with one process "
-                "to publish",
-                param_hint="--publish",
-            )
     if dead_letters not in (None, "auto", "topic", "file"):
         raise typer.BadParameter(
             f"expected topic, file or auto, not {dead_letters!r}", param_hint="--dead-letters"
@@ -600,7 +595,7 @@ def train(
     try:
         if publish is not None:
             publisher = _attach_publisher(
-                trainer,
+                run,
                 publish,
                 registry,
                 (sync_interval, dense_sync_interval, snapshot_interval),
@@ -828,15 +823,16 @@ def _check_params_reachable(url: str, kafka: KafkaClientSettings) -> None:
 
 
 def _attach_publisher(
-    trainer: Trainer,
+    run: TrainingRun,
     url: str,
     registry: CollectorRegistry,
     intervals: tuple[float, float, float],
     key: SyncKey | None,
     kafka: KafkaClientSettings,
 ) -> ParameterPublisher:
-    """A parameter publisher called after every training step, signing with ``key``."""
-    from headrace.serving import attach_publisher, open_writer
+    """A parameter publisher called after every training step (or, by ranks, together),
+    signing with ``key``."""
+    from headrace.serving import open_writer
     from headrace.stream import BrokerUnavailable
 
     try:
@@ -849,8 +845,7 @@ def _attach_publisher(
         "signed (HMAC-SHA256)" if key is not None else "unsigned: no sync key",
     )
     sync_interval, dense_sync_interval, snapshot_interval = intervals
-    return attach_publisher(
-        trainer,
+    return run.attach_publisher(
         writer,
         sync_interval=sync_interval,
         dense_sync_interval=dense_sync_interval,
