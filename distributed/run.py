@@ -21,6 +21,7 @@ import torch.distributed as dist
 from prometheus_client import CollectorRegistry
 
 from headrace.distributed.collectives import Collectives, TorchPeers, World
+from headrace.distributed.ranks import RankLabels, RankWatch
 from headrace.distributed.sharded import ShardedStore
 from headrace.distributed.shards import open_shard
 from headrace.kafka_client import KafkaClientSettings
@@ -35,6 +36,7 @@ from headrace.trainer import (
     open_dead_letters,
     open_source,
 )
+from headrace.trainer.history import RanksStatus
 
 __all__ = ["TrainingRun"]
 
@@ -198,6 +200,29 @@ class TrainingRun:
         self.trainer.after_step.append(seen)
         self.trainer.peers.add_vote(vote, act)  # type: ignore[attr-defined]  # TorchPeers
         return publisher
+
+    def watch_ranks(
+        self, registry: CollectorRegistry
+    ) -> tuple[CollectorRegistry | RankLabels, Callable[[], RanksStatus | None] | None]:
+        """What this process's /metrics serves, and (rank 0) the figures of all ranks.
+
+        One process: ``registry`` itself and ``None``. A rank: ``registry``
+        with a ``rank`` label on every sample; every rank exchanges its
+        figures about once a second (:class:`RankWatch`), and rank 0 gets
+        the function that returns the latest (for its dashboard) and the
+        ``headrace_all_ranks_eval_*`` gauges in ``registry``.
+        """
+        if self.world is None:
+            return registry, None
+        assert self.collectives is not None
+        lead = self.world.rank == 0
+        watch = RankWatch(
+            self.trainer,
+            self.collectives,
+            self.trainer.peers,  # type: ignore[arg-type]  # TorchPeers in a rank
+            registry=registry if lead else None,
+        )
+        return RankLabels(registry, self.world.rank), (lambda: watch.status) if lead else None
 
     @property
     def rank(self) -> int:

@@ -94,7 +94,9 @@ class ShardedStore:
         self._checkpoints = checkpoints
         self._names = tuple(cfg.name for cfg in local.slots)
         self._slot_index = {name: k for k, name in enumerate(self._names)}
-        self._dims = {cfg.name: cfg.dim for cfg in local.slots}
+        # Every slot's rows have the trainer's one dim; every rank sends rows of it, even
+        # one with no fids of its own (the vectors' all_to_all needs one row shape).
+        self._dim = max(cfg.dim for cfg in local.slots)
 
     # -- what the trainer uses of a store -------------------------------------
 
@@ -159,8 +161,7 @@ class ShardedStore:
         payload = np.stack([local_fids[order], slot_of[order].astype(np.int64)], axis=1)
         incoming = self.collectives.all_to_all(payload, sent, received)
         grouped = np.argsort(incoming[:, 1], kind="stable")
-        dim = self._dims[slots[0]] if slots else 0
-        back = np.zeros((len(incoming), dim), dtype=np.float32)
+        back = np.zeros((len(incoming), self._dim), dtype=np.float32)
         owned = None
         if len(incoming):
             ids, slot_ids = incoming[grouped, 0], incoming[grouped, 1]

@@ -19,7 +19,10 @@ from rich.console import Console
 from headrace import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
     from rich.progress import Progress
 
     from headrace.distributed import TrainingRun
@@ -28,7 +31,7 @@ if TYPE_CHECKING:
     from headrace.stream import KafkaSink, LogSink
     from headrace.trainer import Trainer
     from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
-    from headrace.trainer.history import TrainingHistory
+    from headrace.trainer.history import RanksStatus, TrainingHistory
 
 #: The dashboard's samples, in the trainer's data dir so that they outlive a restart.
 DASHBOARD_HISTORY = "dashboard_history.jsonl"
@@ -603,9 +606,12 @@ def train(
                 kafka,
             )
         if metrics_port is not None:
+            # A rank's metrics carry its rank; rank 0 shows the figures of all ranks.
+            exposed, ranks = run.watch_ranks(registry)
             dashboard = _start_dashboard(
                 trainer,
-                registry,
+                exposed,
+                ranks,
                 publisher,
                 # Each rank on its own port.
                 (metrics_host, metrics_port + run.rank),
@@ -733,7 +739,8 @@ class _Dashboard:
 
 def _start_dashboard(
     trainer: Trainer,
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | Collector,
+    ranks: Callable[[], RanksStatus | None] | None,
     publisher: ParameterPublisher | None,
     address: tuple[str, int],
     serving_urls: list[str],
@@ -746,6 +753,7 @@ def _start_dashboard(
     The samples are kept in ``history_path`` too, so that the dashboard of a
     restarted trainer goes on where the last run's left off. With ``token``
     every page requires it, and the serving workers are asked with it.
+    ``ranks`` returns the figures of all ranks (rank 0 of a distributed run).
     """
     from headrace.config import API_TOKEN_ENV
     from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
@@ -757,6 +765,7 @@ def _start_dashboard(
         sync_version=(lambda: publisher.version) if publisher is not None else None,
         workers=poller.status if poller is not None else None,
         joiners=joiners.status if joiners is not None else None,
+        ranks=ranks,
         path=history_path,
     )
     host, port = address
