@@ -14,10 +14,14 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from headrace.distributed.sharded import ShardedStore
 
 __all__ = ["Collectives", "DistributedError", "TorchPeers", "World"]
 
@@ -134,10 +138,6 @@ class Collectives:
         self.bytes_sent += sent
         self.calls += 1
 
-    def counts(self, send: np.ndarray) -> np.ndarray:
-        """Exchange one int64 per rank: ``send[j]`` goes to rank j; returns what each sent here."""
-        return self.all_to_all(send.astype(np.int64), np.ones(self.world.size, np.int64))
-
     def all_to_all(
         self, send: np.ndarray, split: np.ndarray, receive: np.ndarray | None = None
     ) -> np.ndarray:
@@ -200,22 +200,20 @@ class TorchPeers:
     periodic :meth:`agree`, so it costs no collective of its own.
     """
 
-    def __init__(self, collectives: Collectives) -> None:
+    def __init__(self, collectives: Collectives, store: ShardedStore) -> None:
         self.collectives = collectives
+        self.store = store
         self._votes: list[tuple[Vote, Act]] = []
 
     def add_vote(self, vote: Vote, act: Act) -> None:
         """At every agreement, max ``vote()`` over the ranks and call ``act`` with it on each."""
         self._votes.append((vote, act))
 
-    def begin_step(self, examples: int, event_time: float) -> tuple[int, float]:
-        # One all_reduce(MAX): the event time, and each rank's count in its own column.
-        world = self.collectives.world
-        values = torch.zeros(world.size + 1, dtype=torch.float64)
-        values[0] = event_time
-        values[world.rank + 1] = examples
-        self.collectives.all_reduce(values, dist.ReduceOp.MAX)
-        return int(values[1:].sum()), float(values[0])
+    def begin_step(
+        self, examples: int, event_time: float, fids: Mapping[str, np.ndarray]
+    ) -> tuple[int, float]:
+        # The step's agreement rides on the all_to_all that sends its fids to their owners.
+        return self.store.begin_step(fids, examples, event_time)
 
     def reduce_dense(self, grad: torch.Tensor) -> Callable[[], None]:
         return self.collectives.start_all_reduce(grad, dist.ReduceOp.SUM)

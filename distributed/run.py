@@ -146,7 +146,7 @@ class TrainingRun:
                 deterministic=deterministic,
                 dead_letters=_dead_letters(source, choice, kafka, events),
                 store=sharded,  # type: ignore[arg-type]  # the same interface, sharded
-                peers=TorchPeers(collectives),
+                peers=TorchPeers(collectives, sharded),
             )
         except BaseException:
             sharded.close()
