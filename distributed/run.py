@@ -186,16 +186,21 @@ class TrainingRun:
             **options,
         )
 
+        trained = [False]  # since the last publish: idle ranks publish nothing, as one process
+
         def seen(_: Trainer, step: StepResult) -> None:
             publisher.event_time = max(publisher.event_time, float(step.batch.ts.max()))
+            trained[0] = True
 
         def vote() -> list[float]:
-            return [_KINDS.index(publisher.due()), publisher.event_time]
+            kind = publisher.due() if trained[0] else None
+            return [_KINDS.index(kind), publisher.event_time]
 
         def act(agreed: list[float]) -> None:
             kind, publisher.event_time = _KINDS[int(agreed[0])], agreed[1]
             if kind is not None:
                 publisher.publish(kind, publisher.event_time)
+                trained[0] = False
 
         self.trainer.after_step.append(seen)
         self.trainer.peers.add_vote(vote, act)  # type: ignore[attr-defined]  # TorchPeers
