@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from headrace.distributed.sharded import ShardedStore
 
 __all__ = ["Collectives", "DistributedError", "TorchPeers", "World"]
 
@@ -134,10 +138,6 @@ class Collectives:
         self.bytes_sent += sent
         self.calls += 1
 
-    def counts(self, send: np.ndarray) -> np.ndarray:
-        """Exchange one int64 per rank: ``send[j]`` goes to rank j; returns what each sent here."""
-        return self.all_to_all(send.astype(np.int64), np.ones(self.world.size, np.int64))
-
     def all_to_all(
         self, send: np.ndarray, split: np.ndarray, receive: np.ndarray | None = None
     ) -> np.ndarray:
@@ -186,26 +186,47 @@ class Collectives:
         self._timed("barrier", started, 0)
 
 
+#: What a rank adds to the periodic agreement: its values, maxed over all ranks.
+Vote = Callable[[], Sequence[float]]
+#: What every rank then does with the maxima, in the same round.
+Act = Callable[[list[float]], None]
+
+
 class TorchPeers:
-    """The :class:`~headrace.trainer.peers.Peers` of a training step, over :class:`Collectives`."""
+    """The :class:`~headrace.trainer.peers.Peers` of a training step, over :class:`Collectives`.
 
-    def __init__(self, collectives: Collectives) -> None:
+    Other parts of a rank that must act in step with the other ranks (the
+    parameter publisher) add a vote with :meth:`add_vote`; it rides on the
+    periodic :meth:`agree`, so it costs no collective of its own.
+    """
+
+    def __init__(self, collectives: Collectives, store: ShardedStore) -> None:
         self.collectives = collectives
+        self.store = store
+        self._votes: list[tuple[Vote, Act]] = []
 
-    def begin_step(self, examples: int, event_time: float) -> tuple[int, float]:
-        # One all_reduce(MAX): the event time, and each rank's count in its own column.
-        world = self.collectives.world
-        values = torch.zeros(world.size + 1, dtype=torch.float64)
-        values[0] = event_time
-        values[world.rank + 1] = examples
-        self.collectives.all_reduce(values, dist.ReduceOp.MAX)
-        return int(values[1:].sum()), float(values[0])
+    def add_vote(self, vote: Vote, act: Act) -> None:
+        """At every agreement, max ``vote()`` over the ranks and call ``act`` with it on each."""
+        self._votes.append((vote, act))
+
+    def begin_step(
+        self, examples: int, event_time: float, fids: Mapping[str, np.ndarray]
+    ) -> tuple[int, float]:
+        # The step's agreement rides on the all_to_all that sends its fids to their owners.
+        return self.store.begin_step(fids, examples, event_time)
 
     def reduce_dense(self, grad: torch.Tensor) -> Callable[[], None]:
         return self.collectives.start_all_reduce(grad, dist.ReduceOp.SUM)
 
     def agree(self, stop: bool, ended: bool, checkpoint: bool) -> tuple[bool, bool]:
-        flags = torch.tensor([stop, not ended, checkpoint], dtype=torch.int32)
+        votes = [list(vote()) for vote, _ in self._votes]
+        flags = torch.tensor(
+            [stop, not ended, checkpoint, *(v for each in votes for v in each)],
+            dtype=torch.float64,
+        )
         self.collectives.all_reduce(flags, dist.ReduceOp.MAX)
-        any_stop, any_reading, any_due = flags.tolist()
+        any_stop, any_reading, any_due, *maxima = flags.tolist()
+        for (_, act), each in zip(self._votes, votes, strict=True):
+            act(maxima[: len(each)])
+            maxima = maxima[len(each) :]
         return bool(any_stop or not any_reading), bool(any_due)

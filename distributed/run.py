@@ -14,22 +14,37 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import torch
+import torch.distributed as dist
 from prometheus_client import CollectorRegistry
 
 from headrace.distributed.collectives import Collectives, TorchPeers, World
+from headrace.distributed.ranks import RankLabels, RankWatch
 from headrace.distributed.sharded import ShardedStore
 from headrace.distributed.shards import open_shard
 from headrace.kafka_client import KafkaClientSettings
+from headrace.serving import ParameterPublisher, attach_publisher
+from headrace.serving.transport import UpdateWriter
 from headrace.stream import DeadLetterSink, Source
-from headrace.trainer import Summary, Trainer, TrainerConfig, open_dead_letters, open_source
+from headrace.trainer import (
+    StepResult,
+    Summary,
+    Trainer,
+    TrainerConfig,
+    open_dead_letters,
+    open_source,
+)
+from headrace.trainer.history import RanksStatus
 
 __all__ = ["TrainingRun"]
 
 log = logging.getLogger(__name__)
 
 _SWITCH_INTERVAL_S = 0.0005
+#: What a publisher votes for, in order of precedence (the ranks take the maximum).
+_KINDS: tuple[Literal["delta", "snapshot"] | None, ...] = (None, "delta", "snapshot")
 
 
 class TrainingRun:
@@ -131,7 +146,7 @@ class TrainingRun:
                 deterministic=deterministic,
                 dead_letters=_dead_letters(source, choice, kafka, events),
                 store=sharded,  # type: ignore[arg-type]  # the same interface, sharded
-                peers=TorchPeers(collectives),
+                peers=TorchPeers(collectives, sharded),
             )
         except BaseException:
             sharded.close()
@@ -145,6 +160,74 @@ class TrainingRun:
             trainer.state.positions,
         )
         return cls(trainer, rank_dir, world, collectives)
+
+    def attach_publisher(self, writer: UpdateWriter, **options: Any) -> ParameterPublisher:
+        """Publish this run's parameters to ``writer`` (as ``serving.attach_publisher``).
+
+        One process publishes after its steps as always. Ranks publish
+        together: at each periodic agreement of the ranks (every few steps)
+        every rank says what its publisher would send (nothing, a delta or
+        a snapshot) and its newest event time; if any rank would publish,
+        all publish that version, each its own shard's rows, the most any
+        rank asked for (a snapshot over a delta). Versions go on after the
+        newest one any rank's writer holds.
+        """
+        if self.world is None:
+            return attach_publisher(self.trainer, writer, **options)
+        assert self.collectives is not None and self.trainer.peers is not None
+        newest = torch.tensor([writer.latest_version()], dtype=torch.int64)
+        self.collectives.all_reduce(newest, dist.ReduceOp.MAX)
+        publisher = ParameterPublisher.for_trainer(
+            self.trainer,
+            writer,
+            first_version=int(newest) + 1,
+            shard=self.world.rank,
+            shards=self.world.size,
+            **options,
+        )
+
+        trained = [False]  # since the last publish: idle ranks publish nothing, as one process
+
+        def seen(_: Trainer, step: StepResult) -> None:
+            publisher.event_time = max(publisher.event_time, float(step.batch.ts.max()))
+            trained[0] = True
+
+        def vote() -> list[float]:
+            kind = publisher.due() if trained[0] else None
+            return [_KINDS.index(kind), publisher.event_time]
+
+        def act(agreed: list[float]) -> None:
+            kind, publisher.event_time = _KINDS[int(agreed[0])], agreed[1]
+            if kind is not None:
+                publisher.publish(kind, publisher.event_time)
+                trained[0] = False
+
+        self.trainer.after_step.append(seen)
+        self.trainer.peers.add_vote(vote, act)  # type: ignore[attr-defined]  # TorchPeers
+        return publisher
+
+    def watch_ranks(
+        self, registry: CollectorRegistry
+    ) -> tuple[CollectorRegistry | RankLabels, Callable[[], RanksStatus | None] | None]:
+        """What this process's /metrics serves, and (rank 0) the figures of all ranks.
+
+        One process: ``registry`` itself and ``None``. A rank: ``registry``
+        with a ``rank`` label on every sample; every rank exchanges its
+        figures about once a second (:class:`RankWatch`), and rank 0 gets
+        the function that returns the latest (for its dashboard) and the
+        ``headrace_all_ranks_eval_*`` gauges in ``registry``.
+        """
+        if self.world is None:
+            return registry, None
+        assert self.collectives is not None
+        lead = self.world.rank == 0
+        watch = RankWatch(
+            self.trainer,
+            self.collectives,
+            self.trainer.peers,  # type: ignore[arg-type]  # TorchPeers in a rank
+            registry=registry if lead else None,
+        )
+        return RankLabels(registry, self.world.rank), (lambda: watch.status) if lead else None
 
     @property
     def rank(self) -> int:

@@ -21,12 +21,21 @@ from typing import Any
 import numpy as np
 
 from headrace.distributed.collectives import Collectives
-from headrace.embedding_store import EmbeddingStore, StoreStats, TrainingLookup
+from headrace.embedding_store import (
+    EmbeddingStore,
+    SlotChanges,
+    SlotConfig,
+    StoreStats,
+    TrainingLookup,
+)
 
 __all__ = ["ShardedLookup", "ShardedStore", "owner_of"]
 
 # Not the table index's salt: owners must not correlate with index positions.
 _OWNER_SALT = np.uint64(0x6F776E65725F6964)
+#: Header rows of each block of a step's first all_to_all (see ShardedStore.begin_step).
+_HEADER = 2
+_FIRST_CAPACITY = 1024
 
 
 def owner_of(fids: np.ndarray, world_size: int) -> np.ndarray:
@@ -66,6 +75,20 @@ class ShardedLookup:
     owned: TrainingLookup | None
 
 
+@dataclass(frozen=True)
+class _Exchange:
+    """The fids of a step as :meth:`ShardedStore.begin_step` sent them, for its lookup."""
+
+    fids: Mapping[str, Any]
+    slots: tuple[str, ...]
+    bounds: np.ndarray
+    order: np.ndarray
+    sent: np.ndarray
+    received: np.ndarray
+    #: (fid, slot) rows from every rank, in rank order.
+    incoming: np.ndarray
+
+
 class ShardedStore:
     """This rank's shard of the rows, with the store interface the trainer steps with.
 
@@ -88,7 +111,13 @@ class ShardedStore:
         self._checkpoints = checkpoints
         self._names = tuple(cfg.name for cfg in local.slots)
         self._slot_index = {name: k for k, name in enumerate(self._names)}
-        self._dims = {cfg.name: cfg.dim for cfg in local.slots}
+        # Every slot's rows have the trainer's one dim; every rank sends rows of it, even
+        # one with no fids of its own (the vectors' all_to_all needs one row shape).
+        self._dim = max(cfg.dim for cfg in local.slots)
+        #: Ids a rank sends each owner in the first all_to_all of a step; the same on every
+        #: rank (it grows on all of them together, from the headers every rank receives).
+        self._capacity = _FIRST_CAPACITY
+        self._exchanged: _Exchange | None = None
 
     # -- what the trainer uses of a store -------------------------------------
 
@@ -119,27 +148,100 @@ class ShardedStore:
     def close(self) -> None:
         self.local.close()
 
-    def lookup_slots(self, fids: Mapping[str, Any], event_time: float) -> ShardedLookup:
-        """Vectors ``(n, dim)`` of this rank's fids of several slots, from their owners.
+    # -- what a publisher reads: this shard's rows -----------------------------
 
-        Every rank calls it in the same step; ``event_time`` (a scalar, the
-        same on every rank) stamps the rows.
+    @property
+    def slots(self) -> tuple[SlotConfig, ...]:
+        return self.local.slots
+
+    def pending_changes(self) -> int:
+        return self.local.pending_changes()
+
+    def drain_changes(self) -> dict[str, SlotChanges]:
+        return self.local.drain_changes()
+
+    def export(self, slot: str) -> tuple[np.ndarray, np.ndarray]:
+        return self.local.export(slot)
+
+    def begin_step(
+        self, fids: Mapping[str, Any], examples: int, event_time: float
+    ) -> tuple[int, float]:
+        """Send this step's fids to their owners, with the step's agreement, in one all_to_all.
+
+        Returns the examples of all ranks and the newest event time of any
+        rank (a rank with no events passes ``0`` and ``-inf``); the
+        :meth:`lookup_slots` that follows, with the same ``fids``, goes on
+        from there. Every rank calls it in the same step.
+
+        Each rank sends every other a block of the same size: two header rows
+        (how many ids follow, its examples, its event time, the most ids it
+        sends any rank) and up to ``capacity`` (fid, slot) rows. Ids beyond
+        the capacity follow in a second all_to_all, taken only when some
+        rank had that many, after which the capacity grows: the step pays
+        one collective for the ids and the agreement, not three.
         """
+        world = self.collectives.world
         slots = tuple(fids)
         arrays = [np.asarray(fids[slot], dtype=np.int64) for slot in slots]
         bounds = np.zeros(len(slots) + 1, dtype=np.int64)
         np.cumsum([len(a) for a in arrays], out=bounds[1:])
         local_fids = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
         slot_of = np.repeat([self._slot_index[s] for s in slots], np.diff(bounds))
-        owners = owner_of(local_fids, self.collectives.world.size)
+        owners = owner_of(local_fids, world.size)
         order = np.argsort(owners, kind="stable")
-        sent = np.bincount(owners, minlength=self.collectives.world.size)
-        received = self.collectives.counts(sent)
+        sent = np.bincount(owners, minlength=world.size)
         payload = np.stack([local_fids[order], slot_of[order].astype(np.int64)], axis=1)
-        incoming = self.collectives.all_to_all(payload, sent, received)
+        starts = np.zeros(world.size + 1, dtype=np.int64)
+        np.cumsum(sent, out=starts[1:])
+        capacity = self._capacity
+        block = np.zeros((world.size, _HEADER + capacity, 2), dtype=np.int64)
+        block[:, 0] = (0, examples)
+        block[:, 0, 0] = sent
+        block[:, 1] = (np.float64(event_time).view(np.int64), sent.max(initial=0))
+        for peer in range(world.size):
+            rows = payload[starts[peer] : starts[peer] + min(sent[peer], capacity)]
+            block[peer, _HEADER : _HEADER + len(rows)] = rows
+        got = self.collectives.all_to_all(
+            block.reshape(-1, 2), np.full(world.size, _HEADER + capacity, np.int64)
+        ).reshape(world.size, _HEADER + capacity, 2)
+        received = got[:, 0, 0].copy()
+        most = int(got[:, 1, 1].max())
+        pieces = [
+            got[peer, _HEADER : _HEADER + min(received[peer], capacity)]
+            for peer in range(world.size)
+        ]
+        if most > capacity:  # every rank knows it from the headers: all take the second round
+            over_sent = np.maximum(sent - capacity, 0)
+            over_received = np.maximum(received - capacity, 0)
+            beyond = np.concatenate(
+                [payload[starts[p] + capacity : starts[p + 1]] for p in range(world.size)]
+            ).reshape(-1, 2)
+            more = self.collectives.all_to_all(beyond, over_sent, over_received)
+            cuts = np.zeros(world.size + 1, dtype=np.int64)
+            np.cumsum(over_received, out=cuts[1:])
+            pieces = [
+                np.concatenate([pieces[p], more[cuts[p] : cuts[p + 1]]]) for p in range(world.size)
+            ]
+            self._capacity = int(most * 1.5)
+        self._exchanged = _Exchange(
+            fids, slots, bounds, order, sent, received, np.concatenate(pieces).reshape(-1, 2)
+        )
+        return int(got[:, 0, 1].sum()), float(got[:, 1, 0].view(np.float64).max())
+
+    def lookup_slots(self, fids: Mapping[str, Any], event_time: float) -> ShardedLookup:
+        """Vectors ``(n, dim)`` of this rank's fids of several slots, from their owners.
+
+        Every rank calls it in the same step, after :meth:`begin_step` with
+        the same ``fids``; ``event_time`` (a scalar, the same on every rank)
+        stamps the rows.
+        """
+        sent_ids = self._exchanged
+        if sent_ids is None or sent_ids.fids is not fids:
+            raise RuntimeError("lookup_slots without a begin_step of the same fids")
+        self._exchanged = None
+        incoming = sent_ids.incoming
         grouped = np.argsort(incoming[:, 1], kind="stable")
-        dim = self._dims[slots[0]] if slots else 0
-        back = np.zeros((len(incoming), dim), dtype=np.float32)
+        back = np.zeros((len(incoming), self._dim), dtype=np.float32)
         owned = None
         if len(incoming):
             ids, slot_ids = incoming[grouped, 0], incoming[grouped, 1]
@@ -151,10 +253,19 @@ class ShardedStore:
             }
             owned = self.local.lookup_slots(by_slot, event_time)
             back[grouped] = owned.values
-        returned = self.collectives.all_to_all(back, received, sent)
+        returned = self.collectives.all_to_all(back, sent_ids.received, sent_ids.sent)
         values = np.empty_like(returned)
-        values[order] = returned
-        return ShardedLookup(slots, bounds, values, order, sent, received, grouped, owned)
+        values[sent_ids.order] = returned
+        return ShardedLookup(
+            sent_ids.slots,
+            sent_ids.bounds,
+            values,
+            sent_ids.order,
+            sent_ids.sent,
+            sent_ids.received,
+            grouped,
+            owned,
+        )
 
     def apply_gradients(self, lookup: ShardedLookup, grads: Any) -> None:
         """Send the gradients ``(n, dim)`` of a lookup's values to the owners, which apply them."""

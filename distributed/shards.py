@@ -219,6 +219,7 @@ def _reshard(
             part = generations.part(manifest.generation, old_rank)
             with EmbeddingStore.open(part, read_only=True) as old:
                 store.adopt_rows(old, lambda fids: owner_of(fids, world.size) == world.rank)
+                store.adopt_pending(old)  # ids seen, not admitted yet: their counts go on
                 states.append(TrainingState.from_bytes(old.extra[STATE_BLOB]))
                 if old_rank == min(world.rank, old_size - 1):
                     blobs = dict(old.extra)

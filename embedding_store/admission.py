@@ -70,6 +70,37 @@ class CountingFilter:
     def add(self, keys: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """Add ``counts`` occurrences of distinct ``keys``; return their new counts."""
         buckets, fingerprints = self._locate(keys)
+        return self._add_entries(buckets, fingerprints, counts)
+
+    def merge(self, other: CountingFilter) -> None:
+        """Add every count of ``other`` (of the same config) here, as if its ids came here.
+
+        For re-sharding: ids are not kept, only their fingerprints, so a
+        rank takes the pending counts of every old shard; those of ids it
+        does not own are never asked for (they take room, as in one process).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> a, b = (CountingFilter(FilterConfig(capacity=1024, bucket_size=8)) for _ in "ab")
+        >>> _ = a.add(np.array([11, 12], dtype=np.uint64), np.array([1, 2]))
+        >>> b.merge(a)
+        >>> b.add(np.array([11, 12, 13], dtype=np.uint64), np.array([1, 1, 1])).tolist()
+        [2, 3, 1]
+        """
+        if other.config != self.config:
+            raise ValueError(f"filters differ: {other.config!r} is not {self.config!r}")
+        buckets, columns = np.nonzero(other._counts)
+        self._add_entries(
+            buckets,
+            other._fingerprints[buckets, columns],
+            other._counts[buckets, columns].astype(np.int64),
+        )
+
+    def _add_entries(
+        self, buckets: np.ndarray, fingerprints: np.ndarray, counts: np.ndarray
+    ) -> np.ndarray:
+        """Add ``counts`` to the entries (bucket, fingerprint); return their new counts."""
         # Keys with the same (bucket, fingerprint) are one entry to the filter.
         entry = buckets * 65536 + fingerprints
         entries, first, inverse = np.unique(entry, return_index=True, return_inverse=True)

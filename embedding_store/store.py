@@ -1034,6 +1034,11 @@ class EmbeddingStore:
             copied += len(rows)
         return copied
 
+    def adopt_pending(self, other: EmbeddingStore) -> None:
+        """Add the admission counts of ``other``'s ids still below their threshold to this
+        store's filter (for re-sharding, next to :meth:`adopt_rows`; the same filter size)."""
+        self._filter.merge(other._filter)
+
     def stats(self) -> StoreStats:
         def per_slot(counter: str) -> dict[str, int]:
             return {

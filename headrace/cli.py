@@ -19,15 +19,19 @@ from rich.console import Console
 from headrace import __version__
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from prometheus_client import CollectorRegistry
+    from prometheus_client.registry import Collector
     from rich.progress import Progress
 
+    from headrace.distributed import TrainingRun
     from headrace.kafka_client import KafkaClientSettings
     from headrace.serving import ParameterPublisher, SyncKey
     from headrace.stream import KafkaSink, LogSink
     from headrace.trainer import Trainer
     from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
-    from headrace.trainer.history import TrainingHistory
+    from headrace.trainer.history import RanksStatus, TrainingHistory
 
 #: The dashboard's samples, in the trainer's data dir so that they outlive a restart.
 DASHBOARD_HISTORY = "dashboard_history.jsonl"
@@ -556,12 +560,6 @@ def train(
                 )
     if publish is not None:
         _check_params_location(publish, "--publish")
-        if World.from_env() is not None:
-            raise typer.BadParameter(
-                "publishing from several ranks is not supported yet; train with one process "
-                "to publish",
-                param_hint="--publish",
-            )
     if dead_letters not in (None, "auto", "topic", "file"):
         raise typer.BadParameter(
             f"expected topic, file or auto, not {dead_letters!r}", param_hint="--dead-letters"
@@ -600,7 +598,7 @@ def train(
     try:
         if publish is not None:
             publisher = _attach_publisher(
-                trainer,
+                run,
                 publish,
                 registry,
                 (sync_interval, dense_sync_interval, snapshot_interval),
@@ -608,9 +606,12 @@ def train(
                 kafka,
             )
         if metrics_port is not None:
+            # A rank's metrics carry its rank; rank 0 shows the figures of all ranks.
+            exposed, ranks = run.watch_ranks(registry)
             dashboard = _start_dashboard(
                 trainer,
-                registry,
+                exposed,
+                ranks,
                 publisher,
                 # Each rank on its own port.
                 (metrics_host, metrics_port + run.rank),
@@ -738,7 +739,8 @@ class _Dashboard:
 
 def _start_dashboard(
     trainer: Trainer,
-    registry: CollectorRegistry,
+    registry: CollectorRegistry | Collector,
+    ranks: Callable[[], RanksStatus | None] | None,
     publisher: ParameterPublisher | None,
     address: tuple[str, int],
     serving_urls: list[str],
@@ -751,6 +753,7 @@ def _start_dashboard(
     The samples are kept in ``history_path`` too, so that the dashboard of a
     restarted trainer goes on where the last run's left off. With ``token``
     every page requires it, and the serving workers are asked with it.
+    ``ranks`` returns the figures of all ranks (rank 0 of a distributed run).
     """
     from headrace.config import API_TOKEN_ENV
     from headrace.trainer.dashboard import DashboardServer, JoinerPoller, WorkerPoller
@@ -762,6 +765,7 @@ def _start_dashboard(
         sync_version=(lambda: publisher.version) if publisher is not None else None,
         workers=poller.status if poller is not None else None,
         joiners=joiners.status if joiners is not None else None,
+        ranks=ranks,
         path=history_path,
     )
     host, port = address
@@ -828,15 +832,16 @@ def _check_params_reachable(url: str, kafka: KafkaClientSettings) -> None:
 
 
 def _attach_publisher(
-    trainer: Trainer,
+    run: TrainingRun,
     url: str,
     registry: CollectorRegistry,
     intervals: tuple[float, float, float],
     key: SyncKey | None,
     kafka: KafkaClientSettings,
 ) -> ParameterPublisher:
-    """A parameter publisher called after every training step, signing with ``key``."""
-    from headrace.serving import attach_publisher, open_writer
+    """A parameter publisher called after every training step (or, by ranks, together),
+    signing with ``key``."""
+    from headrace.serving import open_writer
     from headrace.stream import BrokerUnavailable
 
     try:
@@ -849,8 +854,7 @@ def _attach_publisher(
         "signed (HMAC-SHA256)" if key is not None else "unsigned: no sync key",
     )
     sync_interval, dense_sync_interval, snapshot_interval = intervals
-    return attach_publisher(
-        trainer,
+    return run.attach_publisher(
         writer,
         sync_interval=sync_interval,
         dense_sync_interval=dense_sync_interval,

@@ -4,6 +4,9 @@ An :class:`Update` is a delta (rows changed and fids removed since the
 previous version) or a snapshot (every row, the dense weights and the model
 description). A large update is split into parts that each fit a transport
 message; a reader applies a version only once all its parts have arrived.
+A distributed trainer publishes each version as one update per shard (each
+rank its own rows; shard 0 adds the dense weights and ``meta``); a reader
+applies the version once every shard's parts have arrived.
 
 One part is one frame::
 
@@ -162,6 +165,10 @@ class Update:
         Serialized dense weights, when this update carries them.
     meta
         The model description a worker needs to build the model (snapshots).
+    shard, shards
+        This update holds the rows of shard ``shard`` of ``shards`` (one per
+        rank of a distributed trainer); the version is whole once all
+        shards' updates have arrived.
     """
 
     kind: Literal["delta", "snapshot"]
@@ -171,6 +178,8 @@ class Update:
     slots: Mapping[str, SlotRows]
     dense: bytes | None = None
     meta: Mapping[str, Any] | None = field(default=None)
+    shard: int = 0
+    shards: int = 1
 
     @property
     def rows(self) -> int:
@@ -236,6 +245,8 @@ def _frame(
         "published_at": update.published_at,
         "part": part,
         "parts": parts,
+        "shard": update.shard,
+        "shards": update.shards,
         "slots": [
             {
                 "name": name,
@@ -346,22 +357,30 @@ def _parse(header: dict, body: memoryview) -> Part:
         slots=slots,
         dense=dense,
         meta=header["meta"],
+        # Absent from frames of single-process trainers published before sharding.
+        shard=int(header.get("shard", 0)),
+        shards=int(header.get("shards", 1)),
     )
     if update.kind not in ("delta", "snapshot"):
         raise ValueError(f"unknown kind {update.kind!r}")
+    if not 0 <= update.shard < update.shards:
+        raise ValueError(f"shard {update.shard} of {update.shards}")
     return Part(update, int(header["part"]), int(header["parts"]))
 
 
 class UpdateAssembler:
-    """Collects the parts of each version and hands out whole updates.
+    """Collects the parts of each version, from every shard, and hands out whole updates.
 
-    Parts of one version arrive together and in order on every transport. A
-    part of a new version drops an unfinished one (its publisher died
-    mid-update); ``incomplete`` counts those.
+    The parts of one shard's update arrive in order on every transport, and
+    a shard publishes its versions in order; the shards of a distributed
+    trainer interleave. A part of a newer version from a shard drops the
+    older versions that shard left unfinished (its publisher died
+    mid-update): they can never complete. ``incomplete`` counts those.
     """
 
     def __init__(self) -> None:
-        self._parts: list[Part] = []
+        #: version -> shard -> the parts received so far, in order.
+        self._pending: dict[int, dict[int, list[Part]]] = {}
         self.incomplete = 0
 
     def add(self, part: Part) -> Update | None:
@@ -370,33 +389,48 @@ class UpdateAssembler:
         Raises :class:`CorruptUpdate` for a part out of order; the version's
         parts received so far are dropped then.
         """
-        if self._parts and part.update.version != self._parts[0].update.version:
-            log.warning(
-                "version %d ended after %d of %d parts; dropped",
-                self._parts[0].update.version,
-                len(self._parts),
-                self._parts[0].parts,
-            )
-            self.incomplete += 1
-            self._parts = []
-        pending = self._parts
-        if part.part != len(pending) or (pending and part.parts != pending[0].parts):
-            self._parts = []
+        version, shard = part.update.version, part.update.shard
+        for old in [v for v, by_shard in self._pending.items() if v < version]:
+            if not _whole(self._pending[old].get(shard, [])):
+                received = self._pending.pop(old)
+                log.warning(
+                    "version %d ended with parts of %d of %d shards; dropped",
+                    old,
+                    sum(map(_whole, received.values())),
+                    part.update.shards,
+                )
+                self.incomplete += 1
+        by_shard = self._pending.setdefault(version, {})
+        pending = by_shard.setdefault(shard, [])
+        known = [parts[0].update.shards for parts in by_shard.values() if parts]
+        if (
+            part.part != len(pending)
+            or (pending and part.parts != pending[0].parts)
+            or (known and part.update.shards != known[0])
+        ):
+            del self._pending[version]
             raise CorruptUpdate(
                 "incomplete",
-                f"part {part.part} of version {part.update.version} arrived out of order",
+                f"part {part.part} of version {version} arrived out of order",
             )
         pending.append(part)
-        if len(pending) < part.parts:
+        if len(by_shard) < part.update.shards or not all(map(_whole, by_shard.values())):
             return None
-        self._parts = []
-        return _merge(pending)
+        del self._pending[version]
+        return _merge([p for s in sorted(by_shard) for p in by_shard[s]])
+
+
+def _whole(parts: list[Part]) -> bool:
+    return bool(parts) and len(parts) == parts[0].parts
 
 
 def _merge(parts: list[Part]) -> Update:
+    """One update of the parts of every shard (shard 0's first part carries dense and meta)."""
     first = parts[0].update
     if len(parts) == 1:
         return first
+    if any(p.update.kind != first.kind for p in parts):
+        raise CorruptUpdate("malformed", f"the shards of version {first.version} differ in kind")
     names = list(dict.fromkeys(name for p in parts for name in p.update.slots))
     slots = {}
     for name in names:
@@ -409,8 +443,8 @@ def _merge(parts: list[Part]) -> Update:
     return Update(
         first.kind,
         first.version,
-        first.event_time,
-        first.published_at,
+        max(p.update.event_time for p in parts),
+        max(p.update.published_at for p in parts),
         slots,
         first.dense,
         first.meta,

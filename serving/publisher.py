@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from torch import nn
@@ -64,6 +64,12 @@ class ParameterPublisher:
         Wall-clock seconds (injectable for tests).
     registry
         Where the ``headrace_sync_*`` metrics are registered.
+    shard, shards
+        A rank of a distributed trainer publishes the rows of its shard
+        ``shard`` of ``shards``; shard 0 adds the dense weights and the model
+        description. Every rank publishes the same versions together (see
+        :meth:`due` and :meth:`publish`), and serving applies a version once
+        all shards' parts arrived.
     """
 
     def __init__(
@@ -80,8 +86,11 @@ class ParameterPublisher:
         first_version: int = 1,
         clock: Callable[[], float] = time.time,
         registry: CollectorRegistry | None = None,
+        shard: int = 0,
+        shards: int = 1,
     ) -> None:
         self.store = store
+        self.shard, self.shards = shard, shards
         self.writer = writer
         self.dense_state = dense_state
         self._meta_now = meta if callable(meta) else lambda: meta
@@ -117,24 +126,31 @@ class ParameterPublisher:
         """A publisher of ``trainer``'s rows, dense weights and model description.
 
         Versions continue after the newest one ``writer`` already holds;
-        ``options`` are the keyword arguments of the constructor.
+        ``options`` are the keyword arguments of the constructor (a given
+        ``first_version`` wins).
         """
         meta = model_meta(trainer.model_spec)  # dumped once: the rate is all that changes
+        if "first_version" not in options:
+            options["first_version"] = writer.latest_version() + 1
         return cls(
             trainer.store,
             writer,
             lambda: dense_state_bytes(trainer.model),
             lambda: meta | {"sample_rate": trainer.state.sample_rate},
-            first_version=writer.latest_version() + 1,
             **options,
         )
 
     def __call__(self, event_time: float) -> Update | None:
         """Publish if an interval has passed; returns the update published, if any."""
         self.event_time = max(self.event_time, event_time)
+        kind = self.due()
+        return None if kind is None else self.publish(kind, event_time)
+
+    def due(self) -> Literal["snapshot", "delta"] | None:
+        """What :meth:`__call__` would publish now: a snapshot, a delta or nothing."""
         now = self.clock()
         if now - self._last_snapshot >= self.snapshot_interval or self._meta_now() != self.meta:
-            return self.publish_snapshot(event_time)
+            return "snapshot"
         if now - self._last_sync < self.sync_interval:
             return None
         if self.store.pending_changes() > self.max_delta_rows:
@@ -142,6 +158,12 @@ class ParameterPublisher:
                 "%d rows changed since the last delta; sending a snapshot instead",
                 self.store.pending_changes(),
             )
+            return "snapshot"
+        return "delta"
+
+    def publish(self, kind: Literal["snapshot", "delta"], event_time: float) -> Update:
+        """:meth:`publish_snapshot` or :meth:`publish_delta`."""
+        if kind == "snapshot":
             return self.publish_snapshot(event_time)
         return self.publish_delta(event_time)
 
@@ -178,14 +200,17 @@ class ParameterPublisher:
     ) -> Update:
         start = time.perf_counter()
         now = self.clock()
+        lead = self.shard == 0  # the one shard that carries what all ranks hold alike
         update = Update(
             kind=kind,  # type: ignore[arg-type]
             version=self.version + 1,
             event_time=float(event_time),
             published_at=now,
             slots=slots,
-            dense=self.dense_state() if with_dense else None,
-            meta=meta,
+            dense=self.dense_state() if with_dense and lead else None,
+            meta=meta if lead else None,
+            shard=self.shard,
+            shards=self.shards,
         )
         self.writer.write(update)
         self.version = update.version

@@ -53,11 +53,12 @@ class UpdateReader(Protocol):
 
 # -- directory -----------------------------------------------------------------
 
-_FILE = re.compile(r"^(\d{12})\.(delta|snapshot)$")
+_FILE = re.compile(r"^(\d{12})\.(delta|snapshot)(?:\.(\d+)-of-(\d+))?$")
 
 
 def _file_name(update: Update) -> str:
-    return f"{update.version:012d}.{update.kind}"
+    name = f"{update.version:012d}.{update.kind}"
+    return name if update.shards == 1 else f"{name}.{update.shard}-of-{update.shards}"
 
 
 def _listing(path: Path) -> list[tuple[int, str, Path]]:
@@ -69,12 +70,29 @@ def _listing(path: Path) -> list[tuple[int, str, Path]]:
     return sorted(found)
 
 
+def _whole_versions(path: Path) -> dict[int, tuple[str, list[Path]]]:
+    """kind and files of every version whose shards' files are all there, in version order.
+
+    A version some shard has not written yet is left out; so is one a
+    shard never wrote (its rank died), which a newer version follows.
+    """
+    files: dict[int, tuple[str, list[Path]]] = {}
+    shards: dict[int, int] = {}
+    for version, kind, file in _listing(path):
+        files.setdefault(version, (kind, []))[1].append(file)
+        match = _FILE.match(file.name)
+        shards[version] = int(match[4]) if match and match[4] else 1
+    return {v: entry for v, entry in files.items() if len(entry[1]) == shards[v]}
+
+
 class DirectoryWriter:
     """Writes each update as one file, made visible by an atomic rename.
 
     Files older than the snapshot before the newest one are deleted, so a
     reader that is one snapshot behind can still catch up. With ``key``
-    every update is signed.
+    every update is signed. The shards of a distributed trainer's version
+    are files of their own (``VERSION.KIND.SHARD-of-SHARDS``) in the same
+    directory.
     """
 
     def __init__(self, path: str | Path, key: SyncKey | None = None) -> None:
@@ -100,7 +118,7 @@ class DirectoryWriter:
         return listing[-1][0] if listing else 0
 
     def _prune(self) -> None:
-        snapshots = [v for v, kind, _ in _listing(self.path) if kind == "snapshot"]
+        snapshots = [v for v, (kind, _) in _whole_versions(self.path).items() if kind == "snapshot"]
         if len(snapshots) < 2:
             return
         keep_from = snapshots[-2]
@@ -113,7 +131,10 @@ class DirectoryWriter:
 
 
 class DirectoryReader:
-    """Reads update files in version order, starting at the newest snapshot."""
+    """Reads update files in version order, starting at the newest snapshot.
+
+    A version is read once the files of all its shards are there.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -122,18 +143,18 @@ class DirectoryReader:
     def read(self, timeout_s: float = 0.0) -> list[bytes]:
         if not self.path.is_dir():
             return []
-        listing = _listing(self.path)
+        versions = _whole_versions(self.path)
         if self._next_version is None:
-            snapshots = [v for v, kind, _ in listing if kind == "snapshot"]
+            snapshots = [v for v, (kind, _) in versions.items() if kind == "snapshot"]
             if not snapshots:
                 return []
             self._next_version = snapshots[-1]
         frames = []
-        for version, _, file in listing:
+        for version, (_, files) in versions.items():
             if version < self._next_version:
                 continue
             try:
-                frames.append(file.read_bytes())
+                frames += [file.read_bytes() for file in files]
             except FileNotFoundError:  # pruned meanwhile; the next snapshot follows
                 continue
             self._next_version = version + 1
@@ -209,8 +230,9 @@ class KafkaReader:
     """Reads update frames from the topic, starting at the newest snapshot.
 
     At start it looks backwards from the end of the topic, a window at a
-    time, for the first part of the newest snapshot, so a worker never
-    replays more history than one snapshot interval. ``client`` holds the
+    time, for the first part of the newest snapshot (of every shard, for a
+    distributed trainer's), so a worker never replays more history than one
+    snapshot interval. ``client`` holds the
     TLS and SASL settings.
     """
 
@@ -242,20 +264,24 @@ class KafkaReader:
     def _seek_newest_snapshot(self) -> bool:
         end = self._source.positions()[self._key] + self._source.lag()[self._key]
         stop = end
+        # version -> shard -> offset of the first part of that shard's snapshot
+        starts: dict[int, dict[int, int]] = {}
+        shards: dict[int, int] = {}
         while stop > 0:
             start = max(0, stop - self._window)
             self._source.seek({self._key: start})
-            offsets = []
             while (position := self._source.positions()[self._key]) < stop:
                 records = self._source.poll(self._window, timeout_s=1.0)
                 if not records:
                     log.warning("parameter topic stopped answering at offset %d", position)
                     return False
-                offsets += [
-                    r.offset for r in records if r.offset < stop and _starts_snapshot(r.value)
-                ]
-            if offsets:
-                self._source.seek({self._key: offsets[-1]})
+                for r in records:
+                    if r.offset < stop and (first := _snapshot_start(r.value)) is not None:
+                        starts.setdefault(first.version, {})[first.shard] = r.offset
+                        shards[first.version] = first.shards
+            whole = [v for v, found in starts.items() if len(found) == shards[v]]
+            if whole:
+                self._source.seek({self._key: min(starts[max(whole)].values())})
                 return True
             stop = start
         return False
@@ -271,14 +297,15 @@ class KafkaReader:
         self._source.close()
 
 
-def _starts_snapshot(frame: bytes | None) -> bool:
+def _snapshot_start(frame: bytes | None) -> Update | None:
+    """The snapshot (of one shard) whose first part ``frame`` is, if it is one."""
     if not frame:
-        return False
+        return None
     try:
         part = decode_part(frame)
     except CorruptUpdate:
-        return False
-    return part.update.kind == "snapshot" and part.part == 0
+        return None
+    return part.update if part.update.kind == "snapshot" and part.part == 0 else None
 
 
 # -- URLs ----------------------------------------------------------------------

@@ -24,7 +24,7 @@ import secrets
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,6 +33,7 @@ from urllib.parse import parse_qs
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 from headrace.trainer.history import (
     DriftMark,
@@ -409,6 +410,49 @@ def _joiner_section(samples: Sequence[Sample]) -> list[tuple[str, list[str]]]:
     return [("Online joiner", charts)]
 
 
+def _all_ranks(samples: Sequence[Sample], *names: str) -> dict[str, Points]:
+    """The named all-rank metrics of every sample that has them."""
+    series: dict[str, Points] = {name.replace("_", " "): [] for name in names}
+    for sample in samples:
+        if sample.ranks is None:
+            continue
+        for name in names:
+            y = sample.ranks.metrics.get(name)
+            if y is not None:
+                series[name.replace("_", " ")].append((sample.event_time, float(y)))
+    return series
+
+
+def _per_rank(samples: Sequence[Sample], value: str) -> dict[str, Points]:
+    ranks: dict[str, Points] = {}
+    for sample in samples:
+        for rank, status in (sample.ranks.ranks if sample.ranks else {}).items():
+            points = ranks.setdefault(f"rank {rank}", [])
+            y = getattr(status, value)
+            if y is not None:
+                points.append((sample.event_time, float(y)))
+    return ranks
+
+
+def _ranks_section(samples: Sequence[Sample]) -> list[tuple[str, list[str]]]:
+    """Metrics over all ranks' events and each rank's ingest (rank 0 of a distributed run)."""
+    if not any(sample.ranks for sample in samples):
+        return []
+    charts = [
+        line_chart("all_ranks_auc", "AUC, all ranks", _all_ranks(samples, "auc", "rolling_auc")),
+        line_chart(
+            "all_ranks_logloss",
+            "Log loss, all ranks",
+            _all_ranks(samples, "logloss", "rolling_logloss"),
+        ),
+        line_chart("rank_ingest", "Ingest per rank (events/s)", _per_rank(samples, "ingest_rate")),
+        line_chart(
+            "rank_lag", "Consumer lag per rank (records)", _per_rank(samples, "consumer_lag")
+        ),
+    ]
+    return [("All ranks (progressive validation over every rank's events)", charts)]
+
+
 _STYLE = """
 body { font: 14px system-ui, sans-serif; margin: 16px; color: #222; background: #fafafa; }
 h1 { font-size: 20px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 18px 0 6px; }
@@ -449,6 +493,7 @@ def _summary(samples: Sequence[Sample], drifts: Sequence[DriftMark]) -> str:
         ("event time", datetime.fromtimestamp(last.event_time, UTC).isoformat(" ", "seconds")),
         ("events trained", f"{last.trained:,}"),
         ("rolling AUC / log loss", f"{fmt(last.rolling_auc)} / {fmt(last.rolling_logloss)}"),
+        *_ranks_summary(last, fmt),
         ("label rate", fmt(last.label_rate)),
         ("ingest", f"{last.ingest_rate:,.0f} events/s, consumer lag {fmt(last.consumer_lag, ',')}"),
         ("embedding rows", f"{sum(last.rows.values()):,}"),
@@ -459,6 +504,22 @@ def _summary(samples: Sequence[Sample], drifts: Sequence[DriftMark]) -> str:
     ]
     cells = "".join(f"<tr><td>{name}</td><td>{value}</td></tr>" for name, value in rows)
     return f'<table class="summary">{cells}</table>'
+
+
+def _ranks_summary(last: Sample, fmt: Callable[..., str]) -> list[tuple[str, str]]:
+    """Summary rows of a distributed run's rank 0: all ranks' metrics and each rank's ingest."""
+    if last.ranks is None:
+        return []
+    m = last.ranks.metrics
+    ingest = ", ".join(
+        f"rank {rank}: {status.ingest_rate:,.0f} events/s, lag {fmt(status.consumer_lag, ',')}"
+        for rank, status in last.ranks.ranks.items()
+    )
+    return [
+        ("AUC / log loss, all ranks", f"{fmt(m.get('auc'))} / {fmt(m.get('logloss'))}"),
+        ("rolling, all ranks", f"{fmt(m.get('rolling_auc'))} / {fmt(m.get('rolling_logloss'))}"),
+        ("ingest per rank", ingest),
+    ]
 
 
 def _table_summary(sample: Sample) -> str:
@@ -543,6 +604,7 @@ def render_dashboard(history: TrainingHistory) -> str:
                 ),
             ],
         ),
+        *_ranks_section(samples),
         *_joiner_section(samples),
     ]
     body = "".join(
@@ -617,7 +679,7 @@ class _Server(ThreadingHTTPServer):
     def __init__(
         self,
         address: tuple[str, int],
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | Collector,
         history: TrainingHistory,
         token: str | None,
     ) -> None:
@@ -633,7 +695,7 @@ class DashboardServer:
     Parameters
     ----------
     registry
-        The trainer's (and publisher's) Prometheus registry.
+        The trainer's (and publisher's) Prometheus registry (a rank's: with a rank label).
     history
         The samples the dashboard draws.
     host, port
@@ -650,7 +712,7 @@ class DashboardServer:
 
     def __init__(
         self,
-        registry: CollectorRegistry,
+        registry: CollectorRegistry | Collector,
         history: TrainingHistory,
         host: str,
         port: int,

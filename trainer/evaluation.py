@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["ProgressiveMetrics", "histogram_auc"]
+__all__ = ["ProgressiveMetrics", "histogram_auc", "summed_figures"]
 
 _EPS = 1e-7
 
@@ -29,6 +29,50 @@ def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     negatives_below = np.cumsum(neg) - neg
     wins = float((pos * negatives_below).sum()) + 0.5 * float((pos * neg).sum())
     return wins / (float(positives) * float(negatives))
+
+
+#: Scalars at the end of :meth:`ProgressiveMetrics.additive`, in this order.
+_SUMS = (
+    "loss",
+    "weight",
+    "predicted",
+    "label",
+    "window_loss",
+    "window_weight",
+    "window_predicted",
+    "window_label",
+)
+
+
+def summed_figures(totals: np.ndarray) -> dict[str, float]:
+    """The figures of disjoint streams from the sum of their ``ProgressiveMetrics.additive()``.
+
+    Returns ``auc``, ``logloss``, ``calibration`` over the whole runs and
+    ``rolling_auc``, ``rolling_logloss`` over the union of the streams'
+    rolling windows (NaN where undefined).
+
+    Examples
+    --------
+    >>> a, b = ProgressiveMetrics(window=4, bins=8), ProgressiveMetrics(window=4, bins=8)
+    >>> _ = a.update(np.array([0.9, 0.1]), np.array([1.0, 0.0]))
+    >>> _ = b.update(np.array([0.3, 0.6]), np.array([1.0, 0.0]))
+    >>> summed_figures(a.additive() + b.additive())["auc"]
+    0.75
+    """
+    bins = (len(totals) - len(_SUMS)) // 4
+    pos, neg, win_pos, win_neg = totals[: 4 * bins].reshape(4, bins)
+    sums = dict(zip(_SUMS, totals[4 * bins :].tolist(), strict=True))
+
+    def ratio(num: str, den: str) -> float:
+        return sums[num] / sums[den] if sums[den] else math.nan
+
+    return {
+        "auc": histogram_auc(pos, neg),
+        "logloss": ratio("loss", "weight"),
+        "calibration": ratio("predicted", "label"),
+        "rolling_auc": histogram_auc(win_pos, win_neg),
+        "rolling_logloss": ratio("window_loss", "window_weight"),
+    }
 
 
 class ProgressiveMetrics:
@@ -141,6 +185,25 @@ class ProgressiveMetrics:
         positive = labels >= 0.5
         np.add.at(self._win_pos, which[positive], weights[positive])
         np.add.at(self._win_neg, which[~positive], weights[~positive])
+
+    def additive(self) -> np.ndarray:
+        """What adds up over disjoint streams (e.g. the ranks'), flat ``(4 * bins + 8,)`` float64.
+
+        The histograms of the run and the window, then the weighted sums of
+        loss, weight, prediction and label of each; see :func:`summed_figures`.
+        """
+        live = slice(0, self._filled)
+        w = self._ring_weight[live]
+        window = [
+            float((self._ring_loss[live] * w).sum()),
+            float(w.sum()),
+            float((self._ring_predicted[live] * w).sum()),
+            float((self._ring_label[live] * w).sum()),
+        ]
+        run = [self._loss_sum, self._weight_sum, self._predicted_sum, self._label_sum]
+        return np.concatenate(
+            [self._pos, self._neg, self._win_pos, self._win_neg, np.array(run + window)]
+        )
 
     def auc(self) -> float:
         """AUC over the whole run (NaN before both labels are seen)."""

@@ -26,7 +26,15 @@ from typing import IO, TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from headrace.trainer.loop import StepResult, Trainer
 
-__all__ = ["DriftMark", "JoinerStatus", "Sample", "TrainingHistory", "WorkerStatus"]
+__all__ = [
+    "DriftMark",
+    "JoinerStatus",
+    "RankStatus",
+    "RanksStatus",
+    "Sample",
+    "TrainingHistory",
+    "WorkerStatus",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -78,6 +86,39 @@ class JoinerStatus:
 
 
 @dataclass(frozen=True)
+class RankStatus:
+    """One rank of a distributed run, as of the ranks' last exchange of figures.
+
+    Attributes
+    ----------
+    records, trained
+        Records it read and events it trained (running totals of this run).
+    ingest_rate
+        Records it read per wall second since the exchange before.
+    consumer_lag
+        Records behind the end of its Kafka partitions (``None``: not Kafka).
+    """
+
+    records: int
+    trained: int
+    ingest_rate: float
+    consumer_lag: int | None = None
+
+
+@dataclass(frozen=True)
+class RanksStatus:
+    """Progressive metrics over every rank's events, and each rank's ingest (rank 0 shows it).
+
+    ``metrics`` holds ``auc``, ``logloss``, ``calibration`` (whole run) and
+    ``rolling_auc``, ``rolling_logloss`` (the ranks' rolling windows
+    together); ``None`` where undefined yet.
+    """
+
+    metrics: Mapping[str, float | None]
+    ranks: Mapping[str, RankStatus]
+
+
+@dataclass(frozen=True)
 class DriftMark:
     """A drift detection, at the event time of the batch that raised it."""
 
@@ -112,12 +153,18 @@ class Sample:
     cache_misses: int = 0
     #: Each joiner's status by URL (none unless the trainer polls joiners).
     joiners: Mapping[str, JoinerStatus] = field(default_factory=dict)
+    #: The figures of all ranks (rank 0 of a distributed run only).
+    ranks: RanksStatus | None = None
 
 
 def _sample_from_json(record: dict[str, Any]) -> Sample:
     workers = {url: WorkerStatus(**status) for url, status in record["workers"].items()}
     joiners = {url: JoinerStatus(**status) for url, status in record.get("joiners", {}).items()}
-    return Sample(**(record | {"workers": workers, "joiners": joiners}))
+    ranks = record.get("ranks")
+    if ranks is not None:
+        each = {rank: RankStatus(**status) for rank, status in ranks["ranks"].items()}
+        ranks = RanksStatus(ranks["metrics"], each)
+    return Sample(**(record | {"workers": workers, "joiners": joiners, "ranks": ranks}))
 
 
 def _finite(value: float) -> float | None:
@@ -139,6 +186,8 @@ class TrainingHistory:
         Returns the latest status of each serving worker, by URL.
     joiners
         Returns the latest status of each joiner, by URL.
+    ranks
+        Returns the latest figures of all ranks of a distributed run.
     clock
         Wall-clock seconds (injectable for tests).
     path
@@ -155,6 +204,7 @@ class TrainingHistory:
         sync_version: Callable[[], int | None] | None = None,
         workers: Callable[[], Mapping[str, WorkerStatus]] | None = None,
         joiners: Callable[[], Mapping[str, JoinerStatus]] | None = None,
+        ranks: Callable[[], RanksStatus | None] | None = None,
         clock: Callable[[], float] = time.monotonic,
         path: Path | None = None,
     ) -> None:
@@ -162,6 +212,7 @@ class TrainingHistory:
         self.sync_version = sync_version
         self.workers = workers
         self.joiners = joiners
+        self.ranks = ranks
         self.clock = clock
         self._samples: deque[Sample] = deque(maxlen=capacity)
         self._drifts: deque[DriftMark] = deque(maxlen=capacity)
@@ -290,6 +341,7 @@ class TrainingHistory:
             cache_hits=stats.cache_hits,
             cache_misses=stats.cache_misses,
             joiners=dict(self.joiners()) if self.joiners else {},
+            ranks=self.ranks() if self.ranks else None,
         )
 
     def _append(self, sample: Sample) -> None:

@@ -441,12 +441,13 @@ class Trainer:
         """
         started = time.perf_counter()
         examples, event_time = len(batch), float(batch.ts.max()) if len(batch) else -math.inf
+        fids = batch_fids(batch, self._slot_names)
+        store_fids = self._tables.store_fids(fids)
         if self.peers is not None:
-            examples, event_time = self.peers.begin_step(examples, event_time)
+            examples, event_time = self.peers.begin_step(examples, event_time, store_fids)
             if not examples:
                 return None
-        fids = batch_fids(batch, self._slot_names)
-        lookup = self.store.lookup_slots(self._tables.store_fids(fids), event_time)
+        lookup = self.store.lookup_slots(store_fids, event_time)
         self._dense.grad.zero_()
         if self._numpy_model is not None:
             logits, loss, row_grads = self._numpy_step(batch, lookup.values, examples)

@@ -7,9 +7,10 @@ The loop stays the single-process loop: where ranks must agree, it asks a
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Protocol
 
+import numpy as np
 import torch
 
 __all__ = ["Peers"]
@@ -18,10 +19,14 @@ __all__ = ["Peers"]
 class Peers(Protocol):
     """Collective decisions of one training step; every rank calls each method together."""
 
-    def begin_step(self, examples: int, event_time: float) -> tuple[int, float]:
+    def begin_step(
+        self, examples: int, event_time: float, fids: Mapping[str, np.ndarray]
+    ) -> tuple[int, float]:
         """The step's examples over all ranks, and its event time (the newest of any rank).
 
-        A rank with nothing to train passes ``0`` and ``-inf``.
+        A rank with nothing to train passes ``0`` and ``-inf``. ``fids`` are
+        the step's ids per table, which the store's lookup asks for next (a
+        sharded store sends them to their owners with this agreement).
         """
         ...
 

@@ -58,6 +58,24 @@ def torchrun_train(nproc: int, *args: str, timeout: float = 300) -> list[dict]:
     return sorted(lines, key=lambda line: line["rank"])
 
 
+def rank_pids(agent: int) -> dict[int, int]:
+    """Rank -> pid of the worker processes under a torchrun agent (from /proc)."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
+        if parent == agent and ranks:
+            found[int(ranks[0])] = int(entry.name)
+    return found
+
+
 def manifest(data_dir: Path) -> dict:
     return json.loads((data_dir / "generations" / "manifest.json").read_text())
 

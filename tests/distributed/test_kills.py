@@ -14,28 +14,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.distributed.conftest import sharded_training, torchrun_command, write_config
+from tests.distributed.conftest import (
+    rank_pids,
+    sharded_training,
+    torchrun_command,
+    write_config,
+)
 from tests.trainer.conftest import write_log
 
 pytestmark = pytest.mark.slow
-
-
-def rank_pids(agent: int) -> dict[int, int]:
-    """Rank -> pid of the worker processes under a torchrun agent (from /proc)."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        ranks = [v[5:] for v in environ if v.startswith(b"RANK=")]
-        if parent == agent and ranks:
-            found[int(ranks[0])] = int(entry.name)
-    return found
 
 
 def generation(data_dir: Path) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from headrace.embedding_store import EmbeddingStore
@@ -15,7 +16,7 @@ from tests.distributed.conftest import (
     torchrun_train,
     write_config,
 )
-from tests.trainer.conftest import write_log
+from tests.trainer.conftest import run_cli, saved_training, write_log
 
 pytestmark = pytest.mark.slow
 
@@ -74,6 +75,13 @@ def test_two_three_two_ranks(tmp_path: Path) -> None:
     for name in weights[0]:
         assert weights[0][name].numpy().tobytes() == weights[1][name].numpy().tobytes()
     assert all(len(fids) for fids, _ in rows.values())
+    # Ids counted but not admitted before a re-shard keep their counts: the tags (admitted
+    # at their second occurrence, never expired) are one process's on the same events.
+    one = write_config(tmp_path / "one.toml", batch_size=64)
+    single = ["--source", f"file://{log}", "--data-dir", str(tmp_path / "one")]
+    run_cli("train", *single, "--config", str(one))
+    _, rows_one, _ = saved_training(tmp_path / "one")
+    np.testing.assert_array_equal(rows["tags"][0], rows_one["tags"][0])
 
 
 def test_dead_letter_marks_follow_their_partitions_and_files(tmp_path: Path) -> None:
