@@ -20,6 +20,7 @@ odd keys (metadata, filter chunks, blobs) in a dict.
 
 from __future__ import annotations
 
+import collections
 import functools
 import os
 from collections.abc import Callable
@@ -90,6 +91,14 @@ class KeyRun:
 
     def items(self):
         """``(key, value or None for a delete)`` in increasing key order."""
+        for keys, values in self.chunks():
+            yield from zip(keys, values, strict=True)
+
+    def chunks(self):
+        """``(keys, values)`` lists of up to ``_CHUNK`` items each, in increasing key order.
+
+        A value is ``None`` for a delete.
+        """
         if not self._keys:
             return
         keys = np.concatenate(self._keys)
@@ -117,7 +126,7 @@ class KeyRun:
                     continue
                 for k, position in enumerate(positions.tolist()):
                     values[position] = source if got is None else got[k]
-            yield from zip(split_keys(keys[start:stop]), values, strict=True)
+            yield split_keys(keys[start:stop]), values
 
 
 def _key_order(keys: np.ndarray) -> np.ndarray:
@@ -183,12 +192,12 @@ class Checkpoint:
             writer.open(str(file))
             for prefix in sorted(odd_prefixes | self._runs.keys()):
                 run = self._runs.get(prefix)
-                pairs = run.items() if run is not None and len(run) else self._odd_items(prefix)
-                for key, value in pairs:
-                    if value is None:
-                        del writer[key]
-                    else:
-                        writer[key] = value
+                if run is not None and len(run):
+                    for keys, values in run.chunks():
+                        _write(writer, keys, values)
+                else:
+                    odd = self._odd_items(prefix)
+                    _write(writer, [key for key, _ in odd], [value for _, value in odd])
             writer.finish()
             ingest = IngestExternalFileOptions()
             ingest.set_move_files(True)
@@ -198,6 +207,20 @@ class Checkpoint:
 
     def _odd_items(self, prefix: int):
         return sorted((k, v) for k, v in self._odd.items() if k[0] == prefix)
+
+
+def _write(writer: SstFileWriter, keys: list[bytes], values: list[bytes | None]) -> None:
+    """Add sorted ``keys`` to an SST file: puts of their values, deletes where ``None``."""
+    if None not in values:
+        # The whole chunk in one C-level loop: a Python loop of puts cost
+        # ~30% more per row.
+        collections.deque(map(writer.__setitem__, keys, values), maxlen=0)
+        return
+    for key, value in zip(keys, values, strict=True):
+        if value is None:
+            del writer[key]
+        else:
+            writer[key] = value
 
 
 def options() -> Options:
