@@ -240,13 +240,29 @@ def _row_bytes() -> int:
         return store._tables[0].row_bytes
 
 
-def _train(store: EmbeddingStore, workload: RankedWorkload, n_batches: int, t0: float) -> None:
+def _train(
+    store: EmbeddingStore,
+    workload: RankedWorkload,
+    n_batches: int,
+    t0: float,
+    prefetch: bool = False,
+) -> None:
+    """Lookups and updates of ``n_batches`` batches; with ``prefetch``, each
+    batch's rows on disk are read ahead (:meth:`EmbeddingStore.prefetch`)
+    while the batch before it is looked up and updated."""
     grads = np.full((BATCH * SLOTS, DIM), 0.01, dtype=np.float32)
+    batch = workload.batch()
+    if prefetch:
+        store.prefetch(batch)
     for t in range(n_batches):
-        hit = store.lookup_slots(workload.batch(), t0 + t)
+        following = workload.batch()
+        if prefetch:
+            store.prefetch(following)
+        hit = store.lookup_slots(batch, t0 + t)
         store.apply_gradients(hit, grads)
         if store.checkpoint_due:  # as the trainer does
             store.checkpoint()
+        batch = following
 
 
 def part_build(path: str, rows: int, budget: int) -> dict:
