@@ -19,6 +19,7 @@ from rocksdict import Checkpoint as DbCheckpoint
 from headrace.embedding_store import _layout as layout
 from headrace.embedding_store import rocks
 from headrace.embedding_store._hashing import as_uint64, mix64
+from headrace.embedding_store._heap import return_freed_memory
 from headrace.embedding_store.admission import CountingFilter, probabilistic_admit
 from headrace.embedding_store.cache import (
     SLACK,
@@ -253,6 +254,8 @@ class EmbeddingStore:
             raise StoreError(
                 f"memory_budget must be a positive number of bytes, got {memory_budget}"
             )
+        if memory_budget is not None:
+            return_freed_memory()
         path = Path(path)
         has_db = (path / "CURRENT").exists()
         if path.exists() and not path.is_dir():
@@ -791,6 +794,7 @@ class EmbeddingStore:
                     self._row_dtype(table),
                     slot_ids,
                     all_fids[positions],
+                    False,  # the read-ahead thread is the reader
                 ),
             )
         if len(self._prefetched) == _PREFETCH_DEPTH:
@@ -1248,14 +1252,20 @@ def _row_values(table: RowTable, dtype: np.dtype):
 
 
 def _read_rows(
-    db: Rdict, path: Path, dtype: np.dtype, slot_ids: np.ndarray | int, fids: np.ndarray
+    db: Rdict,
+    path: Path,
+    dtype: np.dtype,
+    slot_ids: np.ndarray | int,
+    fids: np.ndarray,
+    threads: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of (slot id, fid) pairs RocksDB holds ``(n,)`` bool, and their records.
 
-    One multi-get; safe to run on a thread besides the store's own.
+    One multi-get (see :func:`rocks.multi_get` for ``threads``); safe to run
+    on a thread besides the store's own.
     """
     try:
-        blobs = rocks.multi_get(db, layout.row_keys(slot_ids, fids))
+        blobs = rocks.multi_get(db, layout.row_keys(slot_ids, fids), threads)
     except Exception as exc:
         raise _disk_error(path, exc) from exc
     present = np.fromiter((b is not None for b in blobs), dtype=bool, count=len(blobs))
