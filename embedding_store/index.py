@@ -145,6 +145,10 @@ class FidIndex:
         capacity = len(self._keys)
         while needed > _REHASH_LOAD * capacity:
             capacity *= 2
+        # Let the old table go before the new one is made: a rehash that
+        # only clears tombstones (after evictions) held both, +67 MB at 4M
+        # positions.
+        del self._entries, self._keys, self._rows
         self._allocate(capacity)
         self._live = 0
         # In chunks: a probe round holds ~90 bytes per key placed, so

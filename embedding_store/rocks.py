@@ -103,16 +103,19 @@ class KeyRun:
         if not self._keys:
             return
         keys = np.concatenate(self._keys)
-        items = np.concatenate(self._items)
+        order = _key_order(keys)
+        keys = keys[order]
+        items = np.concatenate(self._items)[order]
         sources = np.repeat(
             np.arange(len(self._keys), dtype=np.int32), [len(k) for k in self._keys]
-        )
-        order = _key_order(keys)
-        keys, items, sources = keys[order], items[order], sources[order]
+        )[order]
+        del order
         # The stable sort keeps equal keys in the order added: keep the last.
         last = np.ones(len(keys), dtype=bool)
         last[:-1] = np.any(keys[1:] != keys[:-1], axis=1)
-        keys, items, sources = keys[last], items[last], sources[last]
+        if not last.all():  # else spare a copy of every array (a checkpoint's rows are distinct)
+            keys, items, sources = keys[last], items[last], sources[last]
+        del last
         for start in range(0, len(keys), _CHUNK):
             stop = start + _CHUNK
             values: list[bytes | None] = [None] * len(keys[start:stop])
