@@ -19,7 +19,6 @@ from rocksdict import Checkpoint as DbCheckpoint
 from headrace.embedding_store import _layout as layout
 from headrace.embedding_store import rocks
 from headrace.embedding_store._hashing import as_uint64, mix64
-from headrace.embedding_store._heap import return_freed_memory
 from headrace.embedding_store.admission import CountingFilter, probabilistic_admit
 from headrace.embedding_store.cache import (
     SLACK,
@@ -254,8 +253,6 @@ class EmbeddingStore:
             raise StoreError(
                 f"memory_budget must be a positive number of bytes, got {memory_budget}"
             )
-        if memory_budget is not None:
-            return_freed_memory()
         path = Path(path)
         has_db = (path / "CURRENT").exists()
         if path.exists() and not path.is_dir():
