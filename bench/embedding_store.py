@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -189,6 +190,12 @@ def false_admission_rate(filter_config: FilterConfig, occurrences: int, vocab: i
 
 TIERED_ROWS, TIERED_ROWS_QUICK = 20_000_000, 1_000_000
 BUDGET_SHARE = 0.10
+# The tiered part warms up until rows fill this share of the budget's rows,
+# or for at most _MAX_WARMUP batches.
+_FULL = 0.9
+_MAX_WARMUP = 200
+# Batches of one kind (reading on lookup, or read ahead) in a row in the tiered part.
+_BLOCK = 5
 # Rows written per training lookup while building the tiered table.
 _BUILD_CHUNK = 200_000
 
@@ -240,13 +247,29 @@ def _row_bytes() -> int:
         return store._tables[0].row_bytes
 
 
-def _train(store: EmbeddingStore, workload: RankedWorkload, n_batches: int, t0: float) -> None:
+def _train(
+    store: EmbeddingStore,
+    workload: RankedWorkload,
+    n_batches: int,
+    t0: float,
+    prefetch: bool = False,
+) -> None:
+    """Lookups and updates of ``n_batches`` batches; with ``prefetch``, each
+    batch's rows on disk are read ahead (:meth:`EmbeddingStore.prefetch`)
+    while the batch before it is looked up and updated."""
     grads = np.full((BATCH * SLOTS, DIM), 0.01, dtype=np.float32)
+    batch = workload.batch()
+    if prefetch:
+        store.prefetch(batch)
     for t in range(n_batches):
-        hit = store.lookup_slots(workload.batch(), t0 + t)
+        following = workload.batch()
+        if prefetch:
+            store.prefetch(following)
+        hit = store.lookup_slots(batch, t0 + t)
         store.apply_gradients(hit, grads)
         if store.checkpoint_due:  # as the trainer does
             store.checkpoint()
+        batch = following
 
 
 def part_build(path: str, rows: int, budget: int) -> dict:
@@ -272,34 +295,59 @@ def part_build(path: str, rows: int, budget: int) -> dict:
         "build_s": time.perf_counter() - started,
         "checkpoint_rows_per_s": checkpoint_rows / checkpoint_s,
         "build_peak_rss_bytes": _peak_rss_bytes(),
+        "load_avg": os.getloadavg()[0],
     }
     store.close()
     return figures
 
 
 def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0) -> dict:
-    """Reopen the built table under the budget and train on Zipf batches."""
+    """Reopen the built table under the budget and train on Zipf batches.
+
+    The timed batches alternate, in blocks of ``_BLOCK``, between lookups
+    that read their own misses and lookups whose rows on disk were read
+    ahead while the batch before trained (``n_batches`` each), so that both
+    see the same machine load and the same warmth of the cache.
+    """
     started = time.perf_counter()
     eviction = "lru" if lru else "lfu"
     store = EmbeddingStore.open(path, _slots(), memory_budget=budget, eviction=eviction)
     open_s = time.perf_counter() - started
     workload = RankedWorkload(rows // SLOTS, seed=3)
-    _train(store, workload, max(3, n_batches // 2), 1.0)  # warm-up: fill the cache
+    # Warm-up: the steady state of a long run has memory full (a reopened
+    # store starts empty and adds ~25k rows a batch; on 20M rows the cache
+    # fills in ~80 batches, and until then the hit ratio is lower).
+    capacity = budget // store._tables[0].row_bytes
+    warmup = 0
+    while warmup < max(3, n_batches // 2) or (
+        store.stats().memory_rows < _FULL * capacity and warmup < _MAX_WARMUP
+    ):
+        _train(store, workload, _BLOCK, 1.0 + warmup)
+        warmup += _BLOCK
     before = store.stats()
-    started = time.perf_counter()
-    _train(store, workload, n_batches, 100.0)
-    elapsed = time.perf_counter() - started
+    elapsed = {False: 0.0, True: 0.0}
+    t0 = 100.0
+    for block in range(2 * -(-n_batches // _BLOCK)):
+        prefetch = block % 2 == 1
+        started = time.perf_counter()
+        _train(store, workload, _BLOCK, t0, prefetch)
+        elapsed[prefetch] += time.perf_counter() - started
+        t0 += _BLOCK
     after = store.stats()
     hits = after.cache_hits - before.cache_hits
     misses = after.cache_misses - before.cache_misses
+    timed = -(-n_batches // _BLOCK) * _BLOCK * BATCH * SLOTS
     figures = {
         "open_s": open_s,
-        "lookup_update_rows_per_s": n_batches * BATCH * SLOTS / elapsed,
+        "lookup_update_rows_per_s": timed / elapsed[False],
+        "prefetch_lookup_update_rows_per_s": timed / elapsed[True],
         "hit_ratio": hits / max(hits + misses, 1),
         "peak_rss_bytes": _peak_rss_bytes(),
         "filter_bytes": after.filter_bytes,
         "memory_rows": after.memory_rows,
         "hit_ratio_bound": workload.hit_ratio_bound(budget // store._tables[0].row_bytes),
+        "load_avg": os.getloadavg()[0],
+        "warmup_batches": warmup,
     }
     store.close()
     return figures
@@ -319,7 +367,10 @@ def part_memory(path: str, rows: int, n_batches: int) -> dict:
     _train(store, workload, n_batches, 100.0)
     elapsed = time.perf_counter() - started
     store.close()
-    return {"lookup_update_rows_per_s": n_batches * BATCH * SLOTS / elapsed}
+    return {
+        "lookup_update_rows_per_s": n_batches * BATCH * SLOTS / elapsed,
+        "load_avg": os.getloadavg()[0],
+    }
 
 
 def _child(*args: object) -> dict:
@@ -353,10 +404,15 @@ def tiered_section(quick: bool) -> dict:
         "tiered_budget_bytes": budget,
         "tiered_build_s": round(build["build_s"], 1),
         "tiered_build_peak_rss_bytes": build["build_peak_rss_bytes"],
+        "tiered_build_load_avg": round(build["load_avg"], 1),
         "tiered_checkpoint_rows_per_s": round(build["checkpoint_rows_per_s"]),
         "tiered_open_s": round(tiered["open_s"], 2),
         "tiered_lookup_update_rows_per_s": round(tiered["lookup_update_rows_per_s"]),
+        "tiered_prefetch_lookup_update_rows_per_s": round(
+            tiered["prefetch_lookup_update_rows_per_s"]
+        ),
         "tiered_hit_ratio": round(tiered["hit_ratio"], 4),
+        "tiered_warmup_batches": tiered["warmup_batches"],
         "tiered_hit_ratio_bound": round(tiered["hit_ratio_bound"], 4),
         "tiered_peak_rss_bytes": tiered["peak_rss_bytes"],
         "tiered_filter_bytes": tiered["filter_bytes"],
@@ -368,6 +424,15 @@ def tiered_section(quick: bool) -> dict:
         "policy_lfu_lookup_update_rows_per_s": round(policies["lfu"]["lookup_update_rows_per_s"]),
         "policy_lru_lookup_update_rows_per_s": round(policies["lru"]["lookup_update_rows_per_s"]),
         "memory_lookup_update_rows_per_s": round(memory["lookup_update_rows_per_s"]),
+        "tiered_vs_memory": round(
+            tiered["lookup_update_rows_per_s"] / memory["lookup_update_rows_per_s"], 3
+        ),
+        "tiered_prefetch_vs_memory": round(
+            tiered["prefetch_lookup_update_rows_per_s"] / memory["lookup_update_rows_per_s"], 3
+        ),
+        # The shared machine's 1-minute load average at the end of each part.
+        "tiered_load_avg": round(tiered["load_avg"], 1),
+        "memory_load_avg": round(memory["load_avg"], 1),
     }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,9 @@ class MemoryBudgetError(StoreError):
 DIRTY_SHARE = 0.5
 # Rows per write batch when an expiry index is built from the rows on disk.
 _INDEX_BATCH = 100_000
+# Read-aheads (prefetch) kept for the lookups to come: the batch being
+# looked up and the one after it.
+_PREFETCH_DEPTH = 2
 # Where a checkpoint's SST file is written before RocksDB ingests it.
 _INGEST_FILE = "checkpoint.sst.tmp"
 
@@ -195,6 +200,9 @@ class EmbeddingStore:
         self._committed: dict[int, int] = {}
         # Slot ids whose expiry index on disk is complete.
         self._indexed = self._expiring()
+        # Rows read ahead by prefetch(), oldest first: the next lookup takes the first.
+        self._prefetched: deque[_Prefetch] = deque()
+        self._prefetcher: ThreadPoolExecutor | None = None
         if memory_budget is not None:
             for table in self._tables:
                 table.max_rows = memory_budget // table.row_bytes + 1
@@ -490,6 +498,10 @@ class EmbeddingStore:
         """
         if not self._closed:
             self._closed = True
+            self._prefetched.clear()
+            if self._prefetcher is not None:
+                # Its read must end before the database does.
+                self._prefetcher.shutdown(wait=True)
             self._db.close()
 
     def __enter__(self) -> EmbeddingStore:
@@ -577,6 +589,10 @@ class EmbeddingStore:
             )
             rows[positions] = table_rows
             values[positions] = table.gather(table_rows)
+        if self._prefetched:
+            # A read-ahead serves one lookup; kept longer, checkpoints would
+            # pile up the keys it must ignore.
+            self._prefetched.popleft()
         return TrainingLookup(
             slots, bounds, rows, values, self._generation, tuple((t, p) for t, p, _ in parts)
         )
@@ -699,7 +715,8 @@ class EmbeddingStore:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Which (local slot, fid) pairs have a committed, unremoved row, and their records.
 
-        One multi-get for all of them.
+        Rows read ahead by :meth:`prefetch` are taken from there; one
+        multi-get reads the others.
         """
         candidates = np.arange(len(fids))
         if len(table.gone):
@@ -707,22 +724,79 @@ class EmbeddingStore:
         slot_ids = np.asarray(table.slot_ids, dtype=np.int64)[slots]
         if np.ndim(slot_ids):
             slot_ids = slot_ids[candidates]
-        keys = layout.row_keys(slot_ids, fids[candidates])
-        try:
-            blobs = rocks.multi_get(self._db, keys)
-        except Exception as exc:
-            raise _disk_error(self.path, exc) from exc
-        self._cache.disk_reads += len(candidates)
-        present = np.fromiter((b is not None for b in blobs), dtype=bool, count=len(blobs))
+        dtype = self._row_dtype(table)
+        records = np.empty(len(fids), dtype=dtype)
         found = np.zeros(len(fids), dtype=bool)
+        ahead = None
+        if self._prefetched:
+            index_keys = table.keys(slots, fids)[candidates]
+            ahead = self._prefetched[0].take(table, index_keys)
+        if ahead is not None:
+            known, known_found, known_records = ahead
+            taken = candidates[known][known_found]
+            found[taken] = True
+            records[taken] = known_records
+            candidates = candidates[~known]
+            if np.ndim(slot_ids):
+                slot_ids = slot_ids[~known]
+        present, read = _read_rows(self._db, self.path, dtype, slot_ids, fids[candidates])
+        self._cache.disk_reads += len(candidates)
         found[candidates[present]] = True
-        try:
-            records = layout.decode_rows(
-                self._row_dtype(table), [b for b in blobs if b is not None]
+        records[candidates[present]] = read
+        return found, records[found]
+
+    def prefetch(self, fids: Mapping[str, Any]) -> None:
+        """Start reading, on a thread, the rows of ``fids`` that only RocksDB holds.
+
+        Read-aheads queue up (at most two; a third drops the oldest) and each
+        :meth:`lookup_slots` takes the oldest: the rows found there are not
+        read again. Call it with the next batch's fids ``{slot: (n_slot,)
+        int64}`` before the current batch is looked up and trained: RocksDB
+        reads without holding the GIL, so the read overlaps that work. Rows
+        that a checkpoint writes in the meantime are read again by the lookup,
+        so a read-ahead never hands out an old version of a row. Without a
+        memory budget it does nothing.
+        """
+        if self.memory_budget is None or self._closed:
+            return
+        grouped: dict[int, tuple[RowTable, list[np.ndarray], list[np.ndarray]]] = {}
+        for slot, array in fids.items():
+            table, local = self._slot(slot)
+            array = _check_fids(array)
+            _, slots, arrays = grouped.setdefault(id(table), (table, [], []))
+            slots.append(np.full(len(array), local, dtype=np.int64))
+            arrays.append(array)
+        if self._prefetcher is None:
+            self._prefetcher = ThreadPoolExecutor(1, "rocksdb-prefetch")
+        reads = {}
+        for key, (table, slots_list, arrays) in grouped.items():
+            slots, all_fids = np.concatenate(slots_list), np.concatenate(arrays)
+            index_keys = table.keys(slots, all_fids)
+            away = table.index.find(index_keys) < 0
+            if len(table.gone):
+                away &= table.gone.find(index_keys) < 0
+            index_keys, first = np.unique(index_keys[away], return_index=True)
+            positions = np.flatnonzero(away)[first]
+            # Rows an earlier read-ahead has: its lookup brings them into memory.
+            for earlier in self._prefetched:
+                fresh = ~earlier.holds(table, index_keys)
+                index_keys, positions = index_keys[fresh], positions[fresh]
+            slot_ids = np.asarray(table.slot_ids, dtype=np.int64)[slots[positions]]
+            reads[key] = (
+                index_keys,
+                self._prefetcher.submit(
+                    _read_rows,
+                    self._db,
+                    self.path,
+                    self._row_dtype(table),
+                    slot_ids,
+                    all_fids[positions],
+                    False,  # the read-ahead thread is the reader
+                ),
             )
-        except ValueError as exc:
-            raise CorruptStoreError(f"the store at {self.path} is damaged: {exc}") from exc
-        return found, records
+        if len(self._prefetched) == _PREFETCH_DEPTH:
+            self._prefetched.popleft()
+        self._prefetched.append(_Prefetch(reads))
 
     def _make_room(
         self,
@@ -961,7 +1035,7 @@ class EmbeddingStore:
                 _index_changes(change.run(layout.EXPIRY_PREFIX, layout.EXPIRY_KEY_LEN), table, rows)
             keys = layout.packed_row_keys(slot_ids[table.row_slot[rows]], table.row_fid[rows])
             row_run.add(keys, _row_values(table, self._row_dtype(table)), rows)
-            written.append((table, rows))
+            written.append((table, rows, removed_slots, removed))
         for chunk, blob in self._filter.dirty_chunks():
             change.put(layout.filter_key(chunk), blob)
         if extra is not None:
@@ -980,7 +1054,11 @@ class EmbeddingStore:
             if type(exc) is Exception or isinstance(exc, OSError):
                 raise _disk_error(self.path, exc) from exc
             raise
-        for table, rows in written:
+        for ahead in self._prefetched:
+            for table, rows, removed_slots, removed in written:
+                ahead.overwritten(table, table.keys(table.row_slot[rows], table.row_fid[rows]))
+                ahead.overwritten(table, table.keys(removed_slots, removed))
+        for table, rows, _, _ in written:
             table.persisted[rows] = table.last_seen[rows]
             table.dirty.clear()
             if len(table.gone):
@@ -1164,11 +1242,92 @@ def _row_values(table: RowTable, dtype: np.dtype):
     """The encoded records of rows of ``table``, for a :class:`KeyRun`."""
 
     def values(rows: np.ndarray) -> list[bytes]:
+        # np.take copies whole rows: 2x faster than fancy indexing here.
         return layout.encode_rows(
-            dtype, table.weights[rows], table.state[rows], table.last_seen[rows]
+            dtype,
+            np.take(table.weights, rows, axis=0),
+            np.take(table.state, rows, axis=0),
+            np.take(table.last_seen, rows),
         )
 
     return values
+
+
+def _read_rows(
+    db: Rdict,
+    path: Path,
+    dtype: np.dtype,
+    slot_ids: np.ndarray | int,
+    fids: np.ndarray,
+    threads: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows of (slot id, fid) pairs RocksDB holds ``(n,)`` bool, and their records.
+
+    One multi-get (see :func:`rocks.multi_get` for ``threads``); safe to run
+    on a thread besides the store's own.
+    """
+    try:
+        blobs = rocks.multi_get(db, layout.row_keys(slot_ids, fids), threads)
+    except Exception as exc:
+        raise _disk_error(path, exc) from exc
+    present = np.fromiter((b is not None for b in blobs), dtype=bool, count=len(blobs))
+    try:
+        return present, layout.decode_rows(dtype, [b for b in blobs if b is not None])
+    except ValueError as exc:
+        raise CorruptStoreError(f"the store at {path} is damaged: {exc}") from exc
+
+
+class _Prefetch:
+    """Rows of one read-ahead per table, and the keys checkpoints wrote since it began.
+
+    A row that only RocksDB holds changes there only when a checkpoint
+    writes or deletes it; those keys are set aside (``overwritten``), so what
+    :meth:`take` hands out is what a multi-get would read now.
+    """
+
+    def __init__(self, reads: dict[int, tuple[np.ndarray, Future]]) -> None:
+        # id(table) -> (sorted distinct index keys read, future of _read_rows).
+        self._reads = reads
+        self._stale: dict[int, list[np.ndarray]] = {}
+
+    def overwritten(self, table: RowTable, index_keys: np.ndarray) -> None:
+        if id(table) in self._reads and len(index_keys):
+            self._stale.setdefault(id(table), []).append(index_keys)
+
+    def holds(self, table: RowTable, index_keys: np.ndarray) -> np.ndarray:
+        """Which of ``index_keys`` ``(n,)`` this read-ahead reads, ``(n,)`` bool."""
+        read = self._reads.get(id(table))
+        if read is None or not len(read[0]):
+            return np.zeros(len(index_keys), dtype=bool)
+        keys = read[0]
+        where = np.minimum(np.searchsorted(keys, index_keys), len(keys) - 1)
+        return keys[where] == index_keys
+
+    def take(
+        self, table: RowTable, index_keys: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """For pairs by index keys ``(n,)``: which were read ahead ``(n,)`` bool, which
+        of those RocksDB holds, and their records; ``None`` if nothing of this table was.
+
+        Raises the read's error, if it failed.
+        """
+        read = self._reads.get(id(table))
+        if read is None:
+            return None
+        keys, future = read
+        present, records = future.result()
+        usable = np.ones(len(keys), dtype=bool)
+        if self._stale.get(id(table)):
+            usable = ~np.isin(keys, np.concatenate(self._stale[id(table)]))
+        where = np.minimum(np.searchsorted(keys, index_keys), max(len(keys) - 1, 0))
+        known = np.zeros(len(index_keys), dtype=bool)
+        if len(keys):
+            known = (keys[where] == index_keys) & usable[where]
+        where = where[known]
+        # Records are those of the present keys, in key order.
+        record_of = np.cumsum(present) - 1
+        known_present = present[where]
+        return known, known_present, records[record_of[where[known_present]]]
 
 
 def _disk_error(path: Path, exc: BaseException) -> StoreError:

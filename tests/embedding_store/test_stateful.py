@@ -156,6 +156,18 @@ class StoreMachine(RuleBasedStateMachine):
             return self.store.lookup_for_training(slots[0], asked[slots[0]], self.now)
         return self.store.lookup_slots(asked, self.now)
 
+    @rule(
+        slots=st.lists(st.sampled_from(sorted(SLOTS)), min_size=1, max_size=3, unique=True),
+        ids=st.lists(
+            st.lists(st.sampled_from(UNIVERSE), min_size=1, max_size=12), min_size=3, max_size=3
+        ),
+    )
+    def prefetch(self, slots, ids):
+        # A read-ahead changes nothing the model sees: later lookups match it still.
+        self.store.prefetch(
+            {slot: np.array(i, dtype=np.int64) for slot, i in zip(slots, ids, strict=False)}
+        )
+
     @precondition(lambda self: self.last is not None)
     @rule(data=st.data())
     def apply_gradients(self, data):

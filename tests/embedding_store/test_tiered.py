@@ -54,15 +54,21 @@ def test_open_reads_no_rows_and_lookups_read_them_from_disk(tmp_path):
         assert store.stats().cache_misses == 800
 
 
-def test_training_under_a_budget_matches_training_in_memory(tmp_path):
+@pytest.mark.parametrize("prefetch", [False, True], ids=["read-on-lookup", "read-ahead"])
+def test_training_under_a_budget_matches_training_in_memory(tmp_path, prefetch):
     _build(tmp_path / "a")
     _build(tmp_path / "b")
     rng = np.random.default_rng(0)
     tiered = EmbeddingStore.open(tmp_path / "a", SLOTS, memory_budget=600 * ROW_BYTES)
     memory = EmbeddingStore.open(tmp_path / "b", SLOTS)
     with tiered, memory:
-        for step in range(30):
-            ids = _ids()[rng.zipf(1.2, 300) % N]
+        batches = [_ids()[rng.zipf(1.2, 300) % N] for _ in range(31)]
+        if prefetch:
+            tiered.prefetch({"user": batches[0]})
+        for step, ids in enumerate(batches[:-1]):
+            if prefetch:
+                # Read ahead for the next step, across checkpoints and evictions.
+                tiered.prefetch({"user": batches[step + 1]})
             for store in (tiered, memory):
                 hit = store.lookup_for_training("user", ids, float(step))
                 store.apply_gradients(hit, np.full_like(hit.values, 0.5))
@@ -73,6 +79,47 @@ def test_training_under_a_budget_matches_training_in_memory(tmp_path):
         assert stats.evictions > 0
         assert stats.memory_rows * ROW_BYTES <= 600 * ROW_BYTES
         assert stats.cache_hits > 0 and stats.cache_misses > 0
+
+
+def test_a_read_ahead_never_hands_out_a_row_that_a_checkpoint_rewrote(tmp_path):
+    """A row read ahead, then changed, checkpointed and evicted before its lookup, is read again."""
+    _build(tmp_path / "a")
+    _build(tmp_path / "b")
+    user, item, more = _ids(50), _ids(50, 100), _ids(160, 200)
+    # Room for the 160 new item rows once the 50 clean item rows and 10
+    # clean user rows (of 109 and 93 bytes) have left memory.
+    tiered = EmbeddingStore.open(tmp_path / "a", SLOTS, memory_budget=20_330)
+    memory = EmbeddingStore.open(tmp_path / "b", SLOTS)
+    with tiered, memory:
+        tiered.prefetch({"item": item})
+        # Read while only RocksDB holds the user rows, for the lookup after next.
+        tiered.prefetch({"user": user})
+        tiered._prefetched[-1]._reads[id(tiered._where["user"][0])][1].result()
+        for store in (tiered, memory):
+            hit = store.lookup_slots({"user": user, "item": item}, 1.0)
+            store.apply_gradients(hit, np.full_like(hit.values, 0.25))
+            store.checkpoint()
+        misses = tiered.stats().cache_misses
+        # The item rows need room: the clean item rows leave memory, then ten user rows.
+        lookups = [
+            store.lookup_slots({"item": more, "user": user}, 2.0) for store in (tiered, memory)
+        ]
+        assert tiered.stats().cache_misses - misses == len(more) + 10  # user rows read again
+        np.testing.assert_array_equal(lookups[0].values, lookups[1].values)
+        np.testing.assert_array_equal(tiered.lookup("user", user), memory.lookup("user", user))
+
+
+def test_a_store_closes_with_a_read_ahead_pending(tmp_path):
+    vectors = _build(tmp_path)
+    with EmbeddingStore.open(tmp_path, SLOTS, memory_budget=2000 * ROW_BYTES) as store:
+        store.prefetch({"user": _ids(800), "item": _ids(800)})
+        hit = store.lookup_slots({"user": _ids(800), "item": _ids(800)}, 1.0)
+        np.testing.assert_array_equal(hit.values[:800], vectors["user"][:800])
+        np.testing.assert_array_equal(hit.values[800:], vectors["item"][:800])
+        store.prefetch({"user": _ids(N)})
+    with EmbeddingStore.open(tmp_path, SLOTS) as store:  # an unbudgeted store ignores it
+        store.prefetch({"user": _ids(10)})
+        assert store.stats().memory_rows == 2 * N
 
 
 def test_a_lookup_larger_than_the_budget_fails_and_changes_nothing(tmp_path):
