@@ -157,6 +157,12 @@ class ShardedStore:
     def pending_changes(self) -> int:
         return self.local.pending_changes()
 
+    def changes_lost(self) -> bool:
+        return self.local.changes_lost()
+
+    def reset_changes(self) -> None:
+        self.local.reset_changes()
+
     def drain_changes(self) -> dict[str, SlotChanges]:
         return self.local.drain_changes()
 

@@ -956,8 +956,30 @@ class EmbeddingStore:
         """Size of the touched set that :meth:`drain_changes` would return."""
         return sum(table.touched.size() for table in self._tables)
 
+    def changes_lost(self) -> bool:
+        """Whether the changes since the last drain were let go; then take a snapshot.
+
+        Nothing drains the changes of a trainer without a publisher: past
+        about a million removed or evicted ids the store stops recording
+        them (:class:`ChangeLog`) instead of growing.
+        """
+        return any(table.touched.lost for table in self._tables)
+
+    def reset_changes(self) -> None:
+        """Start recording changes afresh, e.g. when a snapshot of every row goes out."""
+        for table in self._tables:
+            table.touched.clear()
+
     def drain_changes(self) -> dict[str, SlotChanges]:
-        """Every row created, updated or removed since the last drain, per slot."""
+        """Every row created, updated or removed since the last drain, per slot.
+
+        ``StoreError`` if :meth:`changes_lost`: a delta would miss changes.
+        """
+        if self.changes_lost():
+            raise StoreError(
+                "the store let go of its changes since the last drain (nothing drained "
+                "them for long); publish a snapshot (reset_changes), not a delta"
+            )
         changes = {}
         for table in self._tables:
             rows, removed_slots, removed = table.touched.pending()

@@ -21,6 +21,9 @@ from headrace.embedding_store.index import FidIndex
 
 _GROWTH = 1.5
 _MIN_CAPACITY = 1024
+# Removed or evicted ids the parameter-sync log holds before it lets them go
+# (24 MB): a publisher sends a snapshot past its max_delta_rows (1M) anyway.
+_LOSE_CHANGES_AFTER = 1 << 20
 # Index keys use salts of their own, unrelated to the filter's and the index's.
 _KEY_SALT = 0x6B65_7973
 
@@ -28,29 +31,42 @@ _KEY_SALT = 0x6B65_7973
 class ChangeLog:
     """Rows changed, (slot, fid) pairs removed, and changed pairs evicted since :meth:`clear`.
 
-    Unbounded on purpose: it never forgets a change, and its size is there
-    for the reader to decide on a snapshot instead. A changed row that
-    leaves memory (only clean rows do: their value is the one on disk) is
-    kept as its (slot, fid) pair, so that a reader can fetch it from disk.
+    It never forgets a change, and its size is there for the reader to
+    decide on a snapshot instead. A changed row that leaves memory (only
+    clean rows do: their value is the one on disk) is kept as its (slot,
+    fid) pair, so that a reader can fetch it from disk.
+
+    With ``lose_after`` (the log for parameter sync, which no one may read:
+    a trainer without a publisher) a log holding more removed and evicted
+    (slot, fid) pairs than that lets all of it go and is ``lost``: it
+    records nothing until :meth:`clear`, and its reader must take a
+    snapshot. Without it (the checkpoint's log) it grows until cleared.
     """
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, *, lose_after: int | None = None) -> None:
         self.rows = np.zeros(capacity, dtype=bool)
         # (local slots, fids, last_seen as persisted: NaN where not on disk)
         self._removed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._evicted: list[tuple[np.ndarray, np.ndarray]] = []
+        self._pairs = 0  # entries of _removed and _evicted
+        self.lose_after = lose_after
+        self.lost = False
 
     def grow(self, capacity: int) -> None:
         self.rows = _grown(self.rows, capacity)
 
     def mark(self, rows: np.ndarray) -> None:
-        self.rows[rows] = True
+        if not self.lost:
+            self.rows[rows] = True
 
     def mark_removed(
         self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray, persisted: np.ndarray
     ) -> None:
+        if self.lost:
+            return
         self.rows[rows] = False
         self._removed.append((slots, fids, persisted))
+        self._listed(len(fids))
 
     def mark_evicted(self, rows: np.ndarray, slots: np.ndarray, fids: np.ndarray) -> None:
         """Forget ``rows`` as rows; those marked changed are kept as (slot, fid) pairs."""
@@ -58,6 +74,13 @@ class ChangeLog:
         if changed.any():
             self._evicted.append((slots[changed], fids[changed]))
             self.rows[rows] = False
+            self._listed(int(np.count_nonzero(changed)))
+
+    def _listed(self, pairs: int) -> None:
+        self._pairs += pairs
+        if self.lose_after is not None and self._pairs > self.lose_after:
+            self.clear()
+            self.lost = True
 
     def pending(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Changed rows, and the slots and fids of removed rows (distinct pairs)."""
@@ -86,6 +109,8 @@ class ChangeLog:
         self.rows[:] = False
         self._removed = []
         self._evicted = []
+        self._pairs = 0
+        self.lost = False
 
     @property
     def nbytes(self) -> int:
@@ -185,7 +210,7 @@ class RowTable:
         self._high_water = 0
         self._free = np.empty(0, dtype=np.int64)
         self.dirty = ChangeLog(_MIN_CAPACITY)
-        self.touched = ChangeLog(_MIN_CAPACITY)
+        self.touched = ChangeLog(_MIN_CAPACITY, lose_after=_LOSE_CHANGES_AFTER)
         k = len(self.names)
         # Live rows per slot, in memory or not.
         self.rows = np.zeros(k, dtype=np.int64)

@@ -153,6 +153,9 @@ class ParameterPublisher:
             return "snapshot"
         if now - self._last_sync < self.sync_interval:
             return None
+        if self.store.changes_lost():
+            log.info("the store let go of its unpublished changes; sending a snapshot")
+            return "snapshot"
         if self.store.pending_changes() > self.max_delta_rows:
             log.info(
                 "%d rows changed since the last delta; sending a snapshot instead",
@@ -179,7 +182,7 @@ class ParameterPublisher:
 
     def publish_snapshot(self, event_time: float) -> Update:
         """Every row, the dense weights and the model description."""
-        self.store.drain_changes()  # everything goes out below
+        self.store.reset_changes()  # everything goes out below
         self.meta = dict(self._meta_now())
         slots = {}
         for cfg in self.store.slots:

@@ -143,6 +143,25 @@ def test_the_touched_set_keeps_every_change(open_store):
     assert np.array_equal(np.sort(store.drain_changes()["item"].fids), ids)
 
 
+def test_changes_nobody_drains_are_let_go_once_they_outgrow_the_table(open_store):
+    # A trainer without a publisher never drains: expiring ids day after day
+    # must not grow the change log without bound.
+    store = open_store([SlotConfig(name="item", dim=2, expire_after=10.0, optimizer=SGD())])
+    table, _ = store._where["item"]
+    table.touched.lose_after = 10_000  # instead of a million: the test stays small
+    for day in range(20):
+        _train(store, "item", np.arange(day * 1000, (day + 1) * 1000), day * 100.0)
+        store.expire(day * 100.0 + 50.0)  # the day's 1000 ids go
+    assert store.changes_lost()
+    assert table.touched.nbytes <= table.touched.rows.nbytes  # the lists were let go
+    with pytest.raises(StoreError, match="snapshot"):
+        store.drain_changes()
+    store.reset_changes()
+    _train(store, "item", [7], 3000.0)
+    assert not store.changes_lost()
+    assert store.drain_changes()["item"].fids.tolist() == [7]
+
+
 def test_torch_tensors_are_accepted(open_store):
     store = open_store(SLOTS)
     hit = store.lookup_for_training("item", torch.tensor([1, 2]), event_time=torch.tensor(3.0))

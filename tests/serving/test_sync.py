@@ -163,6 +163,25 @@ def test_a_backlog_larger_than_max_delta_rows_becomes_a_snapshot(trainer):
     assert store.pending_changes() == 0
 
 
+def test_changes_the_store_let_go_become_a_snapshot_that_serving_follows(trainer, tmp_path):
+    store, publisher, clock, _ = trainer
+    worker = Worker(DirectoryReader(tmp_path / "params"))
+    publisher(0.0)
+    # Many ids expire between two publishes (as when no publisher drains for
+    # long): the store lets its change log go and the next update is whole.
+    store._where["user"][0].touched.lose_after = 2000  # not a million: the test stays small
+    for day in range(1, 6):
+        _step(store, "user", np.arange(1000, 2000, dtype=np.int64) * day, day * 1000.0)
+        store.expire(day * 1000.0 + 500.0)
+    _step(store, "user", IDS[:100], 6000.0)
+    assert store.changes_lost()
+    clock.now += 1.0
+    assert publisher(6000.0).kind == "snapshot"
+    assert not store.changes_lost()
+    worker.sync()
+    _assert_in_sync(store, worker)
+
+
 def test_a_damaged_update_is_rejected_and_the_last_good_version_kept(trainer, tmp_path):
     store, publisher, clock, _ = trainer
     worker = Worker(DirectoryReader(tmp_path / "params"))
