@@ -99,6 +99,10 @@ class RdKafkaSource:
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 64 << 20,
                 "max.partition.fetch.bytes": 8 << 20,
+                # A partition's queue full (queued.min.messages) pauses its
+                # fetching this long; the default 1 s let the joiner drain the
+                # queue and wait.
+                "fetch.queue.backoff.ms": 20,
                 "logger": log,
                 **(client or KafkaClientSettings()).librdkafka_options(),
             }
@@ -125,9 +129,15 @@ class RdKafkaSource:
 
     def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
-        messages = self._consumer.consume(max_records, timeout_s)
+        # librdkafka's consume() waits for all ``max_records`` (or the
+        # timeout): take what is queued now, and wait only when nothing is.
+        consumer = self._consumer
+        messages = consumer.consume(max_records, 0)
         if not messages:
-            return []
+            first = consumer.poll(timeout_s)
+            if first is None:
+                return []
+            messages = [first, *consumer.consume(max_records - 1, 0)]
         keys, records = self._keys, []
         append = records.append
         for message in messages:

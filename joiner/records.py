@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import msgspec
 import orjson
 
 from headrace.schema import (
@@ -19,6 +20,7 @@ from headrace.schema import (
     SchemaError,
     check_ts,
     event_decoder,
+    event_lines_decoder,
     validate_event,
 )
 
@@ -98,6 +100,7 @@ class ImpressionReader:
         self.item_key = item_key
         self.max_message_bytes = max_message_bytes
         self._decode = event_decoder(require_label=False)
+        self._decode_lines = event_lines_decoder(require_label=False)
 
     def __call__(self, raw: bytes | None) -> Impression:
         """Check one message; raises :class:`SchemaError` with the reason."""
@@ -117,6 +120,50 @@ class ImpressionReader:
                 item = _loads(raw).get(self.item_key)  # type: ignore[union-attr]
             key = join_key(key, _item(item, "an impression", self.item_key))
         return Impression(event.ts, key, self._body(raw))  # type: ignore[attr-defined]
+
+    def many(self, raws: list[bytes | None]) -> tuple[list[float], list[str]] | None:
+        """Check a chunk of messages in one decoding call: their ``ts`` and join keys.
+
+        Their bodies are the messages as they are. ``None`` when any message
+        needs a closer look (a bad one, one with a field the joiner writes,
+        one over several lines...): check each with :meth:`__call__` then.
+
+        >>> ImpressionReader().many([b'{"ts":1,"sparse":{},"request_id":"a"}'] * 2)
+        ([1.0, 1.0], ['a', 'a'])
+        >>> ImpressionReader().many([b'{"ts":1,"sparse":{}}'])  # no request_id
+        """
+        try:
+            lines = b"\n".join(raws)  # type: ignore[arg-type]
+        except TypeError:  # an empty message (None)
+            return None
+        # The messages joined by newlines are JSON lines, message i on line
+        # i, only if no message holds a newline; and each line must decode to
+        # exactly one event, so that every event is its own message's.
+        n = len(raws)
+        if (
+            not n
+            or lines.count(b"\n") != n - 1
+            or lines.count(b"}\n") != n - 1
+            or not lines.endswith(b"}")
+            or max(map(len, raws)) > self.max_message_bytes  # type: ignore[arg-type]
+            or any(f'"{name}"'.encode() in lines for name in _OWNED)
+        ):
+            return None
+        try:
+            events = self._decode_lines(lines)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if len(events) != n:
+            return None
+        keys = [event.request_id for event in events]
+        if None in keys:
+            return None
+        if self.item_key is not None:
+            items = [event.sparse.get(self.item_key) for event in events]
+            if not all(type(item) is str or type(item) is int for item in items):
+                return None
+            keys = [f"{key}\x1f{item}" for key, item in zip(keys, items, strict=True)]
+        return [event.ts for event in events], keys  # type: ignore[return-value]
 
     @staticmethod
     def _body(raw: bytes) -> bytes:
