@@ -58,7 +58,6 @@ __all__ = [
     "ValidEvent",
     "check_ts",
     "event_decoder",
-    "event_lines_decoder",
     "fid",
     "validate_event",
 ]
@@ -318,19 +317,6 @@ def event_decoder(*, require_label: bool = True) -> Callable[[bytes], FastEvent]
     """
     kind = _LabelledEvent if require_label else _UnlabelledEvent
     return msgspec.json.Decoder(kind).decode
-
-
-def event_lines_decoder(*, require_label: bool = True) -> Callable[[bytes], list[FastEvent]]:
-    """:func:`event_decoder` for JSON lines: decode and check every line in one C call.
-
-    Raises as :func:`event_decoder` does if any line is not accepted.
-
-    >>> decode = event_lines_decoder(require_label=False)
-    >>> [event.ts for event in decode(b'{"ts":1,"sparse":{}}\\n{"ts":2,"sparse":{}}')]
-    [1.0, 2.0]
-    """
-    kind = _LabelledEvent if require_label else _UnlabelledEvent
-    return msgspec.json.Decoder(kind).decode_lines
 
 
 def fid(slot: str, value: str | int) -> int:

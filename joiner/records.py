@@ -20,7 +20,6 @@ from headrace.schema import (
     SchemaError,
     check_ts,
     event_decoder,
-    event_lines_decoder,
     validate_event,
 )
 
@@ -100,7 +99,6 @@ class ImpressionReader:
         self.item_key = item_key
         self.max_message_bytes = max_message_bytes
         self._decode = event_decoder(require_label=False)
-        self._decode_lines = event_lines_decoder(require_label=False)
 
     def __call__(self, raw: bytes | None) -> Impression:
         """Check one message; raises :class:`SchemaError` with the reason."""
@@ -122,7 +120,7 @@ class ImpressionReader:
         return Impression(event.ts, key, self._body(raw))  # type: ignore[attr-defined]
 
     def many(self, raws: list[bytes | None]) -> tuple[list[float], list[str]] | None:
-        """Check a chunk of messages in one decoding call: their ``ts`` and join keys.
+        """Check a chunk of messages at once: their ``ts`` and join keys.
 
         Their bodies are the messages as they are. ``None`` when any message
         needs a closer look (a bad one, one with a field the joiner writes,
@@ -136,9 +134,9 @@ class ImpressionReader:
             lines = b"\n".join(raws)  # type: ignore[arg-type]
         except TypeError:  # an empty message (None)
             return None
-        # The messages joined by newlines are JSON lines, message i on line
-        # i, only if no message holds a newline; and each line must decode to
-        # exactly one event, so that every event is its own message's.
+        # The body checks of the whole chunk in a few C calls: with no
+        # newline inside a message, "}\n" n - 1 times means every message
+        # ends with "}".
         n = len(raws)
         if (
             not n
@@ -149,21 +147,28 @@ class ImpressionReader:
             or any(f'"{name}"'.encode() in lines for name in _OWNED)
         ):
             return None
+        # One message at a time: each decoded event dies before the next is
+        # made (decoding a chunk at once, e.g. msgspec's decode_lines, keeps
+        # them all alive and measured 2.5x slower here).
+        decode, item_key = self._decode, self.item_key
+        times: list[float] = []
+        keys: list[str | None] = []
+        items: list[object] = []
         try:
-            events = self._decode_lines(lines)
+            for event in map(decode, raws):  # type: ignore[arg-type]
+                times.append(event.ts)
+                keys.append(event.request_id)
+                if item_key is not None:
+                    items.append(event.sparse.get(item_key))
         except (msgspec.DecodeError, UnicodeDecodeError):
             return None
-        if len(events) != n:
-            return None
-        keys = [event.request_id for event in events]
         if None in keys:
             return None
-        if self.item_key is not None:
-            items = [event.sparse.get(self.item_key) for event in events]
+        if item_key is not None:
             if not all(type(item) is str or type(item) is int for item in items):
                 return None
             keys = [f"{key}\x1f{item}" for key, item in zip(keys, items, strict=True)]
-        return [event.ts for event in events], keys  # type: ignore[return-value]
+        return times, keys  # type: ignore[return-value]
 
     @staticmethod
     def _body(raw: bytes) -> bytes:
