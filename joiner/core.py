@@ -22,6 +22,7 @@ when the buffer is full (``buffer_full``).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import struct
@@ -98,13 +99,20 @@ class _Deadlines:
             heapq.heappush(self._heap, item)
 
     def push_many(self, items: list[tuple[float, str]]) -> None:
-        """:meth:`push` each of ``items``; a run in time order after the newest is one extend."""
+        """:meth:`push` each of ``items`` (sorted in place).
+
+        Sorted, a chunk read from several partitions is two or three runs
+        in time order: the part after the newest deadline extends the FIFO
+        at once, only the part before it goes to the heap.
+        """
+        if not items:
+            return
+        items.sort()
         fifo = self._fifo
-        if items and (not fifo or items[0] >= fifo[-1]) and items == sorted(items):
-            fifo.extend(items)
-        else:
-            for at, key in items:
-                self.push(at, key)
+        cut = bisect.bisect_left(items, fifo[-1]) if fifo else 0
+        for item in items[:cut]:
+            heapq.heappush(self._heap, item)
+        fifo.extend(items[cut:] if cut else items)
 
     def earliest(self) -> float | None:
         heads = [q[0][0] for q in (self._fifo, self._heap) if q]
@@ -171,7 +179,7 @@ class JoinCore:
         self._fake_negative = config.mode == "fake-negative"
         # Fake-negative mode with a wait: when each impression's first copy goes out.
         self._first_copy = _Deadlines() if self._fake_negative else None
-        self._wait = config.fake_negative_wait_s
+        self._wait = config.first_copy_wait_s
         self._early: dict[str, tuple[float, bytes]] = {}
         self._early_order: list[tuple[float, str]] = []
         self._rate_suffix = (
