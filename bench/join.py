@@ -20,9 +20,10 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
   (mean predicted / actual rate) of those scores, over the impressions after
   the first window (before it, a ``wait`` model has learned nothing yet),
   are ``*_auc`` and ``*_calibration``. The downsampled model's logits get ``ln(r)`` added, as
-  serving does. ``sampled_step_speedup`` is the trainer's rate in
-  impressions covered per second, sampled over unsampled, over the summed
-  step times of those runs.
+  serving does. ``*_details.calibration_no_lag``: the same impressions
+  scored by the model trained up to their own time (what staleness costs).
+  ``sampled_step_speedup`` is the trainer's rate in impressions covered per
+  second, sampled over unsampled, over the summed step times of those runs.
 - Speed of the trainer on the same impressions: ``sampled_speedup`` is the
   median over interleaved rounds of (seconds to train the ``wait`` events of
   the first ``SPEED_IMPRESSIONS`` impressions) / (seconds to train the
@@ -76,7 +77,7 @@ from headrace.trainer.evaluation import histogram_auc
 
 SEED, WINDOW_S, MEAN_DELAY_S, RATE = 11, 3600.0, 600.0, 0.1
 KAFKA_PARTITIONS = 2
-SPEED_IMPRESSIONS, SPEED_ROUNDS = 100_000, 3
+SPEED_IMPRESSIONS, SPEED_ROUNDS = 300_000, 5
 
 
 def write_streams(n: int, folder: Path) -> tuple[float, np.ndarray]:
@@ -204,6 +205,9 @@ def train(
     """
     config = TrainerConfig(checkpoint_every_s=None)
     served = ServedScores(imps, config, rate)
+    # The same impressions scored by the model trained up to their own time
+    # (no lag): what staleness costs, apart from the join's labels.
+    fresh = ServedScores(imps, config, rate) if lag_s is not None else None
     step_seconds = [0.0]
 
     def after_step(t: Trainer, step) -> None:
@@ -212,17 +216,23 @@ def train(
             served.take_progressive(step)
         else:
             served.score_until(t, float(step.batch.ts.max()) + lag_s)
+            fresh.score_until(t, float(step.batch.ts.max()))
 
     with Trainer.open(config, folder, FileSource(events)) as trainer:
         trainer.after_step.append(after_step)
         started = time.perf_counter()
         summary = trainer.run()
         seconds = time.perf_counter() - started - served.seconds
-        if lag_s is not None:
+        if fresh is not None:
+            seconds -= fresh.seconds
             served.score_until(trainer, float("inf"))
         progressive = (trainer.metrics.auc(), trainer.metrics.calibration())
     scored = ~np.isnan(served.scores) & (served.ts >= served.ts[0] + WINDOW_S)
     p, y = served.scores[scored], labels[scored]
+    extra = {}
+    if fresh is not None:
+        both = scored & ~np.isnan(fresh.scores)
+        extra["calibration_no_lag"] = float(fresh.scores[both].mean() / labels[both].mean())
     bins = 1 << 16
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
     auc = histogram_auc(
@@ -236,6 +246,7 @@ def train(
         "trained": summary.trained,
         "trainer_progressive_auc": progressive[0],
         "trainer_progressive_calibration": progressive[1],
+        **extra,
     }
 
 
