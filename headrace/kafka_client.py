@@ -20,6 +20,7 @@ as :class:`pydantic.SecretStr` and never printed.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -40,6 +41,9 @@ __all__ = [
 ENV_PREFIX = "HEADRACE_KAFKA__"
 #: Keys that hold secrets: environment only, never the config file.
 SECRET_KEYS = frozenset({"sasl_plain_password", "sasl_oauth_token", "ssl_password"})
+#: librdkafka refreshes an OAUTHBEARER token at 80% of its stated lifetime;
+#: the token file is read again then (a sidecar may have rotated it).
+_TOKEN_LIFETIME_S = 300.0
 
 Protocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 Mechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
@@ -199,6 +203,43 @@ class KafkaClientSettings(BaseModel):
             else:
                 options["sasl_plain_username"] = self.sasl_plain_username
                 options["sasl_plain_password"] = _secret(
+                    self.sasl_plain_password, self.sasl_plain_password_file
+                )
+        return options
+
+    def librdkafka_options(self) -> dict[str, Any]:
+        """The configuration properties of librdkafka (confluent-kafka) for these settings.
+
+        Secret files are read here, as for :meth:`client_options`; an
+        OAUTHBEARER token file is read again whenever librdkafka refreshes
+        the token.
+
+        >>> KafkaClientSettings().librdkafka_options()
+        {'security.protocol': 'PLAINTEXT'}
+        """
+        options: dict[str, Any] = {"security.protocol": self.security_protocol}
+        if self.uses_tls:
+            files = {
+                "ssl.ca.location": _str(self.ssl_cafile),
+                "ssl.certificate.location": _str(self.ssl_certfile),
+                "ssl.key.location": _str(self.ssl_keyfile),
+                "ssl.key.password": _secret(self.ssl_password, self.ssl_password_file),
+            }
+            options |= {name: value for name, value in files.items() if value is not None}
+            options["ssl.endpoint.identification.algorithm"] = (
+                "https" if self.ssl_check_hostname else "none"
+            )
+        if self.uses_sasl:
+            options["sasl.mechanism"] = self.sasl_mechanism
+            if self.sasl_mechanism == "OAUTHBEARER":
+                provider = FileTokenProvider(self.sasl_oauth_token_file, self.sasl_oauth_token)
+                options["oauth_cb"] = lambda _config: (
+                    provider.token(),
+                    time.time() + _TOKEN_LIFETIME_S,
+                )
+            else:
+                options["sasl.username"] = self.sasl_plain_username
+                options["sasl.password"] = _secret(
                     self.sasl_plain_password, self.sasl_plain_password_file
                 )
         return options

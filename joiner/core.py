@@ -22,6 +22,7 @@ when the buffer is full (``buffer_full``).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import heapq
 import struct
@@ -70,17 +71,11 @@ class Late(NamedTuple):
     raw: bytes
 
 
-class _Pending:
-    # sent: fake-negative mode, its first copy is out (at once, or after the
-    # fake-negative wait).
-    __slots__ = ("body", "positive", "sent", "ts")
-
-    def __init__(self, ts: float, body: bytes, positive: bool, sent: bool = False) -> None:
-        self.ts, self.body, self.positive, self.sent = ts, body, positive, sent
-
-    def pack(self) -> bytes:
-        flags = (_POSITIVE if self.positive else 0) | (_SENT if self.sent else 0)
-        return _PENDING.pack(self.ts, flags) + self.body
+# A pending impression: [ts, body, flags] (flags: _POSITIVE | _SENT; sent:
+# fake-negative mode, its first copy is out, at once or after the wait). A
+# list, not an object: ~180k of them live at once and one is made per impression.
+_TS, _BODY, _FLAGS = 0, 1, 2
+_ONE, _ZERO = b',"label":1', b',"label":0'
 
 
 class _Deadlines:
@@ -102,6 +97,22 @@ class _Deadlines:
             fifo.append(item)
         else:
             heapq.heappush(self._heap, item)
+
+    def push_many(self, items: list[tuple[float, str]]) -> None:
+        """:meth:`push` each of ``items`` (sorted in place).
+
+        Sorted, a chunk read from several partitions is two or three runs
+        in time order: the part after the newest deadline extends the FIFO
+        at once, only the part before it goes to the heap.
+        """
+        if not items:
+            return
+        items.sort()
+        fifo = self._fifo
+        cut = bisect.bisect_left(items, fifo[-1]) if fifo else 0
+        for item in items[:cut]:
+            heapq.heappush(self._heap, item)
+        fifo.extend(items[cut:] if cut else items)
 
     def earliest(self) -> float | None:
         heads = [q[0][0] for q in (self._fifo, self._heap) if q]
@@ -156,12 +167,19 @@ class JoinCore:
         self.changes: dict[bytes, bytes | None] = {}
         self.max_impression_ts = -float("inf")
         self.max_action_ts = -float("inf")
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, list] = {}  # join key -> [ts, body, flags]
+        # Pending records are written at the commit (take_changes): those
+        # created since the last one are not in RocksDB yet (closed before it,
+        # they need no delete), those changed since are written again.
+        # Dicts used as ordered sets: RocksDB takes a batch in arrival order
+        # faster than in a set's hash order.
+        self._unsaved: dict[str, None] = {}
+        self._changed: dict[str, None] = {}
         self._closing = _Deadlines()  # when each pending window closes
         self._fake_negative = config.mode == "fake-negative"
         # Fake-negative mode with a wait: when each impression's first copy goes out.
         self._first_copy = _Deadlines() if self._fake_negative else None
-        self._wait = config.fake_negative_wait_s
+        self._wait = config.first_copy_wait_s
         self._early: dict[str, tuple[float, bytes]] = {}
         self._early_order: list[tuple[float, str]] = []
         self._rate_suffix = (
@@ -176,10 +194,13 @@ class JoinCore:
         join_key = key[2:].decode()
         if key.startswith(PENDING):
             ts, flags = _PENDING.unpack_from(value)
-            pending = _Pending(ts, value[_PENDING.size :], bool(flags & _POSITIVE))
             # Old states (no _SENT flag) had no wait: every first copy was out.
-            pending.sent = self._fake_negative and (bool(flags & _SENT) or self._wait == 0)
-            self._add_pending(join_key, pending)
+            sent = self._fake_negative and (bool(flags & _SENT) or self._wait == 0)
+            entry = [ts, value[_PENDING.size :], (flags & _POSITIVE) | (_SENT if sent else 0)]
+            self._pending[join_key] = entry
+            self._closing.push(ts + self.config.window_s, join_key)
+            if not sent and self._first_copy is not None:
+                self._first_copy.push(ts, join_key)
             self.max_impression_ts = max(self.max_impression_ts, ts)
         elif key.startswith(EARLY):
             (ts,) = _EARLY.unpack_from(value)
@@ -210,27 +231,52 @@ class JoinCore:
 
     def impression(self, impression: Impression) -> None:
         """Take one checked impression; a join key seen and still pending raises KeyError."""
-        key = impression.key
-        if key in self._pending:
-            raise KeyError(key)
-        self.counters["impressions"] += 1
-        if impression.ts > self.max_impression_ts:
-            self.max_impression_ts = impression.ts
-        pending = _Pending(impression.ts, impression.body, False)
-        early = self._early.pop(key, None) if self._early else None
-        if early is not None:
-            self.changes[EARLY + key.encode()] = None
-            if early[0] - impression.ts <= self.config.window_s:
-                pending.positive = True
-            else:
-                self._late("after_window", early[1])
-        if self._fake_negative and self._wait == 0:
-            pending.sent = True
-            self._emit_negative(key, pending, b"n")
-            if pending.positive:
-                self._emit_positive(key, pending, b"p")
-        self._add_pending(key, pending)
-        self.changes[PENDING + key.encode()] = pending.pack()
+        if self.impressions([impression.ts], [impression.key], [impression.body]):
+            raise KeyError(impression.key)
+
+    def impressions(self, times: list[float], keys: list[str], bodies: list[bytes]) -> list[int]:
+        """Take checked impressions, given as parallel lists of ``ts``, join key and body.
+
+        Returns the positions of those not taken: their join key is already pending.
+        """
+        pending_of, early_of, unsaved = self._pending, self._early, self._unsaved
+        window = self.config.window_s
+        at_once = self._fake_negative and self._wait == 0
+        first_copy = None if at_once else self._first_copy
+        closing, duplicates = [], []
+        newest = self.max_impression_ts
+        for i, (ts, key, body) in enumerate(zip(times, keys, bodies, strict=True)):
+            if key in pending_of:
+                duplicates.append(i)
+                continue
+            entry = [ts, body, 0]
+            if early_of:
+                early = early_of.pop(key, None)
+                if early is not None:
+                    self.changes[EARLY + key.encode()] = None
+                    if early[0] - ts <= window:
+                        entry[_FLAGS] = _POSITIVE
+                    else:
+                        self._late("after_window", early[1])
+            pending_of[key] = entry
+            unsaved[key] = None
+            closing.append((ts + window, key))
+            if ts > newest:
+                newest = ts
+            if at_once:
+                # The weights of fake-negative positives use the running count.
+                self.counters["impressions"] += 1
+                entry[_FLAGS] |= _SENT
+                self._emit_negative(key, entry, "n")
+                if entry[_FLAGS] & _POSITIVE:
+                    self._emit_positive(key, entry, "p")
+            elif first_copy is not None:
+                first_copy.push(ts, key)
+        if not at_once:
+            self.counters["impressions"] += len(closing)
+        self.max_impression_ts = newest
+        self._closing.push_many(closing)
+        return duplicates
 
     def action(self, action: Action, raw: bytes) -> None:
         """Take one checked action (``raw``: its message, for the late-actions sink)."""
@@ -240,46 +286,45 @@ class JoinCore:
         self.counters["actions"] += 1
         self.max_action_ts = max(self.max_action_ts, action.ts)
         key = action.key
-        pending = self._pending.get(key)
-        if pending is None:
+        entry = self._pending.get(key)
+        if entry is None:
             self._buffer_early(action, raw)
-        elif action.ts - pending.ts > self.config.window_s:
+        elif action.ts - entry[_TS] > self.config.window_s:
             self._late("after_window", raw)
-        elif pending.positive:
+        elif entry[_FLAGS] & _POSITIVE:
             self.counters["duplicate_actions"] += 1
         else:
-            pending.positive = True
-            self.changes[PENDING + key.encode()] = pending.pack()
-            if pending.sent:  # fake-negative mode, after its (fake) negative
-                self._emit_positive(key, pending, b"p")
+            entry[_FLAGS] |= _POSITIVE
+            self._changed[key] = None
+            if entry[_FLAGS] & _SENT:  # fake-negative mode, after its (fake) negative
+                self._emit_positive(key, entry, "p")
 
     def advance(self, watermark: float) -> None:
         """Close every window that ends at or before ``watermark``; drop orphaned early actions."""
         pending_of, changes = self._pending, self.changes
         if self._first_copy is not None:
             for key in self._first_copy.take_until(watermark - self._wait):
-                pending = pending_of.get(key)
-                if pending is not None and not pending.sent:
-                    pending.sent = True
-                    changes[PENDING + key.encode()] = pending.pack()
-                    if pending.positive:  # its action came within the wait
+                entry = pending_of.get(key)
+                if entry is not None and not entry[_FLAGS] & _SENT:
+                    entry[_FLAGS] |= _SENT
+                    self._changed[key] = None
+                    if entry[_FLAGS] & _POSITIVE:  # its action came within the wait
                         self.counters["positives_first"] += 1
-                        self._emit_positive(key, pending, b"p")
+                        self._emit_positive(key, entry, "p")
                     else:
-                        self._emit_negative(key, pending, b"n")
-        wait = self.config.mode == "wait"
-        closed = 0
-        for key in self._closing.take_until(watermark):
-            pending = pending_of.pop(key)
-            changes[PENDING + key.encode()] = None
-            closed += 1
-            if wait:
-                if pending.positive:
-                    self._emit_positive(key, pending, b"w")
-                else:
-                    self._emit_negative(key, pending, b"w")
-        if closed:
-            self.counters["closed"] += closed
+                        self._emit_negative(key, entry, "n")
+        keys = self._closing.take_until(watermark)
+        unsaved = self._unsaved
+        for key in keys:
+            if key in unsaved:
+                del unsaved[key]
+            else:
+                changes[PENDING + key.encode()] = None
+        if keys:
+            self.counters["closed"] += len(keys)
+            closed = [(key, pending_of.pop(key)) for key in keys]
+            if self.config.mode == "wait":
+                self._emit_closed(closed)
         order = self._early_order
         while order and order[0][0] < watermark:
             ts, key = heapq.heappop(order)
@@ -300,15 +345,18 @@ class JoinCore:
     def take_changes(self) -> dict[bytes, bytes | None]:
         """State changes since the last call, for one write batch."""
         changes, self.changes = self.changes, {}
+        get, pack = self._pending.get, _PENDING.pack
+        self._unsaved |= self._changed
+        # (A closed one's delete is in changes already.)
+        changes |= {
+            PENDING + key.encode(): pack(entry[_TS], entry[_FLAGS]) + entry[_BODY]
+            for key in self._unsaved
+            if (entry := get(key)) is not None
+        }
+        self._unsaved, self._changed = {}, {}
         return changes
 
     # -- internals -----------------------------------------------------------
-
-    def _add_pending(self, key: str, pending: _Pending) -> None:
-        self._pending[key] = pending
-        self._closing.push(pending.ts + self.config.window_s, key)
-        if not pending.sent and self._first_copy is not None:
-            self._first_copy.push(pending.ts, key)
 
     def _buffer_early(self, action: Action, raw: bytes) -> None:
         key = action.key
@@ -330,13 +378,36 @@ class JoinCore:
         self.counters[f"late_{reason}"] += 1
         self.late.append(Late(reason, raw))
 
-    def _emit_negative(self, key: str, pending: _Pending, kind: bytes) -> None:
+    def _emit_closed(self, closed: list[tuple[str, list]]) -> None:
+        """Wait mode: the events of impressions whose window closed, in one pass."""
+        rate, seed = self.config.negative_rate, self.config.seed
+        suffix = self._rate_suffix + b"}"
+        emitted, positives, negatives = self.emitted, 0, 0
+        for key, entry in closed:
+            if entry[_FLAGS] & _POSITIVE:
+                positives += 1
+                label, part = 1, _ONE
+            elif rate >= 1.0 or keep_negative(seed, key, rate):
+                negatives += 1
+                label, part = 0, _ZERO
+            else:
+                continue
+            event_id = orjson.dumps(key + "#w")
+            value = b"".join((entry[_BODY][:-1], part, b',"event_id":', event_id, suffix))
+            emitted.append(Emitted(key, value, label))
+        counters = self.counters
+        counters["positives"] += positives
+        counters["negatives"] += negatives
+        if dropped := len(closed) - positives - negatives:
+            counters["negatives_dropped"] += dropped
+
+    def _emit_negative(self, key: str, entry: list, kind: str) -> None:
         if not keep_negative(self.config.seed, key, self.config.negative_rate):
             self.counters["negatives_dropped"] += 1
             return
-        self._emit(key, pending, 0, kind, b"")
+        self._emit(key, entry, 0, kind, b"")
 
-    def _emit_positive(self, key: str, pending: _Pending, kind: bytes) -> None:
+    def _emit_positive(self, key: str, entry: list, kind: str) -> None:
         weight = b""
         if self._fake_negative:
             # An impression goes out once as a negative unless its action
@@ -350,17 +421,16 @@ class JoinCore:
             rate = min(counters["positives"] / seen, 0.5)
             first = min(counters["positives_first"] / seen, rate)
             weight = b',"weight":' + orjson.dumps(round((1.0 - first) / (1.0 - rate), 4))
-        self._emit(key, pending, 1, kind, weight)
+        self._emit(key, entry, 1, kind, weight)
 
-    def _emit(self, key: str, pending: _Pending, label: int, kind: bytes, extra: bytes) -> None:
+    def _emit(self, key: str, entry: list, label: int, kind: str, extra: bytes) -> None:
         self.counters["positives" if label else "negatives"] += 1
-        event_id = orjson.dumps(f"{key}#{kind.decode()}")
         value = b"".join(
             (
-                pending.body[:-1],
-                b',"label":1' if label else b',"label":0',
+                entry[_BODY][:-1],
+                _ONE if label else _ZERO,
                 b',"event_id":',
-                event_id,
+                orjson.dumps(f"{key}#{kind}"),
                 extra,
                 self._rate_suffix,
                 b"}",

@@ -19,9 +19,7 @@ callback; :meth:`RdKafkaSink.flush` raises if any failed.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Iterable
-from typing import Any
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -32,50 +30,14 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from headrace.kafka_client import FileTokenProvider, KafkaClientSettings
+from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import BrokerUnavailable, DeliveryError, Positions, Record
 
-__all__ = ["RdKafkaSink", "RdKafkaSource", "librdkafka_options"]
+__all__ = ["RdKafkaSink", "RdKafkaSource"]
 
 log = logging.getLogger(__name__)
 
-#: librdkafka refreshes an OAUTHBEARER token at 80% of its stated lifetime;
-#: the token file is read again then (a sidecar may have rotated it).
-_TOKEN_LIFETIME_S = 300.0
 _QUERY_TIMEOUT_S = 10.0
-
-
-def librdkafka_options(settings: KafkaClientSettings) -> dict[str, Any]:
-    """librdkafka's names for ``settings`` (kafka-python's :meth:`client_options`).
-
-    >>> librdkafka_options(KafkaClientSettings())
-    {'security.protocol': 'PLAINTEXT'}
-    """
-    kp = settings.client_options()
-    options: dict[str, Any] = {"security.protocol": settings.security_protocol}
-    if settings.uses_tls:
-        renames = {
-            "ssl_cafile": "ssl.ca.location",
-            "ssl_certfile": "ssl.certificate.location",
-            "ssl_keyfile": "ssl.key.location",
-            "ssl_password": "ssl.key.password",
-        }
-        options |= {rd: kp[name] for name, rd in renames.items() if kp.get(name) is not None}
-        options["ssl.endpoint.identification.algorithm"] = (
-            "https" if settings.ssl_check_hostname else "none"
-        )
-    if settings.uses_sasl:
-        options["sasl.mechanism"] = settings.sasl_mechanism
-        if settings.sasl_mechanism == "OAUTHBEARER":
-            provider: FileTokenProvider = kp["sasl_oauth_token_provider"]
-            options["oauth_cb"] = lambda _config: (
-                provider.token(),
-                time.time() + _TOKEN_LIFETIME_S,
-            )
-        else:
-            options["sasl.username"] = kp["sasl_plain_username"]
-            options["sasl.password"] = kp["sasl_plain_password"]
-    return options
 
 
 def _check_reachable(client: Consumer | Producer, servers: str, topic: str) -> int:
@@ -137,8 +99,12 @@ class RdKafkaSource:
                 "auto.offset.reset": "earliest",
                 "fetch.max.bytes": 64 << 20,
                 "max.partition.fetch.bytes": 8 << 20,
+                # A partition's queue full (queued.min.messages) pauses its
+                # fetching this long; the default 1 s let the joiner drain the
+                # queue and wait.
+                "fetch.queue.backoff.ms": 20,
                 "logger": log,
-                **librdkafka_options(client or KafkaClientSettings()),
+                **(client or KafkaClientSettings()).librdkafka_options(),
             }
         )
         try:
@@ -163,9 +129,15 @@ class RdKafkaSource:
 
     def poll(self, max_records: int, timeout_s: float = 1.0) -> list[Record]:
         """Up to ``max_records`` records, waiting at most ``timeout_s`` for the first."""
-        messages = self._consumer.consume(max_records, timeout_s)
+        # librdkafka's consume() waits for all ``max_records`` (or the
+        # timeout): take what is queued now, and wait only when nothing is.
+        consumer = self._consumer
+        messages = consumer.consume(max_records, 0)
         if not messages:
-            return []
+            first = consumer.poll(timeout_s)
+            if first is None:
+                return []
+            messages = [first, *consumer.consume(max_records - 1, 0)]
         keys, records = self._keys, []
         append = records.append
         for message in messages:
@@ -267,7 +239,7 @@ class RdKafkaSink:
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_error,
                 "logger": log,
-                **librdkafka_options(client or KafkaClientSettings()),
+                **(client or KafkaClientSettings()).librdkafka_options(),
             }
         )
         _check_reachable(self._producer, servers, topic)

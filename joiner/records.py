@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import msgspec
 import orjson
 
 from headrace.schema import (
@@ -117,6 +118,57 @@ class ImpressionReader:
                 item = _loads(raw).get(self.item_key)  # type: ignore[union-attr]
             key = join_key(key, _item(item, "an impression", self.item_key))
         return Impression(event.ts, key, self._body(raw))  # type: ignore[attr-defined]
+
+    def many(self, raws: list[bytes | None]) -> tuple[list[float], list[str]] | None:
+        """Check a chunk of messages at once: their ``ts`` and join keys.
+
+        Their bodies are the messages as they are. ``None`` when any message
+        needs a closer look (a bad one, one with a field the joiner writes,
+        one over several lines...): check each with :meth:`__call__` then.
+
+        >>> ImpressionReader().many([b'{"ts":1,"sparse":{},"request_id":"a"}'] * 2)
+        ([1.0, 1.0], ['a', 'a'])
+        >>> ImpressionReader().many([b'{"ts":1,"sparse":{}}'])  # no request_id
+        """
+        try:
+            lines = b"\n".join(raws)  # type: ignore[arg-type]
+        except TypeError:  # an empty message (None)
+            return None
+        # The body checks of the whole chunk in a few C calls: with no
+        # newline inside a message, "}\n" n - 1 times means every message
+        # ends with "}".
+        n = len(raws)
+        if (
+            not n
+            or lines.count(b"\n") != n - 1
+            or lines.count(b"}\n") != n - 1
+            or not lines.endswith(b"}")
+            or max(map(len, raws)) > self.max_message_bytes  # type: ignore[arg-type]
+            or any(f'"{name}"'.encode() in lines for name in _OWNED)
+        ):
+            return None
+        # One message at a time: each decoded event dies before the next is
+        # made (decoding a chunk at once, e.g. msgspec's decode_lines, keeps
+        # them all alive and measured 2.5x slower here).
+        decode, item_key = self._decode, self.item_key
+        times: list[float] = []
+        keys: list[str | None] = []
+        items: list[object] = []
+        try:
+            for event in map(decode, raws):  # type: ignore[arg-type]
+                times.append(event.ts)
+                keys.append(event.request_id)
+                if item_key is not None:
+                    items.append(event.sparse.get(item_key))
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return None
+        if None in keys:
+            return None
+        if item_key is not None:
+            if not all(type(item) is str or type(item) is int for item in items):
+                return None
+            keys = [f"{key}\x1f{item}" for key, item in zip(keys, items, strict=True)]
+        return times, keys  # type: ignore[return-value]
 
     @staticmethod
     def _body(raw: bytes) -> bytes:

@@ -237,7 +237,22 @@ class Joiner:
         return len(impressions) + len(actions)
 
     def _take_impressions(self, records: list[Record]) -> None:
-        # The hot loop: one call to check, one to join, per impression.
+        # The hot loop: a chunk is checked in one decoding call and joined in
+        # one call; a chunk that needs a closer look goes one record at a time.
+        checked = self._read_impression.many([record.value for record in records])
+        if checked is None:
+            self._take_impressions_one_by_one(records)
+            return
+        times, keys = checked
+        seen = self._seen["impressions"]
+        for record, ts in zip(records, times, strict=True):
+            if ts > seen.get(record.partition, -float("inf")):
+                seen[record.partition] = ts
+        values = [record.value for record in records]
+        for i in self.core.impressions(times, keys, values):  # type: ignore[arg-type]
+            self._duplicate(keys[i], records[i])
+
+    def _take_impressions_one_by_one(self, records: list[Record]) -> None:
         check, seen = self._read_impression, self._seen["impressions"]
         for record in records:
             try:
@@ -253,8 +268,11 @@ class Joiner:
         try:
             self.core.impression(impression)
         except KeyError:
-            detail = f"join key {impression.key!r} is already pending"
-            self._dead("impressions", SchemaError(Reason.DUPLICATE_JOIN_KEY, detail), record)
+            self._duplicate(impression.key, record)
+
+    def _duplicate(self, key: str, record: Record) -> None:
+        detail = f"join key {key!r} is already pending"
+        self._dead("impressions", SchemaError(Reason.DUPLICATE_JOIN_KEY, detail), record)
 
     def _hold(self, records: list[Record]) -> None:
         """Check actions and queue them, per partition, until :meth:`_release`."""

@@ -6,6 +6,7 @@ import pickle
 import re
 
 import pytest
+from confluent_kafka import Producer
 from kafka.net.sasl.oauth import SaslMechanismOAuth
 from typer.testing import CliRunner
 
@@ -53,6 +54,32 @@ def test_the_file_table_and_the_environment_give_kafka_python_options(tmp_path):
     assert load_trainer_config(config).batch_size == 64
     # Picklable, for the Kafka reader's child process.
     assert pickle.loads(pickle.dumps(settings)) == settings
+
+
+def test_the_same_settings_give_librdkafka_properties(tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    settings = load_kafka_settings(environ=_sasl_env(HEADRACE_KAFKA__SSL_CAFILE=str(ca)))
+    assert settings.librdkafka_options() == {
+        "security.protocol": "SASL_SSL",
+        "ssl.ca.location": str(ca),
+        "ssl.endpoint.identification.algorithm": "https",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "trainer",
+        "sasl.password": SECRET,
+    }
+    token = tmp_path / "token"
+    token.write_text("token-1\n")
+    oauth = KafkaClientSettings(
+        security_protocol="SASL_PLAINTEXT",
+        sasl_mechanism="OAUTHBEARER",
+        sasl_oauth_token_file=token,
+    ).librdkafka_options()
+    token.write_text("token-2\n")
+    # librdkafka calls back for a token when it refreshes: the file as it is then.
+    assert oauth["oauth_cb"]("")[0] == "token-2"
+    # librdkafka knows every property name (a wrong one raises here).
+    Producer(oauth | {"bootstrap.servers": "localhost:1"})
 
 
 def test_secrets_never_show_in_repr_describe_or_errors(tmp_path):

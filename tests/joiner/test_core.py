@@ -117,7 +117,8 @@ def test_only_the_positive_types_count():
 
 
 def test_fake_negative_mode_emits_at_once_then_a_weighted_positive():
-    d = Driver(mode="fake-negative").imp(imp(0, "a")).imp(imp(0, "b")).advance(-1)
+    d = Driver(mode="fake-negative", fake_negative_wait_s=0)
+    d.imp(imp(0, "a")).imp(imp(0, "b")).advance(-1)
     assert d.labels() == {"a#n": 0, "b#n": 0}
     d.act(act(40, "a")).advance(-1)
     positive = d.events[-1]
@@ -144,6 +145,16 @@ def test_fake_negative_wait_labels_the_first_copy_with_what_came_in_it():
     # Before it: one positive of three impressions, caught in the wait: (1 - 1/3) / (1 - 1/3).
     assert d.events[-1]["weight"] == 1.0
     assert d.core.counters["duplicate_actions"] == 1 and d.core.pending == 0
+
+
+def test_fake_negative_mode_waits_a_quarter_window_by_default():
+    d = Driver(mode="fake-negative")
+    assert d.config.first_copy_wait_s == W / 4
+    d.imp(imp(0, "quick")).imp(imp(0, "slow")).act(act(W / 5, "quick")).advance(W / 4 - 1)
+    assert d.events == []
+    d.advance(W / 4)
+    assert d.labels() == {"quick#p": 1, "slow#n": 0}
+    assert Driver().config.first_copy_wait_s == 0  # wait mode has none
 
 
 @pytest.mark.parametrize(
@@ -223,3 +234,18 @@ def test_an_action_without_its_item_key_is_refused_when_one_is_configured():
     with pytest.raises(SchemaError) as caught:
         read_action(act(1, "a"), "item_id", 1 << 20)
     assert caught.value.reason is Reason.MISSING_JOIN_KEY
+
+
+def test_deadlines_from_interleaved_partitions_are_taken_in_time_order():
+    from headrace.joiner.core import _Deadlines
+
+    deadlines = _Deadlines()
+    # Two partitions read in turn: each chunk holds two runs, the second
+    # chunk starts before the first one's newest deadline.
+    deadlines.push_many([(float(t), f"a{t}") for t in (10, 12, 14, 1, 3, 5)])
+    deadlines.push_many([(float(t), f"b{t}") for t in (11, 13, 15, 2, 4, 6)])
+    deadlines.push(0.5, "late")
+    assert deadlines.earliest() == 0.5
+    expected = ["late", "a1", "b2", "a3", "b4", "a5", "b6", "a10", "b11", "a12"]
+    assert deadlines.take_until(12) == expected
+    assert deadlines.take_until(100) == ["b13", "a14", "b15"]
