@@ -57,6 +57,8 @@ WORKER_STOP_S = 15.0
 #: After the generator stops: wait for a fresh lag figure, and at most this long for 0.
 DRAIN_REFRESH_S = 2.5
 DRAIN_TIMEOUT_S = 20.0
+# How long the summary waits for the serving workers to load the last update.
+WORKERS_TIMEOUT_S = 15.0
 #: Scheduled drifts: every --drift-every events, this many in all (the
 #: generator's cost per event grows with their number).
 MAX_DRIFTS = 200
@@ -557,8 +559,36 @@ def _latest(trainer_url: str) -> dict[str, Any] | None:
     return history["samples"][-1] | {"drifts": history["drift_count"]}
 
 
+def _await_workers(
+    urls: list[str], published: int | None, say: Callable[[str], None]
+) -> dict[str, int | None]:
+    """Each worker's version, once all serve ``published`` or later (or WORKERS_TIMEOUT_S passed).
+
+    The trainer publishes its last update as it stops; a worker that
+    started slower than the trainer may not have loaded any version yet.
+    """
+    deadline = time.monotonic() + WORKERS_TIMEOUT_S
+    while True:
+        versions = {}
+        for url in urls:
+            try:
+                versions[url] = _get_json(f"{url}/v1/version")["version"]
+            except (OSError, urllib.error.URLError, ValueError, KeyError):
+                versions[url] = None
+        behind = [url for url, v in versions.items() if v is None or (published or 1) > v]
+        if not behind or time.monotonic() >= deadline:
+            if behind:
+                say(f"serving workers {', '.join(behind)} are behind the trainer's last update")
+            return versions
+        time.sleep(0.5)
+
+
 def _summary(
-    status: dict[str, Any] | None, final: dict[str, Any], generated: int, state: DemoState
+    status: dict[str, Any] | None,
+    final: dict[str, Any],
+    generated: int,
+    state: DemoState,
+    versions: dict[str, int | None],
 ) -> dict[str, Any]:
     workers = (status or {}).get("workers", {})
     return {
@@ -572,8 +602,8 @@ def _summary(
         "rows": final.get("rows"),
         "sync_version": (status or {}).get("sync_version"),
         "serving": {
-            url: {"version": w.get("version"), "lag_s": w.get("lag_s")}
-            for url, w in workers.items()
+            url: {"version": version, "lag_s": workers.get(url, {}).get("lag_s")}
+            for url, version in versions.items()
         },
     }
 
@@ -867,6 +897,7 @@ def _run(
     lines = (logs / "trainer.out").read_text(encoding="utf-8").splitlines()
     if lines:
         final = json.loads(lines[-1])
-    summary = _summary(status, final, generated, state)
+    versions = _await_workers(serving_urls, (status or {}).get("sync_version"), say)
+    summary = _summary(status, final, generated, state, versions)
     _print_summary(console, summary)
     return summary
