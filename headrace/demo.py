@@ -600,7 +600,12 @@ def _summary(
         "rolling_auc": final.get("rolling_auc"),
         "drift_detections": (status or {}).get("drifts", 0),
         "rows": final.get("rows"),
-        "sync_version": (status or {}).get("sync_version"),
+        # The trainer publishes its last update as it stops, after the last
+        # status: a worker serving it shows the newer version.
+        "sync_version": max(
+            (v for v in [(status or {}).get("sync_version"), *versions.values()] if v is not None),
+            default=None,
+        ),
         "serving": {
             url: {"version": version, "lag_s": workers.get(url, {}).get("lag_s")}
             for url, version in versions.items()
