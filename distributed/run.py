@@ -111,19 +111,30 @@ class TrainingRun:
         """
         data_dir = Path(data_dir)
         world = World.from_env() if env is None else World.from_env(env)
-        options = {"until_end": until_end, "deterministic": deterministic, "kafka": kafka}
         choice = dead_letters or config.dead_letters
-        if world is None:
-            events = open_source(source, **options)
-            trainer = Trainer.open(
+
+        def open_trainer(directory: Path, rank: int, size: int, **extra: Any) -> Trainer:
+            """A trainer on the source's share ``rank`` of ``size`` (one process: 0 of 1)."""
+            events = open_source(
+                source,
+                until_end=until_end,
+                deterministic=deterministic,
+                kafka=kafka,
+                rank=rank,
+                world=size,
+            )
+            return Trainer.open(
                 config,
-                data_dir,
+                directory,
                 events,
                 registry=registry,
                 deterministic=deterministic,
                 dead_letters=_dead_letters(source, choice, kafka, events),
+                **extra,
             )
-            return cls(trainer, data_dir)
+
+        if world is None:
+            return cls(open_trainer(data_dir, 0, 1), data_dir)
         # A collective returns while the reader thread parses: with the default 5 ms
         # switch interval, taking the GIL back cost each collective milliseconds.
         sys.setswitchinterval(_SWITCH_INTERVAL_S)
@@ -137,15 +148,11 @@ class TrainingRun:
         sharded = ShardedStore(store, collectives, generations)
         rank_dir = data_dir / f"rank-{world.rank}"
         try:
-            events = open_source(source, **options, rank=world.rank, world=world.size)
-            trainer = Trainer.open(
-                config,
+            trainer = open_trainer(
                 rank_dir,
-                events,
-                registry=registry,
-                deterministic=deterministic,
-                dead_letters=_dead_letters(source, choice, kafka, events),
-                store=sharded,  # type: ignore[arg-type]  # the same interface, sharded
+                world.rank,
+                world.size,
+                store=sharded,  # the same interface, sharded
                 peers=TorchPeers(collectives, sharded),
             )
         except BaseException:

@@ -48,7 +48,7 @@ class ChangeLog:
         # (local slots, fids, last_seen as persisted: NaN where not on disk)
         self._removed: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._evicted: list[tuple[np.ndarray, np.ndarray]] = []
-        self._pairs = 0  # entries of _removed and _evicted
+        self._pairs = 0  # (slot, fid) pairs held in _removed and _evicted
         self.lose_after = lose_after
         self.lost = False
 
@@ -99,11 +99,7 @@ class ChangeLog:
 
     def size(self) -> int:
         """Number of pending changes (removals of one id counted once per removal)."""
-        return (
-            int(np.count_nonzero(self.rows))
-            + sum(len(f) for _, f, _ in self._removed)
-            + sum(len(f) for _, f in self._evicted)
-        )
+        return int(np.count_nonzero(self.rows)) + self._pairs
 
     def clear(self) -> None:
         self.rows[:] = False

@@ -37,13 +37,16 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
 from headrace.kafka_client import SECRET_KEYS, KafkaClientSettings
+
+if TYPE_CHECKING:
+    from headrace.trainer.history import WorkerStatus
 
 __all__ = ["DemoError", "DemoOptions", "DemoState", "run_demo"]
 
@@ -561,25 +564,24 @@ def _latest(trainer_url: str) -> dict[str, Any] | None:
 
 def _await_workers(
     urls: list[str], published: int | None, say: Callable[[str], None]
-) -> dict[str, int | None]:
-    """Each worker's version, once all serve ``published`` or later (or WORKERS_TIMEOUT_S passed).
+) -> dict[str, WorkerStatus]:
+    """Each worker's status, once all serve ``published`` or later (or WORKERS_TIMEOUT_S passed).
 
     The trainer publishes its last update as it stops; a worker that
     started slower than the trainer may not have loaded any version yet.
     """
+    from headrace.config import API_TOKEN_ENV
+    from headrace.trainer.dashboard import WorkerPoller
+
+    poller = WorkerPoller(urls, token=os.environ.get(API_TOKEN_ENV) or None)
     deadline = time.monotonic() + WORKERS_TIMEOUT_S
     while True:
-        versions = {}
-        for url in urls:
-            try:
-                versions[url] = _get_json(f"{url}/v1/version")["version"]
-            except (OSError, urllib.error.URLError, ValueError, KeyError):
-                versions[url] = None
-        behind = [url for url, v in versions.items() if v is None or (published or 1) > v]
+        workers = {url: poller.poll(url) for url in poller.urls}
+        behind = [url for url, w in workers.items() if (w.version or 0) < (published or 1)]
         if not behind or time.monotonic() >= deadline:
             if behind:
                 say(f"serving workers {', '.join(behind)} are behind the trainer's last update")
-            return versions
+            return workers
         time.sleep(0.5)
 
 
@@ -588,9 +590,9 @@ def _summary(
     final: dict[str, Any],
     generated: int,
     state: DemoState,
-    versions: dict[str, int | None],
+    workers: dict[str, WorkerStatus],
 ) -> dict[str, Any]:
-    workers = (status or {}).get("workers", {})
+    versions = [(status or {}).get("sync_version"), *(w.version for w in workers.values())]
     return {
         "run": state.runs,
         "events_generated": generated,
@@ -602,14 +604,8 @@ def _summary(
         "rows": final.get("rows"),
         # The trainer publishes its last update as it stops, after the last
         # status: a worker serving it shows the newer version.
-        "sync_version": max(
-            (v for v in [(status or {}).get("sync_version"), *versions.values()] if v is not None),
-            default=None,
-        ),
-        "serving": {
-            url: {"version": version, "lag_s": workers.get(url, {}).get("lag_s")}
-            for url, version in versions.items()
-        },
+        "sync_version": max((v for v in versions if v is not None), default=None),
+        "serving": {url: {"version": w.version, "lag_s": w.lag_s} for url, w in workers.items()},
     }
 
 
@@ -902,7 +898,7 @@ def _run(
     lines = (logs / "trainer.out").read_text(encoding="utf-8").splitlines()
     if lines:
         final = json.loads(lines[-1])
-    versions = _await_workers(serving_urls, (status or {}).get("sync_version"), say)
-    summary = _summary(status, final, generated, state, versions)
+    workers = _await_workers(serving_urls, (status or {}).get("sync_version"), say)
+    summary = _summary(status, final, generated, state, workers)
     _print_summary(console, summary)
     return summary

@@ -81,10 +81,6 @@ def _sgd(param: torch.Tensor, grad: torch.Tensor, state: dict[str, torch.Tensor]
     )
 
 
-def _step() -> torch.Tensor:
-    return torch.tensor(0.0)
-
-
 @dataclass(frozen=True)
 class Rule:
     """One optimizer kind.
@@ -109,7 +105,7 @@ RULES = {
     "adam": Rule(
         _adam,
         {
-            "step": lambda _: _step(),
+            "step": lambda _: torch.tensor(0.0),
             "exp_avg": torch.zeros_like,
             "exp_avg_sq": torch.zeros_like,
         },
@@ -125,7 +121,7 @@ RULES = {
     ),
     "adagrad": Rule(
         _adagrad,
-        {"step": lambda _: _step(), "sum": torch.zeros_like},
+        {"step": lambda _: torch.tensor(0.0), "sum": torch.zeros_like},
         {
             "lr_decay": 0.0,
             "eps": _ADAGRAD_EPS,
