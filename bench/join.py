@@ -19,9 +19,12 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
   its label within the window; the AUC and calibration
   (mean predicted / actual rate) of those scores, over the impressions after
   the first window (before it, a ``wait`` model has learned nothing yet),
-  are ``*_auc`` and ``*_calibration``. The downsampled model's logits get ``ln(r)`` added, as
-  serving does. ``*_details.calibration_no_lag``: the same impressions
-  scored by the model trained up to their own time (what staleness costs).
+  are ``*_auc`` and ``*_calibration``; ``*_details.calibration_by_window`` is the
+  calibration of each window of event time after the first (the first of them is
+  the model's warm-up: it serves what it learned from the first window). The
+  downsampled model's logits get ``ln(r)`` added, as serving does.
+  ``*_details.calibration_no_lag``: the same impressions scored by the model
+  trained up to their own time (what staleness costs).
   ``sampled_step_speedup`` is the trainer's rate in impressions covered per
   second, sampled over unsampled, over the summed step times of those runs.
 - Speed of the trainer on the same impressions: ``sampled_speedup`` is the
@@ -238,9 +241,17 @@ def train(
     auc = histogram_auc(
         np.bincount(which[y == 1], minlength=bins), np.bincount(which[y == 0], minlength=bins)
     )
+    # Per window of event time after the first: the first trained window is the model's warm-up.
+    window = ((served.ts[scored] - served.ts[0]) // WINDOW_S).astype(np.int64)
+    by_window = [
+        round(float(p[window == w].mean() / y[window == w].mean()), 4)
+        for w in range(1, int(window.max()) + 1)
+        if (window == w).any()
+    ]
     return {
         "auc": auc,
         "calibration": float(p.mean() / y.mean()),
+        "calibration_by_window": by_window,
         "impressions_per_s": len(labels) / seconds,
         "impressions_per_step_s": len(labels) / step_seconds[0],
         "trained": summary.trained,
