@@ -661,6 +661,7 @@ def _launch_ranks(nproc: int, max_restarts: int) -> int:
     """
     import sys
 
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
@@ -687,6 +688,12 @@ def _launch_ranks(nproc: int, max_restarts: int) -> int:
     except ChildFailedError as exc:
         typer.echo(f"error: a rank failed {max_restarts + 1} times: {exc}", err=True)
         return 1
+    except SignalException as exc:
+        # The launcher passed the signal on and waited for the ranks, which
+        # agree to stop, finish the batch and checkpoint, as one process does.
+        logging.getLogger("headrace").warning(
+            "received %s: stopped the ranks, each after its batch and a checkpoint", exc.sigval.name
+        )
     return 0
 
 
