@@ -64,7 +64,7 @@ def test_metric_list_is_well_formed() -> None:
     for spec in specs.values():
         assert re.fullmatch(r"headrace_[a-z0-9_]+", spec.name), spec.name
         assert spec.type in {"counter", "gauge", "histogram"}, spec
-        assert spec.exporter in {"trainer", "serving", "joiner"}, spec
+        assert spec.exporter in {"trainer", "rank-0", "serving", "joiner"}, spec
         # prometheus-client appends _total to counters; nothing else may end so.
         assert (spec.type == "counter") == spec.name.endswith("_total"), spec
         if spec.type == "histogram":

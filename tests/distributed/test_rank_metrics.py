@@ -35,6 +35,8 @@ from tests.distributed.conftest import (
     torchrun_command,
     write_config,
 )
+from tests.deploy.conftest import read_metric_list
+from tests.demo.test_exported_metrics import family_name
 from tests.distributed.test_kafka_ranks import _topic
 from tests.serving.processes import free_port
 
@@ -50,6 +52,17 @@ EVENTS = 1200
 def _samples(port: int) -> list:
     text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
+def _families(port: int) -> dict[str, tuple[str, list[dict[str, str]]]]:
+    """The headrace families a rank exports: name -> (type, label sets of its samples)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return {
+        family.name: (family.type, [sample.labels for sample in family.samples])
+        for family in text_string_to_metric_families(text)
+        # The text format parses prometheus-client's ``_created`` samples as families of their own.
+        if family.name.startswith("headrace_") and not family.name.endswith("_created")
+    }
 
 
 def _value(samples: list, name: str, **labels: str) -> float | None:
@@ -151,6 +164,7 @@ def test_ranks_label_metrics_show_all_ranks_and_publish_whole_versions(
         assert trained == EVENTS
         time.sleep(3)  # the ranks exchange their figures every second, reading nothing more
         scraped = [_samples(p) for p in ports]
+        families = [_families(p) for p in ports]
         history = httpx.get(f"http://127.0.0.1:{port}/api/history", timeout=5).json()
         page = httpx.get(f"http://127.0.0.1:{port}/dashboard", timeout=5).text
         rank_1_history = httpx.get(f"http://127.0.0.1:{port + 1}/api/history", timeout=5).json()
@@ -165,6 +179,18 @@ def test_ranks_label_metrics_show_all_ranks_and_publish_whole_versions(
     for rank, samples in enumerate(scraped):
         assert len(samples) > 20
         assert {s.labels.get("rank") for s in samples} == {str(rank)}
+    # deploy/metrics.txt lists every family a rank exports, with the rank label beside its own.
+    listed = {family_name(spec): spec for spec in read_metric_list().values()}
+    for rank, exported in enumerate(families):
+        for name, (kind, label_sets) in exported.items():
+            spec = listed.get(name)
+            assert spec is not None, f"rank {rank} exports {name}, not in deploy/metrics.txt"
+            assert spec.exporter in ({"trainer", "rank-0"} if rank == 0 else {"trainer"}), spec
+            assert kind == spec.type, spec
+            for labels in label_sets:
+                assert set(labels) <= spec.labels | {"rank", "le"}, (name, labels)
+    rank_0_only = {name for name, spec in listed.items() if spec.exporter == "rank-0"}
+    assert rank_0_only and rank_0_only <= set(families[0])
     # Rank 0's all-rank figures are those of the summed metrics of both ranks' events.
     saved = [_saved_metrics(data_dir, rank) for rank in (0, 1)]
     assert sum(m.count for m in saved) == EVENTS
