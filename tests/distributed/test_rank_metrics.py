@@ -29,14 +29,14 @@ from headrace.stream import CtrGenerator, KafkaSink, Record, SyntheticConfig
 from headrace.trainer import load_trainer_config
 from headrace.trainer.checkpoint import MODEL_BLOB, MONITOR_BLOB
 from headrace.trainer.evaluation import summed_figures
+from tests.demo.test_exported_metrics import family_name
+from tests.deploy.conftest import read_metric_list
 from tests.distributed.conftest import (
     rank_pids,
     sharded_training,
     torchrun_command,
     write_config,
 )
-from tests.deploy.conftest import read_metric_list
-from tests.demo.test_exported_metrics import family_name
 from tests.distributed.test_kafka_ranks import _topic
 from tests.serving.processes import free_port
 
