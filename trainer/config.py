@@ -231,8 +231,7 @@ class TrainerConfig(_Frozen):
             raise ValueError(
                 f"all slots must share one dim (the model stacks them), got {sorted(dims)}"
             )
-        if self.model.id_bias and self.dim < 2:
-            raise ValueError(f"model.id_bias needs slots of dim >= 2, got {self.dim}")
+        self.model.check_dim(self.dim)
         return self
 
     def _check_tables(self) -> None:

@@ -81,6 +81,17 @@ class ModelConfig(_Frozen):
         """Whether ``kind`` names one of headrace's own models."""
         return self.kind in BUILTIN_KINDS
 
+    def check_dim(self, dim: int) -> None:
+        """``ValueError`` when rows of length ``dim`` cannot feed this model.
+
+        >>> ModelConfig(id_bias=True).check_dim(1)
+        Traceback (most recent call last):
+        ...
+        ValueError: model.id_bias needs slots of dim >= 2, got 1
+        """
+        if self.id_bias and dim < 2:
+            raise ValueError(f"model.id_bias needs slots of dim >= 2, got {dim}")
+
 
 class ModelSpec(_Frozen):
     """Everything needed to build the model and feed it: the slot layout and the model config.
@@ -120,8 +131,7 @@ class ModelSpec(_Frozen):
             raise ValueError(f"{len(self.slots)} slots but {len(self.tables)} tables")
         if len(set(self.slots)) != len(self.slots):
             raise ValueError(f"slot names must be unique, got {list(self.slots)}")
-        if self.model.id_bias and self.dim < 2:
-            raise ValueError(f"model.id_bias needs slots of dim >= 2, got {self.dim}")
+        self.model.check_dim(self.dim)
         return self
 
     def index(self, slot: str) -> int:
