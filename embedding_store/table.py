@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headrace.embedding_store import optimizers
+from headrace.embedding_store import _kernels, optimizers
 from headrace.embedding_store._hashing import as_uint64, initial_rows, mixed_salts
-from headrace.embedding_store.config import SlotConfig
+from headrace.embedding_store.config import Adagrad, SlotConfig
 from headrace.embedding_store.index import FidIndex
 
 _GROWTH = 1.5
@@ -395,13 +395,19 @@ class RowTable:
         self.dirty.grow(capacity)
         self.touched.grow(capacity)
 
-    def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> None:
-        """Record a training lookup of existing ``rows`` at ``event_time``."""
-        if np.ndim(event_time) == 0:
-            self.last_seen[rows] = np.maximum(np.take(self.last_seen, rows), event_time)
+    def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
+        """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""
+        if np.ndim(event_time) == 0 and not self.dirty.lost:
+            return _kernels.see(rows, float(event_time), self.last_seen, self.dirty.rows)
+        found = rows >= 0
+        rows = rows[found]
+        times = event_time if np.ndim(event_time) == 0 else event_time[found]
+        if np.ndim(times) == 0:
+            self.last_seen[rows] = np.maximum(np.take(self.last_seen, rows), times)
         else:
-            np.maximum.at(self.last_seen, rows, event_time)
+            np.maximum.at(self.last_seen, rows, times)
         self.dirty.mark(rows)
+        return len(found) - len(rows)
 
     def sum_by_row(
         self, rows: np.ndarray, grads: np.ndarray, squares: bool
@@ -435,15 +441,33 @@ class RowTable:
 
     def apply(self, rows: np.ndarray, grads: np.ndarray) -> None:
         """One optimizer step for the gradients ``(len(rows), dim)`` of ``rows`` (-1: none)."""
+        opt = self.config.optimizer
+        per_occurrence = self.config.repeats == "per_occurrence"
+        if isinstance(opt, Adagrad) and not self.dirty.lost:
+            # One compiled call; the same bits as the numpy formula below.
+            _kernels.adagrad_apply(
+                rows,
+                np.ascontiguousarray(grads, dtype=np.float32),
+                self.weights,
+                self.state,
+                np.float32(opt.lr),
+                np.float32(opt.eps),
+                np.float32(opt.decay),
+                per_occurrence,
+                self._scratch,
+                self.dirty.rows,
+                self.touched.rows,
+                not self.touched.lost,
+            )
+            return
         found = rows >= 0
         if not found.all():
             rows, grads = rows[found], grads[found]
         if not len(rows):
             return
-        per_occurrence = self.config.repeats == "per_occurrence"
         distinct, summed, squares = self.sum_by_row(rows, grads, per_occurrence)
         weights, state = optimizers.update(
-            self.config.optimizer,
+            opt,
             np.take(self.weights, distinct, axis=0),
             np.take(self.state, distinct, axis=0),
             summed,
