@@ -30,11 +30,10 @@ from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
 from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
+from headrace.model.compiled_ctr import CompiledCtr, RowLayout
 from headrace.model import (
     CtrModel,
     ModelError,
-    NumpyCtr,
-    RowPooling,
     batch_fids,
     build_model,
     dense_state_bytes,
@@ -265,11 +264,11 @@ class Trainer:
         self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
         self._pooling = config.model.pooling
-        # The built-in models step without autograd (a third of a small
-        # batch's step); other models, and tables whose slots are not adjacent
-        # in model order, go through autograd.
-        self._numpy_model = (
-            NumpyCtr(self.model)
+        # The built-in models step without autograd, in a few compiled calls;
+        # other models, and tables whose slots are not adjacent in model
+        # order, go through autograd.
+        self._compiled_model = (
+            CompiledCtr(self.model, self._pooling)
             if type(self.model) is CtrModel and not self._tables.reordered
             else None
         )
@@ -449,8 +448,15 @@ class Trainer:
                 return None
         lookup = self.store.lookup_slots(store_fids, event_time)
         self._dense.grad.zero_()
-        if self._numpy_model is not None:
-            logits, loss, row_grads = self._numpy_step(batch, lookup.values, examples)
+        if self._compiled_model is not None:
+            logits, loss, row_grads = self._compiled_model.loss_and_gradients(
+                lookup.values,
+                RowLayout.of(batch, self._slot_names),
+                batch.dense,
+                batch.labels,
+                batch.weights,
+                examples,
+            )
         else:
             logits, loss, row_grads = self._autograd_step(batch, fids, lookup.values, examples)
         # Every rank's dense gradients are summed while the sparse ones go to their owners.
@@ -478,16 +484,6 @@ class Trainer:
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
-
-    def _numpy_step(
-        self, batch: Batch, values: np.ndarray, examples: int
-    ) -> tuple[np.ndarray, float, np.ndarray]:
-        """Logits, loss (the mean over ``examples`` events) and row gradients, by NumpyCtr."""
-        pooling = RowPooling(batch, self._slot_names, self._pooling)
-        logits, loss, grad = self._numpy_model.loss_and_gradients(
-            pooling.pool(values), batch.dense, batch.labels, batch.weights, examples
-        )
-        return logits, loss, pooling.unpool(grad)
 
     def _autograd_step(
         self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray, examples: int
