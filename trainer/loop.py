@@ -29,7 +29,8 @@ import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
-from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
+from headrace.embedding_store import EmbeddingStore, SlotConfig, StoreError, StoreStats
+from headrace.embedding_store.table import RowTable
 from headrace.model.compiled_ctr import CompiledCtr, RowLayout
 from headrace.model import (
     CtrModel,
@@ -155,6 +156,31 @@ def _flat_parameters(model: torch.nn.Module) -> torch.nn.Parameter:
     return flat
 
 
+@functools.cache
+def _load_kernels() -> None:
+    """Load (or compile) the compiled kernels of the training step before the first step.
+
+    Numba loads a kernel from its disk cache, and sets itself up, on the
+    kernel's first call: about half a second, which the first step would
+    otherwise take. Each kernel is called here as the step calls it (same
+    argument types), on a few rows of throwaway objects.
+    """
+    table = RowTable(SlotConfig(name="warm-up", dim=3), ["warm-up"], [0], seed=0)
+    rows = table.create(0, np.arange(1, 3, dtype=np.int64), 0.0)
+    rows = table.find(0, np.arange(1, 3, dtype=np.int64))
+    table.see(rows, 1.0)
+    table.apply(rows, np.ones((2, 3), np.float32))
+    model = CtrModel("deepfm", n_slots=2, dim=3, n_dense=1, hidden=(2, 2), id_bias=True)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    layout = RowLayout(np.array([[0, 1, 2], [0, 0, 2]]), np.array([0, 1]), 2)
+    ones = np.ones(2, np.float32)
+    logits, _, _ = CompiledCtr(model, "sum").loss_and_gradients(
+        np.ones((4, 3), np.float32), layout, np.ones((2, 1), np.float32), ones, None, 2
+    )
+    ProgressiveMetrics(window=4).update(calibrated_probabilities(logits, None), ones)
+
+
 def _close_all(source: Source, dead_letters: DeadLetterSink | None) -> None:
     """Close what :meth:`Trainer.open` was given, when it cannot use it."""
     try:
@@ -254,6 +280,7 @@ class Trainer:
         peers: Peers | None = None,
     ) -> None:
         _configure_torch(config, deterministic)
+        _load_kernels()
         self.config = config
         self.peers = peers
         self.store = store

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +76,41 @@ def test_compiled_step_matches_autograd(kind, id_bias, weighted, pooling, hidden
 def test_compiled_step_needs_gradient_tensors():
     with pytest.raises(ValueError, match="grad"):
         CompiledCtr(CtrModel("fm", 2, 3, n_dense=0), "sum")
+
+
+_KERNELS_LOADED_ONCE = """
+import sys, tempfile
+import numba
+from headrace.embedding_store import _kernels as store
+from headrace.model import _kernels as model
+from headrace.trainer import Trainer, TrainerConfig, _kernels as trainer
+from headrace.trainer.sources import open_source
+
+def signatures():
+    return {
+        f"{module.__name__}.{name}": len(kernel.signatures)
+        for module in (store, model, trainer)
+        for name, kernel in vars(module).items()
+        if isinstance(kernel, numba.core.registry.CPUDispatcher) and not name.startswith("_")
+    }
+
+assert not any(signatures().values())
+config = TrainerConfig(batch_size=32, model={"hidden": [16, 8]})
+with tempfile.TemporaryDirectory() as d:
+    with Trainer.open(config, d, open_source("synthetic://?events=400&seed=3")) as t:
+        loaded = signatures()
+        t.run()
+after = signatures()
+assert after == loaded, (loaded, after)
+assert all(count == 1 for count in loaded.values()), loaded
+print(len(loaded))
+"""
+
+
+def test_a_trainer_loads_every_kernel_of_its_steps_before_the_first():
+    """Each kernel is loaded once, by the warm-up, with the types the steps pass."""
+    done = subprocess.run(
+        [sys.executable, "-c", _KERNELS_LOADED_ONCE], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert int(done.stdout) == 9
