@@ -279,8 +279,9 @@ class Trainer:
         deterministic: bool = False,
         peers: Peers | None = None,
     ) -> None:
-        _configure_torch(config, deterministic)
+        # Before torch is seeded: the warm-up's throwaway model draws from torch's generator.
         _load_kernels()
+        _configure_torch(config, deterministic)
         self.config = config
         self.peers = peers
         self.store = store
