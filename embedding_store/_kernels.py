@@ -165,3 +165,97 @@ def adagrad_apply(
         dirty[row] = True
         if mark_touched:
             touched[row] = True
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+@_jit
+def train_lookup(
+    keys: np.ndarray,
+    fids: np.ndarray,
+    slots: np.ndarray,
+    event_time: float,
+    index: tuple[np.ndarray, np.uint64, np.uint64],
+    table: tuple,
+    free: np.ndarray,
+    n_free: int,
+    high_water: int,
+    init: tuple[np.uint64, bool, float, np.float32],
+    counters: tuple[np.ndarray, np.ndarray],
+    mark_touched: bool,
+    rows: np.ndarray,
+    values: np.ndarray,
+) -> tuple[int, int, int]:
+    """A training lookup of one in-memory table that admits every id: find, create, stamp, gather.
+
+    ``keys`` are the index keys of the (local ``slots``, ``fids``) pairs;
+    ``index`` the (entries, mask, salt) of :func:`probe`; ``table`` the
+    row arrays (weights, state, last_seen, persisted, freq, used, row_fid,
+    row_slot, live, dirty rows, touched rows). An absent key gets a row
+    from the end of ``free[:n_free]``, else at ``high_water`` (the caller
+    made room for every key), initialised as
+    :func:`~headrace.embedding_store._hashing.initial_rows` does (``init``:
+    the mixed seed salt, uniform or zeros, the scale; then the optimizer
+    state's initial value). Rows are stamped with ``event_time`` and marked
+    changed; ``counters`` (rows, admitted per local slot) count the new ones.
+    Writes ``rows`` and ``values``; returns the new ``n_free`` and
+    ``high_water`` and the empty index positions taken.
+    """
+    entries, mask, salt = index
+    weights, state, last_seen, persisted, freq, used, row_fid, row_slot, live, dirty, touched = table
+    seed_salt, uniform, scale, accumulator = init
+    live_rows, admitted = counters
+    dim = weights.shape[1]
+    step = np.int64(mask)
+    filled = 0
+    for i in range(len(keys)):
+        key = keys[i]
+        home = _home(key, salt, mask)
+        pos = home
+        row = -1
+        while entries[pos, 1] != EMPTY:
+            if entries[pos, 1] >= 0 and entries[pos, 0] == key:
+                row = entries[pos, 1]
+                break
+            pos = (pos + 1) & step
+        if row < 0:
+            pos = home
+            while entries[pos, 1] >= 0:
+                pos = (pos + 1) & step
+            if n_free > 0:
+                n_free -= 1
+                row = free[n_free]
+            else:
+                row = high_water
+                high_water += 1
+            filled += entries[pos, 1] == EMPTY
+            entries[pos, 0] = key
+            entries[pos, 1] = row
+            base = _mix64(np.uint64(fids[i]) ^ seed_salt)
+            for j in range(dim):
+                if uniform:
+                    bits = _mix64(base + np.uint64(j) * _GOLDEN) >> np.uint64(11)
+                    u = np.float64(bits) * (1.0 / 9007199254740992.0)
+                    weights[row, j] = np.float32((2.0 * u - 1.0) * scale)
+                else:
+                    weights[row, j] = 0.0
+            state[row, :] = accumulator
+            last_seen[row] = event_time
+            persisted[row] = np.nan
+            freq[row] = 0
+            used[row] = 0
+            row_fid[row] = fids[i]
+            row_slot[row] = slots[i]
+            live[row] = True
+            if mark_touched:
+                touched[row] = True
+            live_rows[slots[i]] += 1
+            admitted[slots[i]] += 1
+        elif last_seen[row] < event_time:
+            last_seen[row] = event_time
+        dirty[row] = True
+        rows[i] = row
+        for j in range(dim):
+            values[i, j] = weights[row, j]
+    return n_free, high_water, filled

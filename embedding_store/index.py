@@ -71,9 +71,26 @@ class FidIndex:
 
     def insert(self, fids: np.ndarray, rows: np.ndarray) -> None:
         """Add distinct fids that are not in the index yet, with their rows."""
-        if self._used + len(fids) > _MAX_LOAD * len(self._keys):
-            self._rehash(self._live + len(fids))
+        self.reserve(len(fids))
         self._place(fids, rows)
+
+    def reserve(self, n: int) -> None:
+        """Make room for ``n`` more fids (a rehash if they would pass the load limit)."""
+        if self._used + n > _MAX_LOAD * len(self._keys):
+            self._rehash(self._live + n)
+
+    @property
+    def arrays(self) -> tuple[np.ndarray, np.uint64, np.uint64]:
+        """(entries, mask, salt) for a kernel that adds fids itself (see :meth:`added`).
+
+        Call :meth:`reserve` first.
+        """
+        return self._entries, self._mask, _SALT
+
+    def added(self, fids: int, empty: int) -> None:
+        """Count ``fids`` added by a kernel, ``empty`` of them at empty positions."""
+        self._live += fids
+        self._used += empty
 
     def _place(self, fids: np.ndarray, rows: np.ndarray) -> None:
         # Each key takes the first free position of its chain (a tombstone

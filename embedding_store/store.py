@@ -584,6 +584,11 @@ class EmbeddingStore:
             resident = self._bring_in([(t, local, all_fids[p]) for t, p, local in parts])
         for k, (table, positions, local) in enumerate(parts):
             times = event_time if np.ndim(event_time) == 0 else event_time[positions]
+            if resident is None and np.ndim(times) == 0 and table.compiled_lookup:
+                rows[positions], values[positions] = table.train_lookup(
+                    local, all_fids[positions], times
+                )
+                continue
             table_rows = self._train_lookup(
                 table, local, all_fids[positions], times, None if resident is None else resident[k]
             )

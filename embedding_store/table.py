@@ -186,6 +186,8 @@ class RowTable:
         self.max_rows: int | None = None
         ids = np.asarray(slot_ids, dtype=np.uint64)
         self._salts = mixed_salts(ids + np.uint64(_KEY_SALT))
+        # initial_rows' hash of (seed, fid) is mix64(fid ^ this).
+        self._seed_salt = mixed_salts(np.array([seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))[0]
         # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
         self.filter_salts = mixed_salts(ids + np.uint64(1))
         self.index = FidIndex()
@@ -394,6 +396,79 @@ class RowTable:
         self._scratch = _grown(self._scratch, capacity)
         self.dirty.grow(capacity)
         self.touched.grow(capacity)
+
+    @property
+    def compiled_lookup(self) -> bool:
+        """Whether :meth:`train_lookup` can serve this table's training lookups.
+
+        It can for a table in memory only whose ids are all admitted
+        (``occurrence_threshold`` 1) and whose rows start uniform or zero.
+        """
+        cfg = self.config
+        return (
+            not self.tiered
+            and cfg.occurrence_threshold == 1
+            and cfg.initializer.kind != "normal"
+            and not self.dirty.lost
+        )
+
+    def train_lookup(
+        self, slots: np.ndarray | int, fids: np.ndarray, event_time: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and vectors of (local slot, fid) pairs, creating rows for new pairs, stamped.
+
+        One compiled call for a table with :attr:`compiled_lookup`: the
+        store's general path (probe, admission, :meth:`create`, :meth:`see`,
+        :meth:`gather`) in one loop, with the same initial rows and state.
+        """
+        n = len(fids)
+        slots = np.full(n, slots, dtype=np.int64) if np.ndim(slots) == 0 else slots
+        if self._high_water + n > len(self.weights):
+            self._grow(self._high_water + n, self.max_rows)
+        self.index.reserve(n)
+        cfg = self.config
+        accumulator = cfg.optimizer.initial_accumulator_value if isinstance(
+            cfg.optimizer, Adagrad
+        ) else 0.0
+        rows = np.empty(n, dtype=np.int64)
+        values = np.empty((n, cfg.dim), dtype=np.float32)
+        free, high_water = len(self._free), self._high_water
+        n_free, self._high_water, empty = _kernels.train_lookup(
+            self.keys(slots, fids),
+            np.ascontiguousarray(fids),
+            slots,
+            float(event_time),
+            self.index.arrays,
+            (
+                self.weights,
+                self.state,
+                self.last_seen,
+                self.persisted,
+                self.freq,
+                self.used,
+                self.row_fid,
+                self.row_slot,
+                self.live,
+                self.dirty.rows,
+                self.touched.rows,
+            ),
+            self._free,
+            free,
+            high_water,
+            (
+                self._seed_salt,
+                cfg.initializer.kind == "uniform",
+                float(cfg.initializer.scale),
+                np.float32(accumulator),
+            ),
+            (self.rows, self.admitted),
+            not self.touched.lost,
+            rows,
+            values,
+        )
+        self.index.added(free - n_free + self._high_water - high_water, empty)
+        self._free = self._free[:n_free]
+        return rows, values
 
     def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
         """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""

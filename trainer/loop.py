@@ -166,10 +166,11 @@ def _load_kernels() -> None:
     argument types), on a few rows of throwaway objects.
     """
     table = RowTable(SlotConfig(name="warm-up", dim=3), ["warm-up"], [0], seed=0)
-    rows = table.create(0, np.arange(1, 3, dtype=np.int64), 0.0)
-    rows = table.find(0, np.arange(1, 3, dtype=np.int64))
-    table.see(rows, 1.0)
-    table.apply(rows, np.ones((2, 3), np.float32))
+    fids = np.arange(1, 5, dtype=np.int64)
+    table.create(0, fids[:2], 0.0)
+    table.see(table.find(0, fids[:2]), 1.0)
+    rows, _ = table.train_lookup(0, fids, 1.0)
+    table.apply(rows, np.ones((4, 3), np.float32))
     model = CtrModel("deepfm", n_slots=2, dim=3, n_dense=1, hidden=(2, 2), id_bias=True)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)

@@ -122,4 +122,4 @@ def test_a_trainer_loads_every_kernel_of_its_steps_before_the_first():
         [sys.executable, "-c", _KERNELS_LOADED_ONCE], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, done.stderr
-    assert int(done.stdout) == 9
+    assert int(done.stdout) == 10
