@@ -203,7 +203,9 @@ def train_lookup(
     ``high_water`` and the empty index positions taken.
     """
     entries, mask, salt = index
-    weights, state, last_seen, persisted, freq, used, row_fid, row_slot, live, dirty, touched = table
+    weights, state, last_seen, persisted, freq, used, row_fid, row_slot, live, dirty, touched = (
+        table
+    )
     seed_salt, uniform, scale, accumulator = init
     live_rows, admitted = counters
     dim = weights.shape[1]

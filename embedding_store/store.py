@@ -640,7 +640,9 @@ class EmbeddingStore:
                 rows[missing] = candidate_rows[inverse]
         held_back = table.see(rows, event_time)
         if held_back:
-            table.count(table.filtered, slots if np.ndim(slots) == 0 else slots[rows < 0], held_back)
+            table.count(
+                table.filtered, slots if np.ndim(slots) == 0 else slots[rows < 0], held_back
+            )
         if self.memory_budget is not None:
             self._clocks[id(table)].note(table, rows[rows >= 0])
         return rows

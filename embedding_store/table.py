@@ -427,9 +427,9 @@ class RowTable:
             self._grow(self._high_water + n, self.max_rows)
         self.index.reserve(n)
         cfg = self.config
-        accumulator = cfg.optimizer.initial_accumulator_value if isinstance(
-            cfg.optimizer, Adagrad
-        ) else 0.0
+        accumulator = (
+            cfg.optimizer.initial_accumulator_value if isinstance(cfg.optimizer, Adagrad) else 0.0
+        )
         rows = np.empty(n, dtype=np.int64)
         values = np.empty((n, cfg.dim), dtype=np.float32)
         free, high_water = len(self._free), self._high_water

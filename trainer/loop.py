@@ -31,7 +31,6 @@ from torch.nn import functional as F
 
 from headrace.embedding_store import EmbeddingStore, SlotConfig, StoreError, StoreStats
 from headrace.embedding_store.table import RowTable
-from headrace.model.compiled_ctr import CompiledCtr, RowLayout
 from headrace.model import (
     CtrModel,
     ModelError,
@@ -41,6 +40,7 @@ from headrace.model import (
     load_dense_state,
     model_inputs,
 )
+from headrace.model.compiled_ctr import CompiledCtr, RowLayout
 from headrace.stream import (
     Batch,
     DeadLetterSink,

@@ -13,7 +13,9 @@ from headrace.embedding_store.table import RowTable
 def test_compiled_adagrad_step_gives_the_numpy_formulas_bits(repeats, decay):
     rng = np.random.default_rng(3)
     optimizer = Adagrad(lr=0.07, decay=decay, initial_accumulator_value=0.02)
-    table = RowTable(SlotConfig(name="s", dim=9, optimizer=optimizer, repeats=repeats), ["s"], [0], 0)
+    table = RowTable(
+        SlotConfig(name="s", dim=9, optimizer=optimizer, repeats=repeats), ["s"], [0], 0
+    )
     table.create(0, np.arange(1, 51, dtype=np.int64), 0.0)
     table.state[:50] = rng.uniform(0, 1, (50, 9)).astype(np.float32)
     table.dirty.clear()
