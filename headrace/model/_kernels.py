@@ -111,14 +111,16 @@ def output_and_loss(
     grad_weight: np.ndarray,
     grad_bias: np.ndarray,
     dhidden: np.ndarray,
+    grad_hidden_bias: np.ndarray,
 ) -> float:
     """The MLP's output layer (if ``mlp``), the weighted mean log loss and its first gradients.
 
     Adds ``hidden @ weight + bias`` to ``logits``; writes ``dz`` ``(n,)``
     (d loss / d logit), the output layer's gradients and ``dhidden``, the
     gradient of its input (through the ReLU that made it, if
-    ``relu_input``). Returns the loss: ``softplus(z) - y z`` weighted,
-    summed and divided by ``events``.
+    ``relu_input``, and then the sum over events of that is the gradient
+    of the bias of the layer that made it, ``grad_hidden_bias``). Returns
+    the loss: ``softplus(z) - y z`` weighted, summed and divided by ``events``.
     """
     n = len(logits)
     scale = 1.0 / max(events, 1)
@@ -150,16 +152,28 @@ def output_and_loss(
                 grad_weight[c] += dz[i] * hidden[i, c]
                 g = dz[i] * weight[c]
                 dhidden[i, c] = 0.0 if relu_input and hidden[i, c] <= 0.0 else g
+        if relu_input:
+            _bias_gradient(dhidden, grad_hidden_bias)
     return loss * scale
 
 
 @_jit
-def relu_backward(dh: np.ndarray, h: np.ndarray) -> None:
-    """``dh *= h > 0`` in place: the gradient through the ReLU whose output is ``h``."""
+def _bias_gradient(dh: np.ndarray, grad_bias: np.ndarray) -> None:
+    """``grad_bias = dh.sum(axis=0)``: the gradient of the bias of the layer whose output has ``dh``."""
+    grad_bias[:] = 0.0
+    for i in range(dh.shape[0]):
+        for c in range(dh.shape[1]):
+            grad_bias[c] += dh[i, c]
+
+
+@_jit
+def relu_backward(dh: np.ndarray, h: np.ndarray, grad_bias: np.ndarray) -> None:
+    """``dh *= h > 0`` in place (the ReLU whose output is ``h``), then :func:`_bias_gradient`."""
     for i in range(dh.shape[0]):
         for c in range(dh.shape[1]):
             if h[i, c] <= 0.0:
                 dh[i, c] = 0.0
+    _bias_gradient(dh, grad_bias)
 
 
 @_jit
