@@ -159,7 +159,7 @@ def output_and_loss(
 
 @_jit
 def _bias_gradient(dh: np.ndarray, grad_bias: np.ndarray) -> None:
-    """``grad_bias = dh.sum(axis=0)``: the gradient of the bias of the layer whose output has ``dh``."""
+    """``grad_bias = dh.sum(axis=0)``: the gradient of the bias of the layer that output ``dh``."""
     grad_bias[:] = 0.0
     for i in range(dh.shape[0]):
         for c in range(dh.shape[1]):
