@@ -101,7 +101,7 @@ config = TrainerConfig(batch_size=32, model={"hidden": [16, 8]})
 with tempfile.TemporaryDirectory() as d:
     with Trainer.open(config, d, open_source("synthetic://?events=400&seed=3")) as t:
         loaded = signatures()
-        # The warm-up draws from torch's generator before the model is seeded and built.
+        # The warm-up draws nothing from torch's generator.
         torch.manual_seed(config.seed)
         fresh = build_model(config.model_spec).state_dict()
         assert all(torch.equal(fresh[k], v) for k, v in t.model.state_dict().items())
@@ -116,7 +116,8 @@ print(len(loaded))
 def test_a_trainer_loads_every_kernel_of_its_steps_before_the_first():
     """Each kernel is loaded once, by the warm-up, with the types the steps pass.
 
-    And the warm-up leaves the model's initial weights as the seed makes them.
+    And the warm-up (which may run on a thread while the trainer seeds torch)
+    leaves the model's initial weights as the seed makes them.
     """
     done = subprocess.run(
         [sys.executable, "-c", _KERNELS_LOADED_ONCE], capture_output=True, text=True, timeout=300
