@@ -584,6 +584,11 @@ class EmbeddingStore:
             resident = self._bring_in([(t, local, all_fids[p]) for t, p, local in parts])
         for k, (table, positions, local) in enumerate(parts):
             times = event_time if np.ndim(event_time) == 0 else event_time[positions]
+            if resident is None and np.ndim(times) == 0 and table.compiled_lookup:
+                rows[positions], values[positions] = table.train_lookup(
+                    local, all_fids[positions], times
+                )
+                continue
             table_rows = self._train_lookup(
                 table, local, all_fids[positions], times, None if resident is None else resident[k]
             )
@@ -633,13 +638,13 @@ class EmbeddingStore:
                     times,
                 )
                 rows[missing] = candidate_rows[inverse]
-        found = rows >= 0
-        held_back = len(rows) - int(np.count_nonzero(found))
+        held_back = table.see(rows, event_time)
         if held_back:
-            table.count(table.filtered, slots if np.ndim(slots) == 0 else slots[~found], held_back)
-        table.see(rows[found], event_time if np.ndim(event_time) == 0 else event_time[found])
+            table.count(
+                table.filtered, slots if np.ndim(slots) == 0 else slots[rows < 0], held_back
+            )
         if self.memory_budget is not None:
-            self._clocks[id(table)].note(table, rows[found])
+            self._clocks[id(table)].note(table, rows[rows >= 0])
         return rows
 
     # -- the table on disk (with a memory budget) ----------------------------
@@ -919,12 +924,17 @@ class EmbeddingStore:
         number removed per slot. Outstanding training lookups become invalid.
         """
         self._generation += 1
-        before = self.stats().expired
+        # The counters alone: the trainer sweeps every hour of event time,
+        # which a sparse replayed log passes at almost every batch.
+        before = {id(table): table.expired.copy() for table in self._tables}
         for table in self._tables:
             table.expire(float(now))
             if self.memory_budget is not None and table.config.expire_after is not None:
                 self._expire_on_disk(table, float(now) - table.config.expire_after)
-        return {name: count - before[name] for name, count in self.stats().expired.items()}
+        return {
+            name: int(table.expired[local] - before[id(table)][local])
+            for name, (table, local) in self._where.items()
+        }
 
     def _expire_on_disk(self, table: RowTable, cutoff: float) -> None:
         """Remove the rows on disk only whose last_seen is at or before ``cutoff``.

@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headrace.embedding_store import optimizers
+from headrace.embedding_store import _kernels, optimizers
 from headrace.embedding_store._hashing import as_uint64, initial_rows, mixed_salts
-from headrace.embedding_store.config import SlotConfig
+from headrace.embedding_store.config import Adagrad, SlotConfig
 from headrace.embedding_store.index import FidIndex
 
 _GROWTH = 1.5
@@ -186,6 +186,8 @@ class RowTable:
         self.max_rows: int | None = None
         ids = np.asarray(slot_ids, dtype=np.uint64)
         self._salts = mixed_salts(ids + np.uint64(_KEY_SALT))
+        # initial_rows' hash of (seed, fid) is mix64(fid ^ this).
+        self._seed_salt = mixed_salts(np.array([seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))[0]
         # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
         self.filter_salts = mixed_salts(ids + np.uint64(1))
         self.index = FidIndex()
@@ -395,13 +397,92 @@ class RowTable:
         self.dirty.grow(capacity)
         self.touched.grow(capacity)
 
-    def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> None:
-        """Record a training lookup of existing ``rows`` at ``event_time``."""
-        if np.ndim(event_time) == 0:
-            self.last_seen[rows] = np.maximum(np.take(self.last_seen, rows), event_time)
+    @property
+    def compiled_lookup(self) -> bool:
+        """Whether :meth:`train_lookup` can serve this table's training lookups.
+
+        It can for a table in memory only whose ids are all admitted
+        (``occurrence_threshold`` 1) and whose rows start uniform or zero.
+        """
+        cfg = self.config
+        return (
+            not self.tiered
+            and cfg.occurrence_threshold == 1
+            and cfg.initializer.kind != "normal"
+            and not self.dirty.lost
+        )
+
+    def train_lookup(
+        self, slots: np.ndarray | int, fids: np.ndarray, event_time: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows and vectors of (local slot, fid) pairs, creating rows for new pairs, stamped.
+
+        One compiled call for a table with :attr:`compiled_lookup`: the
+        store's general path (probe, admission, :meth:`create`, :meth:`see`,
+        :meth:`gather`) in one loop, with the same initial rows and state.
+        """
+        n = len(fids)
+        slots = np.full(n, slots, dtype=np.int64) if np.ndim(slots) == 0 else slots
+        if self._high_water + n > len(self.weights):
+            self._grow(self._high_water + n, self.max_rows)
+        self.index.reserve(n)
+        cfg = self.config
+        accumulator = (
+            cfg.optimizer.initial_accumulator_value if isinstance(cfg.optimizer, Adagrad) else 0.0
+        )
+        rows = np.empty(n, dtype=np.int64)
+        values = np.empty((n, cfg.dim), dtype=np.float32)
+        free, high_water = len(self._free), self._high_water
+        n_free, self._high_water, empty = _kernels.train_lookup(
+            self.keys(slots, fids),
+            np.ascontiguousarray(fids),
+            slots,
+            float(event_time),
+            self.index.arrays,
+            (
+                self.weights,
+                self.state,
+                self.last_seen,
+                self.persisted,
+                self.freq,
+                self.used,
+                self.row_fid,
+                self.row_slot,
+                self.live,
+                self.dirty.rows,
+                self.touched.rows,
+            ),
+            self._free,
+            free,
+            high_water,
+            (
+                self._seed_salt,
+                cfg.initializer.kind == "uniform",
+                float(cfg.initializer.scale),
+                np.float32(accumulator),
+            ),
+            (self.rows, self.admitted),
+            not self.touched.lost,
+            rows,
+            values,
+        )
+        self.index.added(free - n_free + self._high_water - high_water, empty)
+        self._free = self._free[:n_free]
+        return rows, values
+
+    def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
+        """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""
+        if np.ndim(event_time) == 0 and not self.dirty.lost:
+            return _kernels.see(rows, float(event_time), self.last_seen, self.dirty.rows)
+        found = rows >= 0
+        rows = rows[found]
+        times = event_time if np.ndim(event_time) == 0 else event_time[found]
+        if np.ndim(times) == 0:
+            self.last_seen[rows] = np.maximum(np.take(self.last_seen, rows), times)
         else:
-            np.maximum.at(self.last_seen, rows, event_time)
+            np.maximum.at(self.last_seen, rows, times)
         self.dirty.mark(rows)
+        return len(found) - len(rows)
 
     def sum_by_row(
         self, rows: np.ndarray, grads: np.ndarray, squares: bool
@@ -435,15 +516,33 @@ class RowTable:
 
     def apply(self, rows: np.ndarray, grads: np.ndarray) -> None:
         """One optimizer step for the gradients ``(len(rows), dim)`` of ``rows`` (-1: none)."""
+        opt = self.config.optimizer
+        per_occurrence = self.config.repeats == "per_occurrence"
+        if isinstance(opt, Adagrad) and not self.dirty.lost:
+            # One compiled call; the same bits as the numpy formula below.
+            _kernels.adagrad_apply(
+                rows,
+                np.ascontiguousarray(grads, dtype=np.float32),
+                self.weights,
+                self.state,
+                np.float32(opt.lr),
+                np.float32(opt.eps),
+                np.float32(opt.decay),
+                per_occurrence,
+                self._scratch,
+                self.dirty.rows,
+                self.touched.rows,
+                not self.touched.lost,
+            )
+            return
         found = rows >= 0
         if not found.all():
             rows, grads = rows[found], grads[found]
         if not len(rows):
             return
-        per_occurrence = self.config.repeats == "per_occurrence"
         distinct, summed, squares = self.sum_by_row(rows, grads, per_occurrence)
         weights, state = optimizers.update(
-            self.config.optimizer,
+            opt,
             np.take(self.weights, distinct, axis=0),
             np.take(self.state, distinct, axis=0),
             summed,

@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from headrace.trainer import _kernels
+
 __all__ = ["ProgressiveMetrics", "histogram_auc", "summed_figures"]
 
 _EPS = 1e-7
@@ -138,53 +140,32 @@ class ProgressiveMetrics:
         ``weights`` (default 1 each) say how many events each one stands for.
         Returns the per-event log losses.
         """
-        p = np.clip(np.asarray(probabilities, dtype=np.float64), _EPS, 1.0 - _EPS)
-        y = np.asarray(labels, dtype=np.float64)
-        w = np.ones_like(p) if weights is None else np.asarray(weights, dtype=np.float64)
-        losses = -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
-        which = np.minimum((p * self.bins).astype(np.int64), self.bins - 1)
-        positive = y >= 0.5
-        np.add.at(self._pos, which[positive], w[positive])
-        np.add.at(self._neg, which[~positive], w[~positive])
-        self.count += len(p)
-        self._loss_sum += float((w * losses).sum())
-        self._weight_sum += float(w.sum())
-        self._predicted_sum += float((w * p).sum())
-        self._label_sum += float((w * y).sum())
-        self._slide(which, y.astype(np.float32), losses, w, p)
+        weights = None if weights is None else np.asarray(weights, dtype=np.float64)
+        losses = np.empty(len(probabilities))
+        *sums, self._head, self._filled = _kernels.progressive_update(
+            np.asarray(probabilities, dtype=np.float64),
+            np.asarray(labels, dtype=np.float64),
+            np.empty(0) if weights is None else weights,
+            weights is not None,
+            _EPS,
+            (self._pos, self._neg, self._win_pos, self._win_neg),
+            (
+                self._ring_bin,
+                self._ring_label,
+                self._ring_loss,
+                self._ring_weight,
+                self._ring_predicted,
+            ),
+            self._head,
+            self._filled,
+            losses,
+        )
+        self.count += len(losses)
+        self._loss_sum += sums[0]
+        self._weight_sum += sums[1]
+        self._predicted_sum += sums[2]
+        self._label_sum += sums[3]
         return losses
-
-    def _slide(
-        self,
-        which: np.ndarray,
-        labels: np.ndarray,
-        losses: np.ndarray,
-        weights: np.ndarray,
-        predicted: np.ndarray,
-    ) -> None:
-        n = self.window
-        which, labels, losses = which[-n:], labels[-n:], losses[-n:]
-        weights, predicted = weights[-n:], predicted[-n:]
-        slots = (self._head + np.arange(len(which))) % n
-        # The ring fills from index 0, so until it is full the taken slots are [0, filled).
-        evicted = slots[slots < self._filled]
-        if len(evicted):
-            self._count_window(
-                self._ring_bin[evicted], self._ring_label[evicted], -self._ring_weight[evicted]
-            )
-        self._ring_bin[slots] = which
-        self._ring_label[slots] = labels
-        self._ring_loss[slots] = losses
-        self._ring_weight[slots] = weights
-        self._ring_predicted[slots] = predicted
-        self._count_window(which, labels, weights)
-        self._head = int((self._head + len(which)) % n)
-        self._filled = min(n, self._filled + len(which))
-
-    def _count_window(self, which: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> None:
-        positive = labels >= 0.5
-        np.add.at(self._win_pos, which[positive], weights[positive])
-        np.add.at(self._win_neg, which[~positive], weights[~positive])
 
     def additive(self) -> np.ndarray:
         """What adds up over disjoint streams (e.g. the ranks'), flat ``(4 * bins + 8,)`` float64.

@@ -29,18 +29,18 @@ import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
-from headrace.embedding_store import EmbeddingStore, StoreError, StoreStats
+from headrace.embedding_store import EmbeddingStore, SlotConfig, StoreError, StoreStats
+from headrace.embedding_store.table import RowTable
 from headrace.model import (
     CtrModel,
     ModelError,
-    NumpyCtr,
-    RowPooling,
     batch_fids,
     build_model,
     dense_state_bytes,
     load_dense_state,
     model_inputs,
 )
+from headrace.model.compiled_ctr import CompiledCtr, RowLayout
 from headrace.stream import (
     Batch,
     DeadLetterSink,
@@ -156,6 +156,53 @@ def _flat_parameters(model: torch.nn.Module) -> torch.nn.Parameter:
     return flat
 
 
+_KERNELS_LOCK = threading.Lock()
+_kernels_loaded = False
+
+
+def load_kernels() -> None:
+    """Load (or compile) the compiled kernels of the training step, once per process.
+
+    Numba sets itself up and loads a kernel from its disk cache on the
+    kernel's first call: about 0.4 s of CPU (0.75 s with numba's import),
+    which the first step would otherwise take. Each kernel is called here
+    as the step calls it (same argument types), on throwaway objects; the
+    warm-up draws no random numbers, so it may run on a thread while
+    another seeds torch (see :func:`load_kernels_meanwhile`).
+    """
+    global _kernels_loaded
+    with _KERNELS_LOCK:
+        if _kernels_loaded:
+            return
+        table = RowTable(SlotConfig(name="warm-up", dim=3), ["warm-up"], [0], seed=0)
+        fids = np.arange(1, 5, dtype=np.int64)
+        table.create(0, fids[:2], 0.0)
+        table.see(table.find(0, fids[:2]), 1.0)
+        rows, _ = table.train_lookup(0, fids, 1.0)
+        table.apply(rows, np.ones((4, 3), np.float32))
+        with torch.device("meta"):  # no initial values drawn
+            model = CtrModel("deepfm", n_slots=2, dim=3, n_dense=1, hidden=(2, 2), id_bias=True)
+        model = model.to_empty(device="cpu")
+        for p in model.parameters():
+            p.data.zero_()
+            p.grad = torch.zeros_like(p)
+        layout = RowLayout(np.array([[0, 1, 2], [0, 0, 2]]), np.array([0, 1]), 2)
+        ones = np.ones(2, np.float32)
+        logits, _, _ = CompiledCtr(model, "sum").loss_and_gradients(
+            np.ones((4, 3), np.float32), layout, np.ones((2, 1), np.float32), ones, None, 2
+        )
+        ProgressiveMetrics(window=4).update(calibrated_probabilities(logits, None), ones)
+        _kernels_loaded = True
+
+
+def load_kernels_meanwhile() -> None:
+    """:func:`load_kernels` on a thread, e.g. while a Kafka reader process starts.
+
+    The trainer waits for it when built.
+    """
+    threading.Thread(target=load_kernels, name="load-kernels", daemon=True).start()
+
+
 def _close_all(source: Source, dead_letters: DeadLetterSink | None) -> None:
     """Close what :meth:`Trainer.open` was given, when it cannot use it."""
     try:
@@ -255,6 +302,7 @@ class Trainer:
         peers: Peers | None = None,
     ) -> None:
         _configure_torch(config, deterministic)
+        load_kernels()
         self.config = config
         self.peers = peers
         self.store = store
@@ -265,11 +313,11 @@ class Trainer:
         self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
         self._pooling = config.model.pooling
-        # The built-in models step without autograd (a third of a small
-        # batch's step); other models, and tables whose slots are not adjacent
-        # in model order, go through autograd.
-        self._numpy_model = (
-            NumpyCtr(self.model)
+        # The built-in models step without autograd, in a few compiled calls;
+        # other models, and tables whose slots are not adjacent in model
+        # order, go through autograd.
+        self._compiled_model = (
+            CompiledCtr(self.model, self._pooling)
             if type(self.model) is CtrModel and not self._tables.reordered
             else None
         )
@@ -449,8 +497,15 @@ class Trainer:
                 return None
         lookup = self.store.lookup_slots(store_fids, event_time)
         self._dense.grad.zero_()
-        if self._numpy_model is not None:
-            logits, loss, row_grads = self._numpy_step(batch, lookup.values, examples)
+        if self._compiled_model is not None:
+            logits, loss, row_grads = self._compiled_model.loss_and_gradients(
+                lookup.values,
+                RowLayout.of(batch, self._slot_names),
+                batch.dense,
+                batch.labels,
+                batch.weights,
+                examples,
+            )
         else:
             logits, loss, row_grads = self._autograd_step(batch, fids, lookup.values, examples)
         # Every rank's dense gradients are summed while the sparse ones go to their owners.
@@ -478,16 +533,6 @@ class Trainer:
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
-
-    def _numpy_step(
-        self, batch: Batch, values: np.ndarray, examples: int
-    ) -> tuple[np.ndarray, float, np.ndarray]:
-        """Logits, loss (the mean over ``examples`` events) and row gradients, by NumpyCtr."""
-        pooling = RowPooling(batch, self._slot_names, self._pooling)
-        logits, loss, grad = self._numpy_model.loss_and_gradients(
-            pooling.pool(values), batch.dense, batch.labels, batch.weights, examples
-        )
-        return logits, loss, pooling.unpool(grad)
 
     def _autograd_step(
         self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray, examples: int

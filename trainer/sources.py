@@ -210,6 +210,11 @@ def open_source(
                     f"run at most {count} ranks or add partitions to the topic"
                 )
             partitions = tuple(range(rank, count, world))
+        # The reader process takes a second or so to start, which this
+        # process spends waiting: the trainer's kernels load meanwhile.
+        from headrace.trainer.loop import load_kernels_meanwhile
+
+        load_kernels_meanwhile()
         source = ProcessKafkaSource(
             KafkaSourceConfig(bootstrap, topic, partitions=partitions, client=client)
         )

@@ -13,9 +13,7 @@ from headrace.model.builtin import CtrModel, DeepInterestNetwork, DinOptions
 from headrace.model.calibration import logit_offset
 from headrace.model.config import BUILTIN_KINDS, ModelConfig, ModelSpec
 from headrace.model.interface import RecModel
-from headrace.model.numpy_ctr import NumpyCtr
 from headrace.model.pooling import (
-    RowPooling,
     SequenceInput,
     batch_fids,
     lookup_inputs,
@@ -38,9 +36,7 @@ __all__ = [
     "ModelConfig",
     "ModelError",
     "ModelSpec",
-    "NumpyCtr",
     "RecModel",
-    "RowPooling",
     "SequenceInput",
     "batch_fids",
     "build_model",

@@ -17,7 +17,6 @@ import torch
 
 __all__ = [
     "BatchLike",
-    "RowPooling",
     "SequenceInput",
     "batch_fids",
     "lookup_inputs",
@@ -111,85 +110,6 @@ def pool_embeddings(
         sizes = np.maximum(np.bincount(cells, minlength=n * width), 1).astype(np.float32)
         pooled = pooled / torch.from_numpy(sizes)[:, None]
     return pooled.view(n, width, dim)
-
-
-class RowPooling:
-    """:func:`pool_embeddings` in numpy, and its gradient, for one batch.
-
-    A slot with exactly one id per event is a copy; a multi-valued one one
-    segment sum. At batch 32 this is a tenth of torch's scatter and a
-    separate backward pass.
-
-    It pools the rows of ``batch``'s ids (``slots`` in model order, those
-    absent from the batch give zeros) by ``pooling``, ``"sum"`` or ``"mean"``.
-
-    Examples
-    --------
-    >>> class Events:  # event 0: item 1, no hist; event 1: item 2, hist 3, 4, 5
-    ...     fids = {"item": np.array([1, 2]), "hist": np.array([3, 4, 5])}
-    ...     offsets = {"item": np.array([0, 1, 2]), "hist": np.array([0, 0, 3])}
-    ...     def __len__(self): return 2
-    >>> pool = RowPooling(Events(), ["item", "hist"], "mean")
-    >>> values = np.arange(5.0, dtype=np.float32)[:, None]  # item 1, 2 then hist 3, 4, 5
-    >>> pool.pool(values).squeeze(2).tolist()
-    [[0.0, 0.0], [1.0, 3.0]]
-    >>> pool.unpool(np.ones((2, 2, 1), np.float32)).ravel().round(2).tolist()
-    [1.0, 1.0, 0.33, 0.33, 0.33]
-    """
-
-    def __init__(self, batch: BatchLike, slots: Sequence[str], pooling: Pooling) -> None:
-        n = self.n = len(batch)
-        self.pooling = pooling
-        self.width = len(slots)
-        present = [(k, slot) for k, slot in enumerate(slots) if slot in batch.fids]
-        # A slot with n ids has one per event unless some event has none: its
-        # offsets are then 0..n. One comparison checks all such slots.
-        maybe_single = [(k, slot) for k, slot in present if len(batch.fids[slot]) == n]
-        single = set()
-        if maybe_single:
-            offsets = np.stack([batch.offsets[slot] for _, slot in maybe_single])
-            singles = (offsets == np.arange(n + 1)).all(axis=1)
-            single = {k for (k, _), one in zip(maybe_single, singles, strict=True) if one}
-        # Per present slot in model order: ids per event, or None for one each.
-        self.slots: list[tuple[int, np.ndarray | None]] = [
-            (k, None if k in single else np.diff(batch.offsets[slot])) for k, slot in present
-        ]
-
-    def pool(self, values: np.ndarray) -> np.ndarray:
-        """``(n, slots, dim)`` pooled vectors of ``values`` ``(n_fids, dim)``."""
-        n, dim = self.n, values.shape[1]
-        pooled = np.zeros((n, self.width, dim), np.float32)
-        start = 0
-        for k, counts in self.slots:
-            if counts is None:
-                pooled[:, k] = values[start : start + n]
-                start += n
-                continue
-            size = int(counts.sum())
-            if size:
-                # reduceat needs in-range starts and sums one row for an empty segment.
-                starts = np.minimum(np.cumsum(counts) - counts, size - 1)
-                sums = np.add.reduceat(values[start : start + size], starts)
-                sums[counts == 0] = 0.0
-                if self.pooling == "mean":
-                    sums /= np.maximum(counts, 1)[:, None]
-                pooled[:, k] = sums
-            start += size
-        return pooled
-
-    def unpool(self, grad: np.ndarray) -> np.ndarray:
-        """``(n_fids, dim)`` gradient of the rows from ``grad`` ``(n, slots, dim)`` of the pool."""
-        parts = []
-        for k, counts in self.slots:
-            g = grad[:, k]
-            if counts is not None:
-                if self.pooling == "mean":
-                    g = g / np.maximum(counts, 1)[:, None]
-                g = np.repeat(g, counts, axis=0)
-            parts.append(g)
-        if not parts:
-            return np.empty((0, grad.shape[2]), np.float32)
-        return np.concatenate(parts)
 
 
 def model_inputs(
