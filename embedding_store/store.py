@@ -1046,18 +1046,13 @@ class EmbeddingStore:
         never a mix.
         """
         change = Checkpoint()
-        row_run = change.run(layout.ROW_PREFIX, layout.ROW_KEY_LEN)
         written = []
         for table in self._tables:
             rows, removed_slots, removed = table.dirty.pending()
-            slot_ids = np.asarray(table.slot_ids, dtype=np.int64)
-            gone = table.find(removed_slots, removed) < 0
-            row_run.add(layout.packed_row_keys(slot_ids[removed_slots[gone]], removed[gone]), None)
             if table.config.expire_after is not None:
                 _index_changes(change.run(layout.EXPIRY_PREFIX, layout.EXPIRY_KEY_LEN), table, rows)
-            keys = layout.packed_row_keys(slot_ids[table.row_slot[rows]], table.row_fid[rows])
-            row_run.add(keys, _row_values(table, self._row_dtype(table)), rows)
             written.append((table, rows, removed_slots, removed))
+        change.stream(layout.ROW_PREFIX, self._row_runs(written))
         for chunk, blob in self._filter.dirty_chunks():
             change.put(layout.filter_key(chunk), blob)
         if extra is not None:
@@ -1088,6 +1083,35 @@ class EmbeddingStore:
         self._filter.clear_dirty()
         if extra is not None:
             self.extra = {name: bytes(blob) for name, blob in extra.items()}
+
+    def _row_runs(
+        self, written: list[tuple[RowTable, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> Iterator[KeyRun]:
+        """The row puts and deletes of a checkpoint, one run per slot in key (slot id) order.
+
+        ``written``: per table, its changed rows and the (local slots, fids)
+        of its removed pairs.
+        """
+        slots = sorted(
+            (slot_id, local, k)
+            for k, (table, *_) in enumerate(written)
+            for local, slot_id in enumerate(table.slot_ids)
+        )
+        of_slot: dict[int, np.ndarray] = {}
+        for slot_id, local, k in slots:
+            table, rows, removed_slots, removed = written[k]
+            if k not in of_slot:
+                # One gather of every changed row's slot, not one per slot.
+                of_slot.clear()
+                of_slot[k] = table.row_slot[rows]
+            run = KeyRun(layout.ROW_KEY_LEN)
+            removed = removed[removed_slots == local]
+            removed = removed[table.find(local, removed) < 0]  # not created again since
+            run.add(layout.packed_row_keys(slot_id, removed), None)
+            mine = rows if len(table.slot_ids) == 1 else rows[of_slot[k] == local]
+            keys = layout.packed_row_keys(slot_id, table.row_fid[mine])
+            run.add(keys, _row_values(table, self._row_dtype(table)), mine)
+            yield run
 
     def snapshot(self, path: str | Path) -> None:
         """Copy the last checkpoint to ``path`` (a new directory) as a store of its own.
