@@ -40,7 +40,7 @@ from rocksdict import (
 
 from headrace.embedding_store._layout import split_keys
 
-__all__ = ["Checkpoint", "KeyRun", "multi_get", "options"]
+__all__ = ["Checkpoint", "KeyRun", "block_cache_bytes", "memory_bytes", "multi_get", "options"]
 
 # Keys a multi-get asks RocksDB for at a time: it holds a copy of the data
 # block of every key until the call returns (~4 KB a key), so one call for
@@ -247,12 +247,13 @@ def _write(writer: SstFileWriter, keys: list[bytes], values: list[bytes | None])
             writer[key] = value
 
 
-def options() -> Options:
+def options(block_cache: int = _BLOCK_CACHE_BYTES) -> Options:
     """RocksDB settings for point reads of rows and writes by SST ingestion.
 
     Pass them as the default column family's too (``column_families=
     {"default": ...}``): otherwise rocksdict reopens a database with the
-    options of its OPTIONS file, which lose the bloom filter.
+    options of its OPTIONS file, which lose the bloom filter. ``block_cache``
+    is the capacity of the block cache in bytes.
     """
     db_options = Options(raw_mode=True)
     # Rows are float32 noise: compression saves nothing and costs a
@@ -263,11 +264,38 @@ def options() -> Options:
     table.set_bloom_filter(10, False)
     # Reads of a table many times the memory budget hit a larger block cache
     # no more often (measured: 8 MB and 256 MB alike); RSS is what it costs.
-    table.set_block_cache(Cache(_BLOCK_CACHE_BYTES))
+    table.set_block_cache(Cache(block_cache))
     db_options.set_block_based_table_factory(table)
     # Checkpoints bypass the memtables; only small writes use them.
     db_options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
     return db_options
+
+
+def block_cache_bytes(memory_budget: int) -> int:
+    """The block cache of a store with ``memory_budget``: 1/64 of it, at most 8 MB.
+
+    >>> block_cache_bytes(410_000_000), block_cache_bytes(20_000)
+    (6406250, 312)
+    """
+    return min(_BLOCK_CACHE_BYTES, memory_budget // 64)
+
+
+def memory_bytes(db: Rdict) -> int:
+    """RocksDB's memory for ``db``: table readers (bloom filters, index blocks) and
+    memtables as RocksDB estimates them, and the block cache's capacity.
+
+    The capacity, not the usage: blocks read by a multi-get stay charged to
+    the cache past its capacity until a later read evicts them (measured:
+    100 KB in a cache of 23 bytes), so the usage of a small cache says little.
+    """
+    return sum(
+        db.property_int_value(name) or 0
+        for name in (
+            "rocksdb.estimate-table-readers-mem",
+            "rocksdb.block-cache-capacity",
+            "rocksdb.cur-size-all-mem-tables",
+        )
+    )
 
 
 def multi_get(db: Rdict, keys: list[bytes], threads: bool = True) -> list[bytes | None]:
