@@ -65,6 +65,15 @@ DIRTY_SHARE = 0.5
 # any small database (an empty memtable's arena, a few table readers of ~2 KB),
 # like the interpreter's own. Test budgets of a few rows stay budgets of rows.
 _FIXED_OVERHEAD = 64 << 10
+# Working memory of a training lookup and its update under a budget, per id
+# looked up, counted in the budget for the largest lookup so far. Measured on
+# the bench (106k ids a lookup): ~25 MB of temporaries in the lookup, ~35 MB
+# in the update besides the lookup's own 7 MB of vectors, ~8 MB of RocksDB's
+# read buffers.
+_WORKING_BYTES_PER_ID = 512
+# Keys probed in the index at a time under a budget: a probe holds ~220 bytes
+# a key (23 MB for the bench's lookup of 106k ids at once).
+_FIND_CHUNK = 16_384
 # Rows per write batch when an expiry index is built from the rows on disk.
 _INDEX_BATCH = 100_000
 # Read-aheads (prefetch) kept for the lookups to come: the batch being
@@ -207,6 +216,8 @@ class EmbeddingStore:
         # Rows read ahead by prefetch(), oldest first: the next lookup takes the first.
         self._prefetched: deque[_Prefetch] = deque()
         self._prefetcher: ThreadPoolExecutor | None = None
+        # Bytes of working memory the budget keeps for lookups (_WORKING_BYTES_PER_ID).
+        self._working = 0
         if memory_budget is not None:
             for table in self._tables:
                 table.max_rows = memory_budget // table.row_bytes + 1
@@ -666,9 +677,11 @@ class EmbeddingStore:
         protected: dict[int, list[np.ndarray]] = {}
         # Bytes of the rows that earlier tables of the lookup may still create.
         reserved = 0
+        ids = sum(len(fids) for _, _, fids in parts)
+        self._working = max(self._working, ids * _WORKING_BYTES_PER_ID)
         for table, slots, fids in parts:
             keys = table.keys(slots, fids)
-            rows = table.index.find(keys)
+            rows = _find(table.index, keys)
             missing = np.flatnonzero(rows < 0)
             self._cache.hits += len(rows) - len(missing)
             self._cache.misses += len(missing)
@@ -780,7 +793,7 @@ class EmbeddingStore:
         for key, (table, slots_list, arrays) in grouped.items():
             slots, all_fids = np.concatenate(slots_list), np.concatenate(arrays)
             index_keys = table.keys(slots, all_fids)
-            away = table.index.find(index_keys) < 0
+            away = _find(table.index, index_keys) < 0
             if len(table.gone):
                 away &= table.gone.find(index_keys) < 0
             index_keys, first = np.unique(index_keys[away], return_index=True)
@@ -867,8 +880,8 @@ class EmbeddingStore:
 
     def _overhead_bytes(self) -> int:
         """Memory of a budgeted store besides its rows: RocksDB's (filters, index
-        blocks, block cache, memtables) and the lists of the change logs, less
-        :data:`_FIXED_OVERHEAD`.
+        blocks, block cache, memtables), the lists of the change logs and the
+        working memory of lookups, less :data:`_FIXED_OVERHEAD`.
 
         Counted in the budget, so that rows get what is left: on the bench's
         20M-row table RocksDB alone holds ~50 MB, an eighth of a 410 MB budget.
@@ -876,7 +889,7 @@ class EmbeddingStore:
         logs = sum(
             log.nbytes - log.rows.nbytes for t in self._tables for log in (t.dirty, t.touched)
         )
-        return max(0, logs + rocks.memory_bytes(self._db) - _FIXED_OVERHEAD)
+        return max(0, logs + self._working + rocks.memory_bytes(self._db) - _FIXED_OVERHEAD)
 
     @property
     def checkpoint_due(self) -> bool:
@@ -1283,6 +1296,18 @@ def _local_slots(
 def _of_slot(table: RowTable, rows: np.ndarray, local: int) -> np.ndarray:
     """The ``rows`` that belong to local slot ``local``."""
     return rows if len(table.names) == 1 else rows[table.row_slot[rows] == local]
+
+
+def _find(index: FidIndex, keys: np.ndarray) -> np.ndarray:
+    """``index.find(keys)`` in chunks of :data:`_FIND_CHUNK` keys, to bound its temporaries."""
+    if len(keys) <= _FIND_CHUNK:
+        return index.find(keys)
+    return np.concatenate(
+        [
+            index.find(keys[start : start + _FIND_CHUNK])
+            for start in range(0, len(keys), _FIND_CHUNK)
+        ]
+    )
 
 
 def _index_changes(run: KeyRun, table: RowTable, rows: np.ndarray) -> None:
