@@ -40,7 +40,7 @@ from rocksdict import (
 
 from headrace.embedding_store._layout import split_keys
 
-__all__ = ["Checkpoint", "KeyRun", "block_cache_bytes", "memory_bytes", "multi_get", "options"]
+__all__ = ["Checkpoint", "KeyRun", "memory_bytes", "multi_get", "options"]
 
 # Keys a multi-get asks RocksDB for at a time: it holds a copy of the data
 # block of every key until the call returns (~4 KB a key), so one call for
@@ -247,14 +247,20 @@ def _write(writer: SstFileWriter, keys: list[bytes], values: list[bytes | None])
             writer[key] = value
 
 
-def options(block_cache: int = _BLOCK_CACHE_BYTES) -> Options:
+def options(memory_budget: int | None = None) -> Options:
     """RocksDB settings for point reads of rows and writes by SST ingestion.
 
     Pass them as the default column family's too (``column_families=
     {"default": ...}``): otherwise rocksdict reopens a database with the
-    options of its OPTIONS file, which lose the bloom filter. ``block_cache``
-    is the capacity of the block cache in bytes.
+    options of its OPTIONS file, which lose the bloom filter. With a store's
+    ``memory_budget`` (bytes), the block cache is 1/64 of it and the
+    memtable 1/32 (at most 8 and 16 MB): both count in the budget.
     """
+    block_cache, write_buffer = _BLOCK_CACHE_BYTES, _WRITE_BUFFER_BYTES
+    if memory_budget is not None:
+        block_cache = min(block_cache, memory_budget // 64)
+        # A memtable takes an arena block of 1/8 of it once anything is written.
+        write_buffer = min(write_buffer, max(64 << 10, memory_budget // 32))
     db_options = Options(raw_mode=True)
     # Rows are float32 noise: compression saves nothing and costs a
     # decompression per read (measured: 1.2x faster multi-gets without).
@@ -267,17 +273,8 @@ def options(block_cache: int = _BLOCK_CACHE_BYTES) -> Options:
     table.set_block_cache(Cache(block_cache))
     db_options.set_block_based_table_factory(table)
     # Checkpoints bypass the memtables; only small writes use them.
-    db_options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
+    db_options.set_write_buffer_size(write_buffer)
     return db_options
-
-
-def block_cache_bytes(memory_budget: int) -> int:
-    """The block cache of a store with ``memory_budget``: 1/64 of it, at most 8 MB.
-
-    >>> block_cache_bytes(410_000_000), block_cache_bytes(20_000)
-    (6406250, 312)
-    """
-    return min(_BLOCK_CACHE_BYTES, memory_budget // 64)
 
 
 def memory_bytes(db: Rdict) -> int:

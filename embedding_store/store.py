@@ -61,12 +61,17 @@ class MemoryBudgetError(StoreError):
 # A checkpoint is due once changed rows fill this share of the memory budget:
 # they cannot leave memory before one, and a lookup needs room besides them.
 DIRTY_SHARE = 0.5
-# Memory besides rows that a budget does not count: what RocksDB holds for
-# any small database (an empty memtable's arena, a few table readers of ~2 KB),
-# like the interpreter's own. Test budgets of a few rows stay budgets of rows.
-_FIXED_OVERHEAD = 64 << 10
+# Memory besides rows that a budget does not count: the first MiB, what any
+# small store holds (an empty memtable's arena, a few table readers of ~2 KB,
+# indexes of 1024 positions, a lookup of a thousand ids), like the
+# interpreter's own. Small budgets (tests') stay budgets of rows.
+_FIXED_OVERHEAD = 1 << 20
+# Bytes of a row's index entry in RowTable.row_bytes: the index holds 16 bytes
+# a position at a load of 0.35 to 0.7. It does not shrink when rows leave.
+_INDEX_ROW_BYTES = 32
 # Working memory of a training lookup and its update under a budget, per id
-# looked up, counted in the budget for the largest lookup so far. Measured on
+# looked up, counted in the budget for the largest lookup so far (at most an
+# eighth of the budget). Measured on
 # the bench (106k ids a lookup): ~25 MB of temporaries in the lookup, ~35 MB
 # in the update besides the lookup's own 7 MB of vectors, ~8 MB of RocksDB's
 # read buffers.
@@ -299,11 +304,8 @@ class EmbeddingStore:
 
     @staticmethod
     def _open_db(path: Path, read_only: bool, memory_budget: int | None) -> Rdict:
-        if memory_budget is None:
-            options = rocks.options()
-        else:
-            # RocksDB's memory counts in the budget (as much as a tiny test budget).
-            options = rocks.options(rocks.block_cache_bytes(memory_budget))
+        # With a budget, RocksDB's block cache and memtable are sized to fit in it.
+        options = rocks.options(memory_budget)
         options.create_if_missing(not read_only)
         if not read_only:
             # Left by a checkpoint that crashed before RocksDB ingested it.
@@ -678,7 +680,9 @@ class EmbeddingStore:
         # Bytes of the rows that earlier tables of the lookup may still create.
         reserved = 0
         ids = sum(len(fids) for _, _, fids in parts)
-        self._working = max(self._working, ids * _WORKING_BYTES_PER_ID)
+        # At most an eighth of the budget, so that rows keep most of a small one.
+        working = min(ids * _WORKING_BYTES_PER_ID, self.memory_budget // 8)
+        self._working = max(self._working, working)
         for table, slots, fids in parts:
             keys = table.keys(slots, fids)
             rows = _find(table.index, keys)
@@ -864,6 +868,8 @@ class EmbeddingStore:
             )
         target = excess + SLACK * budget
         for other, candidates, count in pools:
+            # Index positions stay (see _overhead_bytes): a row frees a little
+            # less than row_bytes, which the SLACK covers many times over.
             n = min(count, math.ceil(target / other.row_bytes))
             victims = choose_victims(other, candidates, n, self._eviction)
             other.evict(victims)
@@ -880,8 +886,9 @@ class EmbeddingStore:
 
     def _overhead_bytes(self) -> int:
         """Memory of a budgeted store besides its rows: RocksDB's (filters, index
-        blocks, block cache, memtables), the lists of the change logs and the
-        working memory of lookups, less :data:`_FIXED_OVERHEAD`.
+        blocks, block cache, memtables), the lists of the change logs, index
+        positions beyond what rows count and the working memory of lookups,
+        less :data:`_FIXED_OVERHEAD`.
 
         Counted in the budget, so that rows get what is left: on the bench's
         20M-row table RocksDB alone holds ~50 MB, an eighth of a 410 MB budget.
@@ -889,7 +896,10 @@ class EmbeddingStore:
         logs = sum(
             log.nbytes - log.rows.nbytes for t in self._tables for log in (t.dirty, t.touched)
         )
-        return max(0, logs + self._working + rocks.memory_bytes(self._db) - _FIXED_OVERHEAD)
+        # Index positions beyond what row_bytes counts (it grew for more rows).
+        index = sum(max(0, t.index.nbytes - _INDEX_ROW_BYTES * len(t)) for t in self._tables)
+        fixed = logs + index + self._working + rocks.memory_bytes(self._db)
+        return max(0, fixed - _FIXED_OVERHEAD)
 
     @property
     def checkpoint_due(self) -> bool:
