@@ -261,13 +261,15 @@ class EmbeddingStore:
         read_only
             Open without taking the write lock (for inspection).
         memory_budget
-            Bytes of memory for rows; ``None`` (the default) keeps every row
+            Bytes of memory for the store; ``None`` (the default) keeps every row
             in memory and reads them all back on open. With a budget, RocksDB
             holds the table: opening reads metadata and the filter only, rows
             come into memory on demand (one multi-get per lookup) and clean
             rows leave it by the ``eviction`` policy. Changed rows stay in
             memory until a checkpoint; :attr:`checkpoint_due` says when they
-            fill half the budget.
+            fill half the budget's room for rows. The budget also counts
+            RocksDB's memory and lookups' working memory (see the README's
+            "What the budget counts").
         eviction
             ``"lfu"`` (use counts with aging) or ``"lru"``; see
             :mod:`headrace.embedding_store.cache`.
@@ -905,7 +907,9 @@ class EmbeddingStore:
 
     @property
     def checkpoint_due(self) -> bool:
-        """Whether rows changed since the last checkpoint fill half the memory budget.
+        """Whether rows changed since the last checkpoint fill half the budget's room for rows.
+
+        The room is what :meth:`_overhead_bytes` leaves of the budget.
 
         They cannot leave memory before a checkpoint writes them; the caller
         (the trainer) should take its checkpoint now, with its own blobs,
