@@ -73,12 +73,13 @@ _FIXED_OVERHEAD = 1 << 20
 _INDEX_ROW_BYTES = 32
 # Working memory of a training lookup and its update under a budget, per id
 # looked up, counted in the budget for the largest lookup so far (at most a
-# quarter of the budget). Measured on the bench (106k ids a lookup): peak RSS
-# within a step ~65 MB above the RSS between steps (the lookup's vectors and
-# temporaries, then the update's ~35 MB of temporaries), and ~20 MB of free
-# heap that malloc_trim cannot return.
-_WORKING_BYTES_PER_ID = 800
-_WORKING_SHARE = 1 / 4
+# third of the budget). Measured on the bench (106k ids a lookup): peak RSS
+# within a step ~68 MB above the RSS between steps (the lookup's vectors and
+# temporaries, then the update's ~35 MB of temporaries), and 20-50 MB of free
+# heap that malloc_trim cannot return; with 800 bytes an id the bench's peak
+# RSS was still 32 MB over budget + 25% + filter.
+_WORKING_BYTES_PER_ID = 1200
+_WORKING_SHARE = 1 / 3
 # Keys probed in the index at a time under a budget: a probe holds ~220 bytes
 # a key (23 MB for the bench's lookup of 106k ids at once).
 _FIND_CHUNK = 16_384
@@ -685,7 +686,7 @@ class EmbeddingStore:
         # Bytes of the rows that earlier tables of the lookup may still create.
         reserved = 0
         ids = sum(len(fids) for _, _, fids in parts)
-        # At most a quarter of the budget, so that rows keep most of a small one.
+        # At most a third of the budget, so that rows keep most of a small one.
         working = min(ids * _WORKING_BYTES_PER_ID, int(_WORKING_SHARE * self.memory_budget))
         self._working = max(self._working, working)
         for table, slots, fids in parts:

@@ -22,8 +22,8 @@ SLOTS = [
     SlotConfig(name="b", dim=4, optimizer=SGD(lr=1.0), initializer=Initializer(kind="zeros")),
 ]
 # Room for about 1.3 slots' rows besides the working memory the store keeps
-# for lookups (a quarter of the budget).
-BUDGET = 32_000_000
+# for lookups (a third of the budget).
+BUDGET = 36_000_000
 
 
 def main(path: str, budget: int | None) -> None:
