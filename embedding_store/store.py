@@ -891,20 +891,16 @@ class EmbeddingStore:
 
     def _overhead_bytes(self) -> int:
         """Memory of a budgeted store besides its rows: RocksDB's (filters, index
-        blocks, block cache, memtables), the change logs' lists, index
+        blocks, block cache, memtables), the checkpoint log's removals, index
         positions beyond what rows count and the working memory of lookups,
         less :data:`_FIXED_OVERHEAD`.
 
         Counted in the budget, so that rows get what is left: on the bench's
         20M-row table RocksDB alone holds ~50 MB, an eighth of a 410 MB budget.
         """
+        # The checkpoint's log of removals; the parameter-sync log (touched)
+        # is not counted: it lets go past ~1M ids (16 MB), however small the budget.
         logs = sum(t.dirty.nbytes - t.dirty.rows.nbytes for t in self._tables)
-        # The parameter-sync log up to an eighth of the budget: it lets go past
-        # ~1M ids (16 MB) however small the budget (counted whole, it took 15 of
-        # a 20.5 MB budget in the bench's 1M-row build).
-        sync = sum(t.touched.nbytes - t.touched.rows.nbytes for t in self._tables)
-        assert self.memory_budget is not None
-        logs += min(sync, self.memory_budget // 8)
         # Index positions beyond what row_bytes counts (it grew for more rows).
         index = sum(max(0, t.index.nbytes - _INDEX_ROW_BYTES * len(t)) for t in self._tables)
         fixed = logs + index + self._working + rocks.memory_bytes(self._db)
