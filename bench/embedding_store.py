@@ -272,6 +272,11 @@ def _train(
         batch = following
 
 
+def _row_room(store: EmbeddingStore, budget: int) -> int:
+    """Rows the budget has room for besides what else it counts (RocksDB, working memory)."""
+    return (budget - store._overhead_bytes()) // store._tables[0].row_bytes
+
+
 def part_build(path: str, rows: int, budget: int) -> dict:
     """Write ``rows`` rows through training lookups and checkpoints."""
     store = EmbeddingStore.open(path, _slots(), memory_budget=budget)
@@ -317,10 +322,9 @@ def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0)
     # Warm-up: the steady state of a long run has memory full (a reopened
     # store starts empty and adds ~25k rows a batch; on 20M rows the cache
     # fills in ~80 batches, and until then the hit ratio is lower).
-    capacity = budget // store._tables[0].row_bytes
     warmup = 0
     while warmup < max(3, n_batches // 2) or (
-        store.stats().memory_rows < _FULL * capacity and warmup < _MAX_WARMUP
+        store.stats().memory_rows < _FULL * _row_room(store, budget) and warmup < _MAX_WARMUP
     ):
         _train(store, workload, _BLOCK, 1.0 + warmup)
         warmup += _BLOCK
@@ -345,7 +349,7 @@ def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0)
         "peak_rss_bytes": _peak_rss_bytes(),
         "filter_bytes": after.filter_bytes,
         "memory_rows": after.memory_rows,
-        "hit_ratio_bound": workload.hit_ratio_bound(budget // store._tables[0].row_bytes),
+        "hit_ratio_bound": workload.hit_ratio_bound(_row_room(store, budget)),
         "load_avg": os.getloadavg()[0],
         "warmup_batches": warmup,
     }

@@ -163,12 +163,14 @@ class StoreConfig(_Frozen):
     Parameters
     ----------
     memory_budget
-        Bytes of memory for rows (about 200 a row at dim 16 with Adagrad).
-        ``None`` (the default) keeps every row in memory, the fastest when
-        they fit. With a budget, RocksDB holds the table and memory the hot
-        rows and those changed since the last checkpoint; a store opens in
-        seconds whatever its size, and the trainer checkpoints early when
-        changed rows fill half the budget.
+        Bytes of memory for the store: rows (about 200 a row at dim 16 with
+        Adagrad), and besides them RocksDB's memory, index growth and the
+        working memory of lookups (see the README's "What the budget
+        counts"). ``None`` (the default) keeps every row in memory, the
+        fastest when they fit. With a budget, RocksDB holds the table and
+        memory the hot rows and those changed since the last checkpoint; a
+        store opens in seconds whatever its size, and the trainer checkpoints
+        early when changed rows fill half the budget's room for rows.
     eviction
         Which clean rows leave memory first: ``"lfu"`` (fewest uses, with
         aging) or ``"lru"``.

@@ -21,10 +21,7 @@ odd keys (metadata, filter chunks, blobs) in a dict.
 from __future__ import annotations
 
 import collections
-import functools
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -40,15 +37,13 @@ from rocksdict import (
 
 from headrace.embedding_store._layout import split_keys
 
-__all__ = ["Checkpoint", "KeyRun", "multi_get", "options"]
+__all__ = ["Checkpoint", "KeyRun", "memory_bytes", "multi_get", "options"]
 
 # Keys a multi-get asks RocksDB for at a time: it holds a copy of the data
 # block of every key until the call returns (~4 KB a key), so one call for
 # the misses of a large batch took hundreds of MB. 1024 keys held ~20 MB
 # less RSS than 4096 on the bench's table, at the same CPU per key.
 _GET_CHUNK = 1024
-# Threads that read the chunks of one multi-get.
-_READERS = 2
 _BLOCK_CACHE_BYTES = 8 << 20
 _WRITE_BUFFER_BYTES = 16 << 20
 # Keys (and their encoded values) turned into Python bytes at a time.
@@ -171,6 +166,7 @@ class Checkpoint:
 
     def __init__(self) -> None:
         self._runs: dict[int, KeyRun] = {}
+        self._streams: dict[int, Iterable[KeyRun]] = {}
         self._odd: dict[bytes, bytes | None] = {}
 
     def run(self, prefix: bytes, width: int) -> KeyRun:
@@ -179,6 +175,18 @@ class Checkpoint:
         if run.width != width:
             raise ValueError(f"keys of prefix {prefix!r} are {run.width} bytes long, not {width}")
         return run
+
+    def stream(self, prefix: bytes, runs: Iterable[KeyRun]) -> None:
+        """Keys starting with ``prefix`` (one byte), as runs made while the file is written.
+
+        Every key of a run must sort before every key of the runs after it
+        (e.g. one run per slot, in slot order). A generator of runs keeps one
+        run in memory at a time: one run of a million rows held ~45 MB of
+        sort and encode temporaries.
+        """
+        if prefix[0] in self._runs:
+            raise ValueError(f"keys of prefix {prefix!r} are in a run already")
+        self._streams[prefix[0]] = runs
 
     def put(self, key: bytes, value: bytes) -> None:
         self._odd[key] = value
@@ -193,17 +201,19 @@ class Checkpoint:
         database is as before). ``options`` are the database's.
         """
         odd_prefixes = {key[0] for key in self._odd}
-        clash = odd_prefixes & {p for p, run in self._runs.items() if len(run)}
+        runs = {p: [run] for p, run in self._runs.items() if len(run)}
+        runs.update(self._streams)
+        clash = odd_prefixes & runs.keys()
         if clash:
             raise ValueError(f"keys with prefixes {sorted(clash)} are both in runs and odd")
         try:
             writer = SstFileWriter(options)
             writer.open(str(file))
-            for prefix in sorted(odd_prefixes | self._runs.keys()):
-                run = self._runs.get(prefix)
-                if run is not None and len(run):
-                    for keys, values in run.chunks():
-                        _write(writer, keys, values)
+            for prefix in sorted(odd_prefixes | runs.keys()):
+                if prefix in runs:
+                    for run in runs[prefix]:
+                        for keys, values in run.chunks():
+                            _write(writer, keys, values)
                 else:
                     odd = self._odd_items(prefix)
                     _write(writer, [key for key, _ in odd], [value for _, value in odd])
@@ -232,13 +242,20 @@ def _write(writer: SstFileWriter, keys: list[bytes], values: list[bytes | None])
             writer[key] = value
 
 
-def options() -> Options:
+def options(memory_budget: int | None = None) -> Options:
     """RocksDB settings for point reads of rows and writes by SST ingestion.
 
     Pass them as the default column family's too (``column_families=
     {"default": ...}``): otherwise rocksdict reopens a database with the
-    options of its OPTIONS file, which lose the bloom filter.
+    options of its OPTIONS file, which lose the bloom filter. With a store's
+    ``memory_budget`` (bytes), the block cache is 1/64 of it and the
+    memtable 1/32 (at most 8 and 16 MB): both count in the budget.
     """
+    block_cache, write_buffer = _BLOCK_CACHE_BYTES, _WRITE_BUFFER_BYTES
+    if memory_budget is not None:
+        block_cache = min(block_cache, memory_budget // 64)
+        # A memtable takes an arena block of 1/8 of it once anything is written.
+        write_buffer = min(write_buffer, max(64 << 10, memory_budget // 32))
     db_options = Options(raw_mode=True)
     # Rows are float32 noise: compression saves nothing and costs a
     # decompression per read (measured: 1.2x faster multi-gets without).
@@ -248,30 +265,40 @@ def options() -> Options:
     table.set_bloom_filter(10, False)
     # Reads of a table many times the memory budget hit a larger block cache
     # no more often (measured: 8 MB and 256 MB alike); RSS is what it costs.
-    table.set_block_cache(Cache(_BLOCK_CACHE_BYTES))
+    table.set_block_cache(Cache(block_cache))
     db_options.set_block_based_table_factory(table)
     # Checkpoints bypass the memtables; only small writes use them.
-    db_options.set_write_buffer_size(_WRITE_BUFFER_BYTES)
+    db_options.set_write_buffer_size(write_buffer)
     return db_options
 
 
-def multi_get(db: Rdict, keys: list[bytes], threads: bool = True) -> list[bytes | None]:
+def memory_bytes(db: Rdict) -> int:
+    """RocksDB's memory for ``db``: table readers (bloom filters, index blocks) and
+    memtables as RocksDB estimates them, and the block cache's capacity.
+
+    The capacity, not the usage: blocks read by a multi-get stay charged to
+    the cache past its capacity until a later read evicts them (measured:
+    100 KB in a cache of 23 bytes), so the usage of a small cache says little.
+    """
+    return sum(
+        db.property_int_value(name) or 0
+        for name in (
+            "rocksdb.estimate-table-readers-mem",
+            "rocksdb.block-cache-capacity",
+            "rocksdb.cur-size-all-mem-tables",
+        )
+    )
+
+
+def multi_get(db: Rdict, keys: list[bytes]) -> list[bytes | None]:
     """The values of ``keys`` (``None`` where absent), read in chunks to bound memory.
 
-    With ``threads``, chunks are read by a small pool of threads: rocksdict
-    releases the GIL while RocksDB reads, so they overlap (measured here:
-    1.0-2.0x the keys/s of one thread, depending on what else the shared
-    machine ran). A caller that is a reader thread itself reads them in turn.
+    On the calling thread. A pool of two reader threads gave no more keys/s
+    on the shared 2-core machine (the same CPU per key), and each reader's
+    malloc arena kept its own free memory: 15 MB more peak RSS on the bench's
+    20M-row table (562 against 547 MB).
     """
-    chunks = [keys[start : start + _GET_CHUNK] for start in range(0, len(keys), _GET_CHUNK)]
-    if len(chunks) <= 1:
-        return db.get(keys) if keys else []
     values: list[bytes | None] = []
-    for chunk in _readers().map(db.get, chunks) if threads else map(db.get, chunks):
-        values += chunk
+    for start in range(0, len(keys), _GET_CHUNK):
+        values += db.get(keys[start : start + _GET_CHUNK])
     return values
-
-
-@functools.cache
-def _readers() -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(min(_READERS, os.cpu_count() or 1), "rocksdb-get")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import logging
 import math
@@ -61,6 +63,26 @@ class MemoryBudgetError(StoreError):
 # A checkpoint is due once changed rows fill this share of the memory budget:
 # they cannot leave memory before one, and a lookup needs room besides them.
 DIRTY_SHARE = 0.5
+# Memory besides rows that a budget does not count: the first MiB, what any
+# small store holds (an empty memtable's arena, a few table readers of ~2 KB,
+# indexes of 1024 positions, a lookup of a thousand ids), like the
+# interpreter's own. Small budgets (tests') stay budgets of rows.
+_FIXED_OVERHEAD = 1 << 20
+# Bytes of a row's index entry in RowTable.row_bytes: the index holds 16 bytes
+# a position at a load of 0.35 to 0.7. It does not shrink when rows leave.
+_INDEX_ROW_BYTES = 32
+# Working memory of a training lookup and its update under a budget, per id
+# looked up, counted in the budget for the largest lookup so far (at most a
+# third of the budget). Measured on the bench (106k ids a lookup): peak RSS
+# within a step ~68 MB above the RSS between steps (the lookup's vectors and
+# temporaries, then the update's ~35 MB of temporaries), and 20-50 MB of free
+# heap that malloc_trim cannot return; with 800 bytes an id the bench's peak
+# RSS was still 32 MB over budget + 25% + filter.
+_WORKING_BYTES_PER_ID = 1200
+_WORKING_SHARE = 1 / 3
+# Keys probed in the index at a time under a budget: a probe holds ~220 bytes
+# a key (23 MB for the bench's lookup of 106k ids at once).
+_FIND_CHUNK = 16_384
 # Rows per write batch when an expiry index is built from the rows on disk.
 _INDEX_BATCH = 100_000
 # Read-aheads (prefetch) kept for the lookups to come: the batch being
@@ -203,6 +225,8 @@ class EmbeddingStore:
         # Rows read ahead by prefetch(), oldest first: the next lookup takes the first.
         self._prefetched: deque[_Prefetch] = deque()
         self._prefetcher: ThreadPoolExecutor | None = None
+        # Bytes of working memory the budget keeps for lookups (_WORKING_BYTES_PER_ID).
+        self._working = 0
         if memory_budget is not None:
             for table in self._tables:
                 table.max_rows = memory_budget // table.row_bytes + 1
@@ -238,13 +262,15 @@ class EmbeddingStore:
         read_only
             Open without taking the write lock (for inspection).
         memory_budget
-            Bytes of memory for rows; ``None`` (the default) keeps every row
+            Bytes of memory for the store; ``None`` (the default) keeps every row
             in memory and reads them all back on open. With a budget, RocksDB
             holds the table: opening reads metadata and the filter only, rows
             come into memory on demand (one multi-get per lookup) and clean
             rows leave it by the ``eviction`` policy. Changed rows stay in
             memory until a checkpoint; :attr:`checkpoint_due` says when they
-            fill half the budget.
+            fill half the budget's room for rows. The budget also counts
+            RocksDB's memory and lookups' working memory (see the README's
+            "What the budget counts").
         eviction
             ``"lfu"`` (use counts with aging) or ``"lru"``; see
             :mod:`headrace.embedding_store.cache`.
@@ -264,7 +290,7 @@ class EmbeddingStore:
             )
         if not has_db and read_only:
             raise StoreError(f"no store at {path}")
-        db = cls._open_db(path, read_only)
+        db = cls._open_db(path, read_only, memory_budget)
         try:
             meta_blob = db.get(layout.META_KEY)
             if meta_blob is None:
@@ -283,8 +309,9 @@ class EmbeddingStore:
         return store
 
     @staticmethod
-    def _open_db(path: Path, read_only: bool) -> Rdict:
-        options = rocks.options()
+    def _open_db(path: Path, read_only: bool, memory_budget: int | None) -> Rdict:
+        # With a budget, RocksDB's block cache and memtable are sized to fit in it.
+        options = rocks.options(memory_budget)
         options.create_if_missing(not read_only)
         if not read_only:
             # Left by a checkpoint that crashed before RocksDB ingested it.
@@ -663,9 +690,13 @@ class EmbeddingStore:
         protected: dict[int, list[np.ndarray]] = {}
         # Bytes of the rows that earlier tables of the lookup may still create.
         reserved = 0
+        ids = sum(len(fids) for _, _, fids in parts)
+        # At most a third of the budget, so that rows keep most of a small one.
+        working = min(ids * _WORKING_BYTES_PER_ID, int(_WORKING_SHARE * self.memory_budget))
+        self._working = max(self._working, working)
         for table, slots, fids in parts:
             keys = table.keys(slots, fids)
-            rows = table.index.find(keys)
+            rows = _find(table.index, keys)
             missing = np.flatnonzero(rows < 0)
             self._cache.hits += len(rows) - len(missing)
             self._cache.misses += len(missing)
@@ -777,7 +808,7 @@ class EmbeddingStore:
         for key, (table, slots_list, arrays) in grouped.items():
             slots, all_fids = np.concatenate(slots_list), np.concatenate(arrays)
             index_keys = table.keys(slots, all_fids)
-            away = table.index.find(index_keys) < 0
+            away = _find(table.index, index_keys) < 0
             if len(table.gone):
                 away &= table.gone.find(index_keys) < 0
             index_keys, first = np.unique(index_keys[away], return_index=True)
@@ -796,7 +827,6 @@ class EmbeddingStore:
                     self._row_dtype(table),
                     slot_ids,
                     all_fids[positions],
-                    False,  # the read-ahead thread is the reader
                 ),
             )
         if len(self._prefetched) == _PREFETCH_DEPTH:
@@ -830,25 +860,27 @@ class EmbeddingStore:
             return
         pools = []
         for other in [table, *(t for t in self._tables if t is not table)]:
-            candidates = other.evictable()
-            if protected.get(id(other)):
-                keep = np.zeros(len(other.live), dtype=bool)
-                for rows in protected[id(other)]:
-                    keep[rows] = True
-                candidates = candidates[~keep[candidates]]
-            pools.append((other, candidates))
-        if sum(len(c) * t.row_bytes for t, c in pools) < excess:
+            # Clean rows in memory, as a mask: a list of 2M rows' numbers
+            # and their scores held ~30 MB at every eviction.
+            candidates = other.live & ~other.dirty.rows
+            for rows in protected.get(id(other), ()):
+                candidates[rows] = False
+            pools.append((other, candidates, int(np.count_nonzero(candidates))))
+        if sum(count * t.row_bytes for t, _, count in pools) < excess:
             dirty = sum(int(np.count_nonzero(t.dirty.rows)) for t in self._tables)
             raise MemoryBudgetError(
                 f"the store's memory budget of {budget:,} bytes cannot hold this lookup: it "
                 f"needs room for {needed:,} more rows of {table.row_bytes} bytes while "
-                f"{dirty:,} rows changed since the last checkpoint must stay in memory. "
+                f"{dirty:,} rows changed since the last checkpoint must stay in memory and "
+                f"RocksDB and the change logs take {self._overhead_bytes():,} bytes of it. "
                 "Raise store.memory_budget, take checkpoints more often "
                 "(see EmbeddingStore.checkpoint_due), or look up fewer ids at a time"
             )
         target = excess + SLACK * budget
-        for other, candidates in pools:
-            n = min(len(candidates), math.ceil(target / other.row_bytes))
+        for other, candidates, count in pools:
+            # Index positions stay (see _overhead_bytes): a row frees a little
+            # less than row_bytes, which the SLACK covers many times over.
+            n = min(count, math.ceil(target / other.row_bytes))
             victims = choose_victims(other, candidates, n, self._eviction)
             other.evict(victims)
             self._cache.evictions += len(victims)
@@ -859,11 +891,31 @@ class EmbeddingStore:
         self._generation += 1
 
     def _resident_bytes(self) -> int:
-        return sum(len(t) * t.row_bytes for t in self._tables)
+        """What the memory budget counts: rows in memory and :meth:`_overhead_bytes`."""
+        return sum(len(t) * t.row_bytes for t in self._tables) + self._overhead_bytes()
+
+    def _overhead_bytes(self) -> int:
+        """Memory of a budgeted store besides its rows: RocksDB's (filters, index
+        blocks, block cache, memtables), the checkpoint log's removals, index
+        positions beyond what rows count and the working memory of lookups,
+        less :data:`_FIXED_OVERHEAD`.
+
+        Counted in the budget, so that rows get what is left: on the bench's
+        20M-row table RocksDB alone holds ~50 MB, an eighth of a 410 MB budget.
+        """
+        # The checkpoint's log of removals; the parameter-sync log (touched)
+        # is not counted: it lets go past ~1M ids (16 MB), however small the budget.
+        logs = sum(t.dirty.nbytes - t.dirty.rows.nbytes for t in self._tables)
+        # Index positions beyond what row_bytes counts (it grew for more rows).
+        index = sum(max(0, t.index.nbytes - _INDEX_ROW_BYTES * len(t)) for t in self._tables)
+        fixed = logs + index + self._working + rocks.memory_bytes(self._db)
+        return max(0, fixed - _FIXED_OVERHEAD)
 
     @property
     def checkpoint_due(self) -> bool:
-        """Whether rows changed since the last checkpoint fill half the memory budget.
+        """Whether rows changed since the last checkpoint fill half the budget's room for rows.
+
+        The room is what :meth:`_overhead_bytes` leaves of the budget.
 
         They cannot leave memory before a checkpoint writes them; the caller
         (the trainer) should take its checkpoint now, with its own blobs,
@@ -873,7 +925,7 @@ class EmbeddingStore:
         if self.memory_budget is None:
             return False
         dirty = sum(int(np.count_nonzero(t.dirty.rows)) * t.row_bytes for t in self._tables)
-        return dirty >= DIRTY_SHARE * self.memory_budget
+        return dirty >= DIRTY_SHARE * (self.memory_budget - self._overhead_bytes())
 
     @staticmethod
     def _latest(times: np.ndarray, inverse: np.ndarray, n: int) -> np.ndarray:
@@ -914,6 +966,8 @@ class EmbeddingStore:
         grads = np.ascontiguousarray(grads, dtype=np.float32)
         for table, positions in lookup.parts:
             table.apply(lookup.rows[positions], grads[positions])
+        if self.memory_budget is not None:
+            _release_free_heap()
 
     # -- expiry, sync and checkpoints ---------------------------------------
 
@@ -1056,18 +1110,13 @@ class EmbeddingStore:
         never a mix.
         """
         change = Checkpoint()
-        row_run = change.run(layout.ROW_PREFIX, layout.ROW_KEY_LEN)
         written = []
         for table in self._tables:
             rows, removed_slots, removed = table.dirty.pending()
-            slot_ids = np.asarray(table.slot_ids, dtype=np.int64)
-            gone = table.find(removed_slots, removed) < 0
-            row_run.add(layout.packed_row_keys(slot_ids[removed_slots[gone]], removed[gone]), None)
             if table.config.expire_after is not None:
                 _index_changes(change.run(layout.EXPIRY_PREFIX, layout.EXPIRY_KEY_LEN), table, rows)
-            keys = layout.packed_row_keys(slot_ids[table.row_slot[rows]], table.row_fid[rows])
-            row_run.add(keys, _row_values(table, self._row_dtype(table)), rows)
             written.append((table, rows, removed_slots, removed))
+        change.stream(layout.ROW_PREFIX, self._row_runs(written))
         for chunk, blob in self._filter.dirty_chunks():
             change.put(layout.filter_key(chunk), blob)
         if extra is not None:
@@ -1098,6 +1147,35 @@ class EmbeddingStore:
         self._filter.clear_dirty()
         if extra is not None:
             self.extra = {name: bytes(blob) for name, blob in extra.items()}
+
+    def _row_runs(
+        self, written: list[tuple[RowTable, np.ndarray, np.ndarray, np.ndarray]]
+    ) -> Iterator[KeyRun]:
+        """The row puts and deletes of a checkpoint, one run per slot in key (slot id) order.
+
+        ``written``: per table, its changed rows and the (local slots, fids)
+        of its removed pairs.
+        """
+        slots = sorted(
+            (slot_id, local, k)
+            for k, (table, *_) in enumerate(written)
+            for local, slot_id in enumerate(table.slot_ids)
+        )
+        of_slot: dict[int, np.ndarray] = {}
+        for slot_id, local, k in slots:
+            table, rows, removed_slots, removed = written[k]
+            if k not in of_slot:
+                # One gather of every changed row's slot, not one per slot.
+                of_slot.clear()
+                of_slot[k] = table.row_slot[rows]
+            run = KeyRun(layout.ROW_KEY_LEN)
+            removed = removed[removed_slots == local]
+            removed = removed[table.find(local, removed) < 0]  # not created again since
+            run.add(layout.packed_row_keys(slot_id, removed), None)
+            mine = rows if len(table.slot_ids) == 1 else rows[of_slot[k] == local]
+            keys = layout.packed_row_keys(slot_id, table.row_fid[mine])
+            run.add(keys, _row_values(table, self._row_dtype(table)), mine)
+            yield run
 
     def snapshot(self, path: str | Path) -> None:
         """Copy the last checkpoint to ``path`` (a new directory) as a store of its own.
@@ -1249,6 +1327,41 @@ def _of_slot(table: RowTable, rows: np.ndarray, local: int) -> np.ndarray:
     return rows if len(table.names) == 1 else rows[table.row_slot[rows] == local]
 
 
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim``, or ``None`` on a C library without it."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def _release_free_heap() -> None:
+    """Give the C heap's free pages back to the system, after a budgeted training step.
+
+    A step's temporaries (~60 MB on the bench) leave free memory scattered
+    through the heap that malloc keeps: 75-110 MB of resident free heap at
+    steady state on the bench, against a budget of 410 MB. Trimming after
+    every step kept it at ~45 MB (steady RSS 517 -> 466 MB) for ~11 ms of
+    CPU a step (3%), page faults of the next step included.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def _find(index: FidIndex, keys: np.ndarray) -> np.ndarray:
+    """``index.find(keys)`` in chunks of :data:`_FIND_CHUNK` keys, to bound its temporaries."""
+    if len(keys) <= _FIND_CHUNK:
+        return index.find(keys)
+    return np.concatenate(
+        [
+            index.find(keys[start : start + _FIND_CHUNK])
+            for start in range(0, len(keys), _FIND_CHUNK)
+        ]
+    )
+
+
 def _index_changes(run: KeyRun, table: RowTable, rows: np.ndarray) -> None:
     """Expiry index updates for a checkpoint of changed ``rows`` and of the removals.
 
@@ -1291,15 +1404,13 @@ def _read_rows(
     dtype: np.dtype,
     slot_ids: np.ndarray | int,
     fids: np.ndarray,
-    threads: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Which rows of (slot id, fid) pairs RocksDB holds ``(n,)`` bool, and their records.
 
-    One multi-get (see :func:`rocks.multi_get` for ``threads``); safe to run
-    on a thread besides the store's own.
+    One multi-get; safe to run on a thread besides the store's own.
     """
     try:
-        blobs = rocks.multi_get(db, layout.row_keys(slot_ids, fids), threads)
+        blobs = rocks.multi_get(db, layout.row_keys(slot_ids, fids))
     except Exception as exc:
         raise _disk_error(path, exc) from exc
     present = np.fromiter((b is not None for b in blobs), dtype=bool, count=len(blobs))

@@ -361,11 +361,6 @@ class RowTable:
         self.touched.mark_evicted(rows, slots, fids)
         self._free = np.concatenate([self._free, rows])
 
-    def evictable(self) -> np.ndarray:
-        """Rows in memory that are clean (unchanged since the last checkpoint)."""
-        end = self._high_water
-        return np.flatnonzero(self.live[:end] & ~self.dirty.rows[:end])
-
     def _allocate(self, n: int) -> np.ndarray:
         keep = len(self._free) - min(n, len(self._free))
         reused, self._free = self._free[keep:], self._free[:keep]

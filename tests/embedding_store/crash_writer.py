@@ -21,7 +21,9 @@ SLOTS = [
     SlotConfig(name="a", dim=8, optimizer=SGD(lr=1.0), initializer=Initializer(kind="zeros")),
     SlotConfig(name="b", dim=4, optimizer=SGD(lr=1.0), initializer=Initializer(kind="zeros")),
 ]
-BUDGET = 24_000_000
+# Room for about 1.3 slots' rows besides the working memory the store keeps
+# for lookups (a third of the budget).
+BUDGET = 36_000_000
 
 
 def main(path: str, budget: int | None) -> None:

@@ -13,6 +13,8 @@ from headrace.embedding_store import (
     SlotConfig,
     StoreError,
 )
+from headrace.embedding_store.cache import choose_victims
+from headrace.embedding_store.table import RowTable
 
 SLOTS = [
     SlotConfig(name="user", dim=4, expire_after=100.0),
@@ -216,3 +218,45 @@ def test_an_unreadable_sst_file_gives_a_clear_error(tmp_path):
 def test_a_budget_must_be_positive(tmp_path):
     with pytest.raises(StoreError, match="memory_budget"):
         EmbeddingStore.open(tmp_path, SLOTS, memory_budget=0)
+
+
+@pytest.mark.parametrize("policy", ["lfu", "lru"])
+def test_the_victims_are_the_candidates_the_policy_ranks_first(policy):
+    table = RowTable(SLOTS[0], ["user"], [0], seed=0)
+    rng = np.random.default_rng(5)
+    rows = table.create(0, np.arange(3000, dtype=np.int64), 0.0)
+    # Few distinct counts and times, so that ties are common.
+    table.freq[rows] = rng.integers(0, 4, len(rows))
+    table.used[rows] = rng.integers(0, 6, len(rows))
+    candidates = np.zeros(len(table.live), dtype=bool)
+    candidates[rows] = rng.random(len(rows)) < 0.7
+    score = table.used[:].astype(np.int64)
+    if policy == "lfu":
+        score += table.freq.astype(np.int64) << 32
+    for n in (0, 1, 17, 1000, int(candidates.sum()), 5000):
+        victims = choose_victims(table, candidates, n, policy)
+        assert len(victims) == min(n, candidates.sum()) == len(np.unique(victims))
+        assert candidates[victims].all()
+        spared = np.setdiff1d(np.flatnonzero(candidates), victims)
+        if len(victims) and len(spared):
+            assert score[victims].max() <= score[spared].min()
+
+
+def test_the_budget_counts_rocksdb_and_working_memory_besides_rows(tmp_path):
+    """Past its first MiB, what else the store holds takes room from rows."""
+    ids = np.arange(200_000, dtype=np.int64)
+    with EmbeddingStore.open(tmp_path, SLOTS[:1]) as store:
+        store.lookup_for_training("user", ids, 0.0)
+        store.checkpoint()
+    budget = 4 << 20
+    with EmbeddingStore.open(tmp_path, SLOTS[:1], memory_budget=budget) as store:
+        row_bytes = store._tables[0].row_bytes
+        for step in range(6):
+            store.lookup_for_training("user", ids[step * 20_000 : (step + 1) * 20_000], 1.0)
+            assert store._resident_bytes() <= budget
+            if store.checkpoint_due:
+                store.checkpoint()
+        # A lookup of 20k ids keeps a third of the budget as working memory;
+        # RocksDB's bloom filter of 200k keys holds ~250 KB.
+        assert store._overhead_bytes() > budget // 3 + 200_000 - (1 << 20)
+        assert store.stats().memory_rows * row_bytes <= budget - store._overhead_bytes()
