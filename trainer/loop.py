@@ -697,8 +697,8 @@ class Trainer:
                 if forced and not (due_s or due_events):
                     log.info(
                         "checkpoint taken early: rows changed since the last one fill half "
-                        "the store's memory budget (%d bytes); raise store.memory_budget "
-                        "if this happens often",
+                        "the room the store's memory budget (%d bytes) leaves for rows; raise "
+                        "store.memory_budget if this happens often",
                         self.store.memory_budget,
                     )
                     self.telemetry.forced_checkpoints.inc()
