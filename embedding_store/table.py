@@ -221,42 +221,32 @@ class RowTable:
         return len(self.index)
 
     @property
+    def _row_arrays(self) -> tuple[np.ndarray, ...]:
+        """The arrays of a row's own values, in the order the training-lookup kernel takes them."""
+        return (
+            self.weights,
+            self.state,
+            self.last_seen,
+            self.persisted,
+            self.freq,
+            self.used,
+            self.row_fid,
+            self.row_slot,
+            self.live,
+        )
+
+    @property
     def row_bytes(self) -> int:
         """Memory of one row in memory: its slice of every per-row array and its index entry.
 
         The index holds 16 bytes an entry at a load of 0.35 to 0.7.
         """
-        per_row = (
-            self.weights,
-            self.state,
-            self.last_seen,
-            self.persisted,
-            self.freq,
-            self.used,
-            self.row_fid,
-            self.row_slot,
-            self.live,
-            self._scratch,
-            self.dirty.rows,
-            self.touched.rows,
-        )
+        per_row = (*self._row_arrays, self._scratch, self.dirty.rows, self.touched.rows)
         return sum(a.itemsize * int(np.prod(a.shape[1:])) for a in per_row) + 32
 
     @property
     def nbytes(self) -> int:
-        arrays = (
-            self.weights,
-            self.state,
-            self.last_seen,
-            self.persisted,
-            self.freq,
-            self.used,
-            self.row_fid,
-            self.row_slot,
-            self.live,
-            self._scratch,
-            self._free,
-        )
+        arrays = (*self._row_arrays, self._scratch, self._free)
         return (
             sum(a.nbytes for a in arrays)
             + self.index.nbytes
@@ -434,19 +424,7 @@ class RowTable:
             slots,
             float(event_time),
             self.index.arrays,
-            (
-                self.weights,
-                self.state,
-                self.last_seen,
-                self.persisted,
-                self.freq,
-                self.used,
-                self.row_fid,
-                self.row_slot,
-                self.live,
-                self.dirty.rows,
-                self.touched.rows,
-            ),
+            (*self._row_arrays, self.dirty.rows, self.touched.rows),
             self._free,
             free,
             high_water,
