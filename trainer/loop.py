@@ -337,6 +337,8 @@ class Trainer:
         self._window_stats = self._stats
         # Stream counters already folded into ``state`` (they count per process).
         self._stream_seen: tuple[int, dict[str, int]] = (0, {})
+        #: Distributed: waits for the last step's dense gradient summed over the ranks.
+        self._reduced: Callable[[], None] | None = None
         self._restore()
 
     @classmethod
@@ -463,6 +465,7 @@ class Trainer:
     def checkpoint(self) -> None:
         """Persist rows, dense weights, optimizer state, counters and positions atomically."""
         started = time.perf_counter()
+        self._settle()
         self.state.dead_letter_mark = self.stream.dead_letters.mark()
         self.store.checkpoint(
             {
@@ -496,6 +499,7 @@ class Trainer:
             if not examples:
                 return None
         lookup = self.store.lookup_slots(store_fids, event_time)
+        self._settle()
         self._dense.grad.zero_()
         if self._compiled_model is not None:
             logits, loss, row_grads = self._compiled_model.loss_and_gradients(
@@ -508,12 +512,15 @@ class Trainer:
             )
         else:
             logits, loss, row_grads = self._autograd_step(batch, fids, lookup.values, examples)
-        # Every rank's dense gradients are summed while the sparse ones go to their owners.
-        reduced = None if self.peers is None else self.peers.reduce_dense(self._dense.grad)
-        self.store.apply_gradients(lookup, row_grads)
-        if reduced is not None:
-            reduced()
-        self.optimizer.step()
+        if self.peers is None:
+            self.store.apply_gradients(lookup, row_grads)
+            self.optimizer.step()
+        else:
+            # Every rank's dense gradients are summed while this rank goes on to its next
+            # batch; the next step's forward pass waits for them (see _settle). The sparse
+            # ones go to their owners with the next step's ids.
+            self._reduced = self.peers.reduce_dense(self._dense.grad)
+            self.store.apply_gradients(lookup, row_grads)
         probabilities = calibrated_probabilities(logits, batch.sample_rates)
         # The loss is the mean over every rank's events; this rank's own mean:
         loss_value = loss * examples / max(len(batch), 1)
@@ -533,6 +540,17 @@ class Trainer:
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
+
+    def _settle(self) -> None:
+        """Step the dense weights with the last step's gradient, summed over the ranks.
+
+        Distributed steps leave it in flight (see :meth:`step`); whatever
+        reads the weights next (the next step, a checkpoint) settles first.
+        """
+        if self._reduced is not None:
+            self._reduced()
+            self._reduced = None
+            self.optimizer.step()
 
     def _autograd_step(
         self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray, examples: int
