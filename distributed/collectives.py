@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +31,8 @@ __all__ = ["Collectives", "DistributedError", "TorchPeers", "World"]
 #: large table must fit in it.
 TIMEOUT_ENV = "HEADRACE_COLLECTIVE_TIMEOUT_S"
 _DEFAULT_TIMEOUT_S = 300.0
+#: Seconds a thread holds the GIL when another asks for it (Python's default: 0.005).
+_SWITCH_INTERVAL_S = 0.0005
 
 
 class DistributedError(RuntimeError):
@@ -106,6 +109,10 @@ class Collectives:
             ) from None
         if dist.is_initialized():
             return
+        # After each collective the main thread waits for the GIL while the prefetch
+        # thread parses; by default it gets it back only after 5 ms, twice a step, and
+        # the other ranks wait as long.
+        sys.setswitchinterval(_SWITCH_INTERVAL_S)
         rank, size, wait = self.world.rank, self.world.size, timedelta(seconds=timeout)
         # torchrun's agent hosts the store; without it rank 0 does.
         agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
