@@ -1,23 +1,27 @@
 """Distributed training benchmark: 1 rank against 2 ranks on the same events, in one run.
 
 Both train the same synthetic event log (a file: the ranks split it by line)
-with the same per-rank batch. Prints one JSON object: ``events_per_s_1``,
-``events_per_s_2``, ``speedup_2`` (their ratio), ``collective_share_2``
-(time in collectives over training time, mean of the ranks),
-``bytes_per_event_2`` (bytes the ranks sent each other per event) and a
-projection to 8, 32 and 128 ranks (also printed as a table on stderr).
+with the same per-rank batch, for each of the batch sizes given (1024, 256
+and 4096 by default). Prints one JSON object with the first batch size's
+figures at the top level: ``events_per_s_1``, ``events_per_s_2``,
+``speedup_2`` (their ratio), ``collective_share_2`` (time in collectives
+over training time, mean of the ranks), ``bytes_per_event_2`` (bytes the
+ranks sent each other per event); the same for every batch size in
+``by_batch_size``; and a projection to 8, 32 and 128 ranks (also printed as
+a table on stderr).
 
 The projection keeps each rank's measured compute per step and prices the
-step's collectives (3 all_to_all: the ids with the step's agreement, the
-vectors, the gradients; the dense all_reduce and one every 8 steps) with a latency and a
-per-byte cost fitted from all_to_all probes between the two ranks here
-(loopback: a real network has a higher latency and a lower bandwidth).
+step's collectives (2 all_to_all: the ids with the step's agreement and the
+last step's gradients, the vectors; the dense all_reduce and one every 8
+steps) with a latency and a per-byte cost fitted from all_to_all probes
+between the two ranks here (loopback: a real network has a higher latency
+and a lower bandwidth).
 
 With ``--repeats R`` the 1-rank and 2-rank runs alternate R times and the
 figures are medians (the machine is shared: its load average, at the start
-and the end, is in the JSON as ``load_average``).
+and the end of each batch size, is in the JSON as ``load_average``).
 
-Usage: ``python bench/distributed.py [--events N] [--batch-size B] [--repeats R]``.
+Usage: ``python bench/distributed.py [--events N] [--batch-size B [B ...]] [--repeats R]``.
 """
 
 from __future__ import annotations
@@ -33,9 +37,10 @@ from pathlib import Path
 
 import numpy as np
 
-#: Collectives per training step: ids (with the step's agreement), vectors, gradients;
-#: the dense gradient, and every 8th step the stop/checkpoint flags.
-_ALL_TO_ALL, _ALL_REDUCE = 3, 1.125
+#: Collectives per training step: the ids (with the step's agreement and the last
+#: step's gradients) and the vectors; the dense gradient (it overlaps the next step's
+#: exchange, but is priced in full), and every 8th step the stop/checkpoint flags.
+_ALL_TO_ALL, _ALL_REDUCE = 2, 1.125
 _PROBE_BYTES = (8, 1 << 20)
 
 
@@ -109,10 +114,51 @@ def _project(
     return rows
 
 
+def _run_batch(
+    log: Path, folder: Path, batch: int, repeats: int, events: int
+) -> tuple[dict, float, float]:
+    """1 and 2 ranks at per-rank ``batch``, alternating ``repeats`` times (medians).
+
+    Returns the figures and the 2-rank run's compute seconds per step and
+    sparse bytes a rank sends per step (for the projection).
+    """
+    config = folder / f"trainer-{batch}.toml"
+    config.write_text(f"batch_size = {batch}\ncheckpoint_every_s = 600.0\n")
+    load_start = os.getloadavg()[0]
+    ones, twos = [], []
+    for repeat in range(repeats):
+        ones += _train(log, config, 1, folder / f"one-{batch}-{repeat}")
+        twos.append(_train(log, config, 2, folder / f"two-{batch}-{repeat}"))
+    one = ones[int(np.argsort([r["seconds"] for r in ones])[len(ones) // 2])]
+    two = twos[int(np.argsort([max(r["seconds"] for r in t) for t in twos])[len(twos) // 2])]
+    seconds_2 = max(r["seconds"] for r in two)
+    sent = sum(r["bytes_sent"] for r in two)
+    steps = events / 2 / batch
+    compute = float(np.mean([r["seconds"] - r["collective_seconds"] for r in two])) / steps
+    figures = {
+        "batch_size_per_rank": batch,
+        "events_per_s_1": round(events / one["seconds"]),
+        "events_per_s_2": round(events / seconds_2),
+        "speedup_2": round(one["seconds"] / seconds_2, 2),
+        "collective_share_2": round(
+            float(np.mean([r["collective_seconds"] / r["seconds"] for r in two])), 3
+        ),
+        "bytes_per_event_2": round(sent / events, 1),
+        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+    }
+    return figures, compute, sent / 2 / steps
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--events", type=int, default=60_000)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[1024, 256, 4096],
+        help="per-rank batch sizes; the first gives the top-level figures and the projection",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--probe", action="store_true", help=argparse.SUPPRESS)
     options = parser.parse_args()
@@ -121,20 +167,16 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        log, config = folder / "events.jsonl", folder / "trainer.toml"
+        log = folder / "events.jsonl"
         subprocess.run(
             _headrace("generate", "--events", str(options.events), "--out", str(log)),
             check=True,
             capture_output=True,
         )
-        config.write_text(f"batch_size = {options.batch_size}\ncheckpoint_every_s = 600.0\n")
-        load_start = os.getloadavg()[0]
-        ones, twos = [], []
-        for repeat in range(options.repeats):
-            ones += _train(log, config, 1, folder / f"one-{repeat}")
-            twos.append(_train(log, config, 2, folder / f"two-{repeat}"))
-        one = ones[int(np.argsort([r["seconds"] for r in ones])[len(ones) // 2])]
-        two = twos[int(np.argsort([max(r["seconds"] for r in t) for t in twos])[len(twos) // 2])]
+        runs = [
+            _run_batch(log, folder, batch, options.repeats, options.events)
+            for batch in options.batch_size
+        ]
         probe = subprocess.run(
             [
                 sys.executable,
@@ -154,27 +196,17 @@ def main() -> None:
         from headrace.model import build_model
         from headrace.trainer import load_trainer_config
 
-        spec = load_trainer_config(config).model_spec
+        spec = load_trainer_config(folder / f"trainer-{options.batch_size[0]}.toml").model_spec
         dense_bytes = 4 * sum(p.numel() for p in build_model(spec).parameters())
-    events = options.events
-    seconds_2 = max(r["seconds"] for r in two)
-    share = float(np.mean([r["collective_seconds"] / r["seconds"] for r in two]))
-    sent = sum(r["bytes_sent"] for r in two)
-    steps = events / 2 / options.batch_size
-    compute = float(np.mean([r["seconds"] - r["collective_seconds"] for r in two])) / steps
+    main_figures, compute, sent_per_step = runs[0]
     # The sparse bytes a rank sends per step (the dense gradient's are priced apart).
-    a2a_bytes = max(sent / 2 / steps - dense_bytes, 0.0)
-    projection = _project(compute, a2a_bytes, dense_bytes, fit, options.batch_size)
+    a2a_bytes = max(sent_per_step - dense_bytes, 0.0)
+    projection = _project(compute, a2a_bytes, dense_bytes, fit, options.batch_size[0])
     result = {
-        "events": events,
-        "batch_size_per_rank": options.batch_size,
-        "events_per_s_1": round(events / one["seconds"]),
-        "events_per_s_2": round(events / seconds_2),
-        "speedup_2": round(one["seconds"] / seconds_2, 2),
-        "collective_share_2": round(share, 3),
-        "bytes_per_event_2": round(sent / events, 1),
+        "events": options.events,
+        **main_figures,
         "repeats": options.repeats,
-        "load_average": [round(load_start, 2), round(os.getloadavg()[0], 2)],
+        "by_batch_size": [figures for figures, _, _ in runs],
         "a2a_latency_s": round(fit[0], 6),
         "seconds_per_gb": round(fit[1] * 1e9, 3),
         "projection": projection[1:],
