@@ -201,7 +201,8 @@ class ShardedStore:
         local_fids = np.concatenate(arrays) if arrays else np.empty(0, np.int64)
         slot_of = np.repeat([self._slot_index[s] for s in slots], np.diff(bounds))
         owners = owner_of(local_fids, world.size)
-        order = np.argsort(owners, kind="stable")
+        # 16-bit keys: numpy sorts them stably by radix, in linear time.
+        order = np.argsort(owners.astype(np.uint16), kind="stable")
         sent = np.bincount(owners, minlength=world.size)
         payload = np.stack([local_fids[order], slot_of[order].astype(np.int64)], axis=1)
         starts = np.zeros(world.size + 1, dtype=np.int64)
@@ -251,7 +252,7 @@ class ShardedStore:
             raise RuntimeError("lookup_slots without a begin_step of the same fids")
         self._exchanged = None
         incoming = sent_ids.incoming
-        grouped = np.argsort(incoming[:, 1], kind="stable")
+        grouped = np.argsort(incoming[:, 1].astype(np.uint16), kind="stable")
         back = np.zeros((len(incoming), self._dim), dtype=np.float32)
         owned = None
         if len(incoming):
