@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ from headrace.serving import (
     open_writer,
 )
 from headrace.stream import CtrGenerator, SyntheticConfig, SyntheticSource
-from headrace.tansu import kafka_bootstrap
+from headrace.tansu import free_port, kafka_bootstrap
 from headrace.trainer import Trainer, TrainerConfig
 
 CONFIG = TrainerConfig(batch_size=256, checkpoint_every_s=None)
@@ -47,12 +46,6 @@ PROBE = [
     {k: v for k, v in e.items() if k != "label"}
     for e in CtrGenerator(SyntheticConfig(seed=42)).generate(0, 100).events
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _percentiles(values: list[float], scale: float = 1.0) -> tuple[float, float]:
@@ -64,7 +57,7 @@ class ServeProcess:
     """``headrace serve`` in its own process."""
 
     def __init__(self, params: str) -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
             [

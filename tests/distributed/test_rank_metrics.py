@@ -26,6 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from headrace.embedding_store import EmbeddingStore
 from headrace.serving import Scorer, build_worker
 from headrace.stream import CtrGenerator, KafkaSink, Record, SyntheticConfig
+from headrace.tansu import free_port
 from headrace.trainer import load_trainer_config
 from headrace.trainer.checkpoint import MODEL_BLOB, MONITOR_BLOB
 from headrace.trainer.evaluation import summed_figures
@@ -38,7 +39,6 @@ from tests.distributed.conftest import (
     write_config,
 )
 from tests.distributed.test_kafka_ranks import _topic
-from tests.serving.processes import free_port
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

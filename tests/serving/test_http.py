@@ -1,7 +1,6 @@
 """Serving workers over HTTP: parity with the trainer, versions under concurrency, bad input."""
 
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +21,7 @@ from headrace.serving import (
     open_writer,
 )
 from headrace.stream import CtrGenerator, Record, SyntheticConfig, SyntheticSource
+from headrace.tansu import free_port
 from headrace.trainer import Trainer, TrainerConfig
 
 CONFIG = TrainerConfig(batch_size=128, checkpoint_every_s=None)
@@ -80,12 +80,6 @@ def test_scores_equal_the_trainers_through_kafka(tmp_path, kafka_bootstrap, topi
     _parity(tmp_path, f"kafka://{kafka_bootstrap}/{topic_name('params')}")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_every_response_matches_the_version_it_names(tmp_path):
     url = f"dir://{tmp_path}/params"
     trainer = _trainer(tmp_path, 12_000)
@@ -98,7 +92,7 @@ def test_every_response_matches_the_version_it_names(tmp_path):
     )
 
     app, sync = build_worker(url, WorkerOptions(poll_interval=0.005))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()
     sync.start()
