@@ -1,10 +1,35 @@
-"""Prometheus counters that follow running totals counted elsewhere."""
+"""Figures shared by the trainer, the generator and the joiner: Prometheus counters that
+follow running totals counted elsewhere, and the AUC of binned scores."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from prometheus_client import Counter
 
-__all__ = ["CounterTotals"]
+__all__ = ["CounterTotals", "histogram_auc"]
+
+
+def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
+    """AUC from per-bin counts of positives and negatives (ties in a bin count 1/2).
+
+    Bins are in increasing order of score. Returns NaN until both labels
+    have been seen.
+
+    Examples
+    --------
+    >>> histogram_auc(np.array([0, 1, 1]), np.array([1, 1, 0]))
+    0.875
+    >>> histogram_auc(np.array([1, 0]), np.array([0, 0]))
+    nan
+    """
+    positives, negatives = pos.sum(), neg.sum()
+    if positives == 0 or negatives == 0:
+        return math.nan
+    negatives_below = np.cumsum(neg) - neg
+    wins = float((pos * negatives_below).sum()) + 0.5 * float((pos * neg).sum())
+    return wins / (float(positives) * float(negatives))
 
 
 class CounterTotals:

@@ -28,6 +28,8 @@ from typing import NamedTuple
 import numpy as np
 import orjson
 
+from headrace.metrics import histogram_auc
+
 from .batch import Positions, Record, position_for
 
 __all__ = [
@@ -340,12 +342,7 @@ class BayesAuc:
 
     def value(self) -> float:
         """The AUC so far; NaN until both labels have been seen."""
-        positives, negatives = self._pos.sum(), self._neg.sum()
-        if positives == 0 or negatives == 0:
-            return math.nan
-        negatives_below = np.cumsum(self._neg) - self._neg
-        wins = (self._pos * negatives_below).sum() + 0.5 * (self._pos * self._neg).sum()
-        return float(wins / (positives * negatives))
+        return histogram_auc(self._pos, self._neg)
 
 
 class SyntheticSource:

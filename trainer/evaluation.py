@@ -13,24 +13,12 @@ import math
 
 import numpy as np
 
+from headrace.metrics import histogram_auc
 from headrace.trainer import _kernels
 
 __all__ = ["ProgressiveMetrics", "histogram_auc", "summed_figures"]
 
 _EPS = 1e-7
-
-
-def histogram_auc(pos: np.ndarray, neg: np.ndarray) -> float:
-    """AUC from per-bin counts of positives and negatives (ties in a bin count 1/2).
-
-    Returns NaN until both labels have been seen.
-    """
-    positives, negatives = pos.sum(), neg.sum()
-    if positives == 0 or negatives == 0:
-        return math.nan
-    negatives_below = np.cumsum(neg) - neg
-    wins = float((pos * negatives_below).sum()) + 0.5 * float((pos * neg).sum())
-    return wins / (float(positives) * float(negatives))
 
 
 #: Scalars at the end of :meth:`ProgressiveMetrics.additive`, in this order.
