@@ -32,6 +32,7 @@ from headrace.embedding_store import (
     StoreStats,
     TrainingLookup,
 )
+from headrace.schema import mix64
 
 __all__ = ["ShardedLookup", "ShardedStore", "owner_of"]
 
@@ -50,12 +51,7 @@ def owner_of(fids: np.ndarray, world_size: int) -> np.ndarray:
     >>> owner_of(np.array([1, 2, 3, 1], dtype=np.int64), 3).tolist()
     [2, 2, 1, 2]
     """
-    x = fids.view(np.uint64) ^ _OWNER_SALT
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return (x % np.uint64(world_size)).astype(np.int64)
+    return (mix64(fids.view(np.uint64) ^ _OWNER_SALT) % np.uint64(world_size)).astype(np.int64)
 
 
 @dataclass(frozen=True)

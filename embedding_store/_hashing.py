@@ -10,24 +10,10 @@ import functools
 
 import numpy as np
 
+from headrace.schema import mix64
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
-_S30 = np.uint64(30)
-_S27 = np.uint64(27)
-_S31 = np.uint64(31)
 _S11 = np.uint64(11)
-
-
-def mix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijective, well-spread hash of uint64 values."""
-    z = x.astype(np.uint64, copy=True)
-    z ^= z >> _S30
-    z *= _M1
-    z ^= z >> _S27
-    z *= _M2
-    z ^= z >> _S31
-    return z
 
 
 def as_uint64(fids: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from headrace.metrics import histogram_auc
+from headrace.schema import mix64
 
 from .batch import Positions, Record, position_for
 
@@ -144,13 +145,10 @@ class GeneratedEvents(NamedTuple):
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A strong 64-bit mix (SplitMix64's finaliser), elementwise on uint64."""
-    # Wrapping multiplication is the point of the mix, not an accident.
+    """SplitMix64 (its gamma step, then the finaliser), elementwise on uint64."""
+    # Wrapping addition is the point of the step, not an accident.
     with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
+        return mix64(x + np.uint64(0x9E3779B97F4A7C15))
 
 
 class _Draws:
