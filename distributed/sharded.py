@@ -281,6 +281,8 @@ class ShardedStore:
         They travel with the next :meth:`begin_step` (or :meth:`checkpoint`),
         and the owners apply them before anything reads those rows.
         """
+        if self._held is not None:  # one lookup a step: the exchange carries one set
+            raise RuntimeError("apply_gradients twice without a begin_step between")
         grads = np.ascontiguousarray(grads, dtype=np.float32)
         self._held = (lookup, grads[lookup.order])
 
