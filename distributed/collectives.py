@@ -216,6 +216,10 @@ class TorchPeers:
         """At every agreement, max ``vote()`` over the ranks and call ``act`` with it on each."""
         self._votes.append((vote, act))
 
+    def ready(self) -> None:
+        # Not counted in the collectives' time: it waits out the ranks' start, not training.
+        dist.barrier()
+
     def begin_step(
         self, examples: int, event_time: float, fids: Mapping[str, np.ndarray]
     ) -> tuple[int, float]:

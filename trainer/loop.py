@@ -662,6 +662,9 @@ class Trainer:
             Called about twice a second, e.g. to draw a progress line.
         """
         stop = stop or threading.Event()
+        if self.peers is not None:
+            # Ranks take different times to start; the run's clock starts together.
+            self.peers.ready()
         started = time.monotonic()
         last_checkpoint = (started, self.state.trained)
         last_tick = last_lag = 0.0

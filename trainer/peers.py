@@ -19,6 +19,10 @@ __all__ = ["Peers"]
 class Peers(Protocol):
     """Collective decisions of one training step; every rank calls each method together."""
 
+    def ready(self) -> None:
+        """Wait until every rank is ready to take its first step."""
+        ...
+
     def begin_step(
         self, examples: int, event_time: float, fids: Mapping[str, np.ndarray]
     ) -> tuple[int, float]:
