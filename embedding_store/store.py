@@ -1143,7 +1143,7 @@ class EmbeddingStore:
             table.persisted[rows] = table.last_seen[rows]
             table.dirty.clear()
             if len(table.gone):
-                table.gone = FidIndex()
+                table.gone = table.new_index()
         self._filter.clear_dirty()
         if extra is not None:
             self.extra = {name: bytes(blob) for name, blob in extra.items()}
