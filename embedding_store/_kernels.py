@@ -19,10 +19,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-_jit = numba.njit(cache=True, nogil=True)
+from headrace.embedding_store.index import EMPTY
 
-EMPTY = -1
-TOMBSTONE = -2
+_jit = numba.njit(cache=True, nogil=True)
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -51,7 +50,7 @@ def probe(
     """Positions and rows of ``keys`` in an open-addressing table; -1 for both where absent.
 
     ``entries`` ``(capacity, 2)`` int64 holds (key, row) per position; a row
-    of ``EMPTY`` ends a chain, ``TOMBSTONE`` lets it go on.
+    of ``EMPTY`` ends a chain, a tombstone (another negative row) lets it go on.
     """
     n = len(keys)
     positions = np.full(n, -1, dtype=np.int64)

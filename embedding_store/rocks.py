@@ -21,7 +21,7 @@ odd keys (metadata, filter chunks, blobs) in a dict.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from rocksdict import (
 
 from headrace.embedding_store._layout import split_keys
 
-__all__ = ["Checkpoint", "KeyRun", "memory_bytes", "multi_get", "options"]
+__all__ = ["Checkpoint", "KeyRun", "memory_bytes", "multi_get", "multi_get_chunks", "options"]
 
 # Keys a multi-get asks RocksDB for at a time: it holds a copy of the data
 # block of every key until the call returns (~4 KB a key), so one call for
@@ -299,6 +299,16 @@ def multi_get(db: Rdict, keys: list[bytes]) -> list[bytes | None]:
     20M-row table (562 against 547 MB).
     """
     values: list[bytes | None] = []
-    for start in range(0, len(keys), _GET_CHUNK):
-        values += db.get(keys[start : start + _GET_CHUNK])
+    for _, chunk in multi_get_chunks(db, keys):
+        values += chunk
     return values
+
+
+def multi_get_chunks(db: Rdict, keys: list[bytes]) -> Iterator[tuple[int, list[bytes | None]]]:
+    """:func:`multi_get` a chunk at a time: (position of the chunk's first key, its values).
+
+    A caller that decodes each chunk as it comes holds one chunk of bytes
+    objects rather than all of them (~5 MB on the bench's misses of a batch).
+    """
+    for start in range(0, len(keys), _GET_CHUNK):
+        yield start, db.get(keys[start : start + _GET_CHUNK])

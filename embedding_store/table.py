@@ -14,10 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from headrace.embedding_store import _kernels, optimizers
+from headrace.embedding_store import optimizers
 from headrace.embedding_store._hashing import as_uint64, initial_rows, mixed_salts
 from headrace.embedding_store.config import Adagrad, SlotConfig
-from headrace.embedding_store.index import FidIndex
+from headrace.embedding_store.index import FidIndex, kernels
 
 _GROWTH = 1.5
 _MIN_CAPACITY = 1024
@@ -165,7 +165,9 @@ class RowTable:
         Whether rows may also live on disk only (the store has a memory
         budget): rows can then be evicted, and removed pairs are remembered
         in ``gone`` until the next checkpoint so that they are not fetched
-        back from disk.
+        back from disk. Such a table probes, stamps and updates in numpy,
+        never with the compiled kernels: numba's ~150 MB of RSS would be a
+        third of the bench's budget (see :mod:`~headrace.embedding_store.index`).
     """
 
     def __init__(
@@ -181,7 +183,7 @@ class RowTable:
         self.slot_ids = tuple(slot_ids)
         self.seed = seed
         self.tiered = tiered
-        self.gone = FidIndex()
+        self.gone = self.new_index()
         # The most rows the arrays grow to (set by the store's memory budget).
         self.max_rows: int | None = None
         ids = np.asarray(slot_ids, dtype=np.uint64)
@@ -190,7 +192,7 @@ class RowTable:
         self._seed_salt = mixed_salts(np.array([seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))[0]
         # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
         self.filter_salts = mixed_salts(ids + np.uint64(1))
-        self.index = FidIndex()
+        self.index = self.new_index()
         width = optimizers.state_width(config.optimizer) * config.dim
         self.weights = np.zeros((_MIN_CAPACITY, config.dim), dtype=np.float32)
         self.state = np.zeros((_MIN_CAPACITY, width), dtype=np.float32)
@@ -219,6 +221,10 @@ class RowTable:
     def __len__(self) -> int:
         """Rows in memory."""
         return len(self.index)
+
+    def new_index(self) -> FidIndex:
+        """An empty index, compiled unless the table is ``tiered``."""
+        return FidIndex(compiled=not self.tiered)
 
     @property
     def _row_arrays(self) -> tuple[np.ndarray, ...]:
@@ -418,7 +424,7 @@ class RowTable:
         rows = np.empty(n, dtype=np.int64)
         values = np.empty((n, cfg.dim), dtype=np.float32)
         free, high_water = len(self._free), self._high_water
-        n_free, self._high_water, empty = _kernels.train_lookup(
+        n_free, self._high_water, empty = kernels().train_lookup(
             self.keys(slots, fids),
             np.ascontiguousarray(fids),
             slots,
@@ -445,8 +451,8 @@ class RowTable:
 
     def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
         """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""
-        if np.ndim(event_time) == 0 and not self.dirty.lost:
-            return _kernels.see(rows, float(event_time), self.last_seen, self.dirty.rows)
+        if np.ndim(event_time) == 0 and not self.dirty.lost and not self.tiered:
+            return kernels().see(rows, float(event_time), self.last_seen, self.dirty.rows)
         found = rows >= 0
         rows = rows[found]
         times = event_time if np.ndim(event_time) == 0 else event_time[found]
@@ -491,9 +497,9 @@ class RowTable:
         """One optimizer step for the gradients ``(len(rows), dim)`` of ``rows`` (-1: none)."""
         opt = self.config.optimizer
         per_occurrence = self.config.repeats == "per_occurrence"
-        if isinstance(opt, Adagrad) and not self.dirty.lost:
+        if isinstance(opt, Adagrad) and not self.dirty.lost and not self.tiered:
             # One compiled call; the same bits as the numpy formula below.
-            _kernels.adagrad_apply(
+            kernels().adagrad_apply(
                 rows,
                 np.ascontiguousarray(grads, dtype=np.float32),
                 self.weights,

@@ -1,6 +1,7 @@
-"""FidIndex against a plain dict."""
+"""FidIndex against a plain dict, compiled and in numpy rounds."""
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,10 +10,11 @@ from headrace.embedding_store.index import FidIndex
 int64s = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.tuples(st.booleans(), st.lists(int64s, max_size=40)), max_size=30))
-def test_index_agrees_with_a_dict(operations):
-    index = FidIndex(capacity=16)
+def test_index_agrees_with_a_dict(compiled, operations):
+    index = FidIndex(capacity=16, compiled=compiled)
     reference: dict[int, int] = {}
     next_row = 0
     for is_insert, fids in operations:
@@ -31,10 +33,11 @@ def test_index_agrees_with_a_dict(operations):
         assert len(index) == len(reference)
 
 
-def test_many_keys_grow_the_table_and_stay_findable():
+@pytest.mark.parametrize("compiled", [True, False])
+def test_many_keys_grow_the_table_and_stay_findable(compiled):
     rng = np.random.default_rng(7)
     keys = np.unique(rng.integers(-(2**63), 2**63 - 1, size=200_000, dtype=np.int64))
-    index = FidIndex()
+    index = FidIndex(compiled=compiled)
     for start in range(0, len(keys), 10_000):
         part = keys[start : start + 10_000]
         index.insert(part, np.arange(start, start + len(part)))
@@ -49,3 +52,17 @@ def test_many_keys_grow_the_table_and_stay_findable():
         index.insert(keys[::2], np.arange(0, len(keys), 2))
         index.remove(keys[::2])
     assert len(index._keys) == capacity
+
+
+def test_both_ways_put_keys_at_the_same_positions():
+    """Placed one at a time (no clash within a round), both take each key's first free position."""
+    rng = np.random.default_rng(2)
+    keys = np.unique(rng.integers(-(2**63), 2**63 - 1, size=3000, dtype=np.int64))
+    compiled, rounds = FidIndex(capacity=8192), FidIndex(capacity=8192, compiled=False)
+    for index in (compiled, rounds):
+        for row in range(len(keys)):
+            index.insert(keys[row : row + 1], np.array([row]))
+        index.remove(keys[::3])  # tombstones, taken again by the keys below
+        for row in range(0, len(keys), 3):
+            index.insert(keys[row : row + 1], np.array([row]))
+    assert np.array_equal(compiled._entries, rounds._entries)

@@ -1,5 +1,7 @@
 """A store with a memory budget: RocksDB holds the table, memory the hot and changed rows."""
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -260,3 +262,40 @@ def test_the_budget_counts_rocksdb_and_working_memory_besides_rows(tmp_path):
         # RocksDB's bloom filter of 200k keys holds ~250 KB.
         assert store._overhead_bytes() > budget // 3 + 200_000 - (1 << 20)
         assert store.stats().memory_rows * row_bytes <= budget - store._overhead_bytes()
+
+
+_NUMBA_PROBE = """
+import sys
+import numpy as np
+from headrace.embedding_store import EmbeddingStore, SlotConfig
+
+budget = {budget}
+slots = [SlotConfig(name="a", dim=4, expire_after=50.0), SlotConfig(name="b", dim=4)]
+with EmbeddingStore.open(sys.argv[1], slots, memory_budget=budget) as store:
+    rng = np.random.default_rng(0)
+    for t in range(30):
+        ids = {{"a": rng.integers(0, 20_000, 3000), "b": rng.integers(0, 500, 90)}}
+        hit = store.lookup_slots(ids, t)
+        store.apply_gradients(hit, np.ones_like(hit.values))
+        if store.checkpoint_due or t % 10 == 9:
+            store.checkpoint()
+    store.expire(60.0)
+    store.lookup("a", np.arange(100))
+print("numba" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize(("budget", "numba"), [(3_000_000, False), (None, True)])
+def test_a_budgeted_store_keeps_numba_out_of_its_process(tmp_path, budget, numba):
+    """numba's LLVM costs a process ~150 MB of RSS, a third of the bench's budget.
+
+    The in-memory store (no budget) compiles its training path, so it does import it.
+    """
+    code = _NUMBA_PROBE.format(budget=budget)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.strip() == str(numba)
