@@ -38,7 +38,9 @@ class _SlotRows:
 
     def __init__(self, rows: SlotRows) -> None:
         self.dim = rows.vectors.shape[1]
-        self.index = FidIndex(capacity=2 * len(rows.fids) + 16)
+        # Probed in numpy rounds: a request asks for a few ids, and numba's compiled
+        # probe would cost every worker ~150 MB of RSS and ~0.75 s at its first request.
+        self.index = FidIndex(capacity=2 * len(rows.fids) + 16, compiled=False)
         self.size = len(rows.fids)
         # Never empty: np.take cannot gather (even clipped) from zero rows.
         self.vectors = np.zeros((max(16, self.size), self.dim), dtype=np.float32)

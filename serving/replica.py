@@ -52,7 +52,7 @@ class CachedSlot:
         self.dim = dim
         self.rows = rows
         self.capacity = max(1, budget // (4 * dim + 16 + _INDEX_BYTES_PER_ROW))
-        self.index = FidIndex(capacity=2 * self.capacity)
+        self.index = FidIndex(capacity=2 * self.capacity, compiled=False)  # no numba, as in params
         self.vectors = np.zeros((self.capacity, dim), dtype=np.float32)
         self.fid_of = np.zeros(self.capacity, dtype=np.int64)
         self.used = np.zeros(self.capacity, dtype=np.int64)

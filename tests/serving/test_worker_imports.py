@@ -41,6 +41,8 @@ def test_a_worker_imports_no_trainer_module_and_keeps_its_rss(tmp_path):
     assert "headrace.model" in modules and "headrace.serving.scorer" in modules
     assert not [m for m in modules if m.startswith("headrace.trainer")]
     assert not [m for m in modules if m == "river" or m.startswith("river.")]
+    # Nor numba (the trainer's compiled step): ~150 MB of RSS a worker.
+    assert not [m for m in modules if m == "numba" or m.startswith("numba.")]
     # The event readers and generators stay out too: the worker parses events, nothing more.
     readers = {"kafka_process", "pipeline", "synthetic", "two_streams", "replay", "movielens"}
     assert not [m for m in modules if m.rsplit(".", 1)[-1] in readers], sorted(modules)
