@@ -187,6 +187,7 @@ class ServedScores:
                     trainer.store.lookup,
                     spec.model.pooling,
                     spec.dim,
+                    unknown_rows=spec.model.unknown_rows,
                 )
                 logits = trainer.model(pooled, sequences, torch.from_numpy(part.dense)).numpy()
             rates = np.full(len(part), self.sample_rate, dtype=np.float32)

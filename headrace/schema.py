@@ -59,6 +59,7 @@ __all__ = [
     "check_ts",
     "event_decoder",
     "fid",
+    "unknown_fid",
     "validate_event",
 ]
 
@@ -340,6 +341,22 @@ def fid(slot: str, value: str | int) -> int:
         len(slot_bytes).to_bytes(4, "little") + slot_bytes + str(value).encode(),
         digest_size=8,
     ).digest()
+    return int.from_bytes(digest, "little", signed=True)
+
+
+def unknown_fid(slot: str) -> int:
+    """The reserved feature id of ``slot``'s "unknown" row: what ids without a row get.
+
+    A regular row of the slot's table (checkpointed, synced and expired like
+    any other; the trainer looks it up at every step). It is hashed apart
+    from every value's :func:`fid` (BLAKE2b personalised with
+    ``b"unknown-row"``), so it is no value's id; slots that share a table
+    each get their own.
+
+    >>> unknown_fid("user_id") == unknown_fid("user_id") != fid("user_id", "")
+    True
+    """
+    digest = hashlib.blake2b(slot.encode(), digest_size=8, person=b"unknown-row").digest()
     return int.from_bytes(digest, "little", signed=True)
 
 
