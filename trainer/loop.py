@@ -506,9 +506,7 @@ class Trainer:
         lookup = self.store.lookup_slots(store_fids, event_time)
         values, stand_ins, copy_grads = lookup.values, None, None
         if self._unknown is not None:
-            stand_ins = self._unknown.stand_ins(
-                self.store, lookup, fids, batch.offsets, event_time
-            )
+            stand_ins = self._unknown.stand_ins(self.store, lookup, fids, batch.offsets, event_time)
         if stand_ins is not None:
             values = stand_ins.fill_missing(values)
             copy = stand_ins.copy_inputs(values, len(batch), batch.weights)
