@@ -207,7 +207,9 @@ def train(
     ``wait`` mode, the wait of a waiting fake-negative run); ``None`` for fake-negative
     mode without a wait, scored by progressive predictions.
     """
-    config = TrainerConfig(checkpoint_every_s=None)
+    # The unknown rows learn from the ids serving meets without a row: those
+    # younger than how far serving lags the events (model.unknown_rows).
+    config = TrainerConfig(checkpoint_every_s=None, unknown_rows_young_s=lag_s or 0.0)
     served = ServedScores(imps, config, rate)
     # The same impressions scored by the model trained up to their own time
     # (no lag): what staleness costs, apart from the join's labels.

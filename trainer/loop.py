@@ -57,6 +57,7 @@ from headrace.trainer.checkpoint import (
     OPTIMIZER_BLOB,
     RECENT_IDS_BLOB,
     STATE_BLOB,
+    YOUNG_IDS_BLOB,
     TrainingState,
 )
 from headrace.trainer.config import TrainerConfig
@@ -68,7 +69,7 @@ from headrace.trainer.evaluation import ProgressiveMetrics
 from headrace.trainer.peers import Peers
 from headrace.trainer.prefetch import BatchPrefetcher, Fetched
 from headrace.trainer.telemetry import TrainerTelemetry
-from headrace.trainer.unknown_rows import UnknownRows
+from headrace.trainer.unknown_rows import UnknownRows, YoungIds
 
 __all__ = ["StepResult", "Summary", "Trainer", "TrainerError"]
 
@@ -314,13 +315,20 @@ class Trainer:
         self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
         self._pooling = config.model.pooling
-        # A distributed run does not train unknown rows yet: its ids without
-        # a row stay zero vectors (serving's answer while there is no unknown row).
-        self._unknown = (
-            UnknownRows(dict(zip(self.model_spec.slots, self.model_spec.tables, strict=True)))
-            if config.model.unknown_rows and peers is None
-            else None
-        )
+        self._unknown = None
+        if config.model.unknown_rows and peers is not None:
+            # Ids without a row then stay zero vectors, as serving answers while
+            # a slot has no unknown row.
+            log.warning(
+                "model.unknown_rows: a distributed run does not train unknown rows yet; "
+                "ids without a row count as zero vectors (set model.unknown_rows = false "
+                "to say so in the config)"
+            )
+        elif config.model.unknown_rows:
+            self._unknown = UnknownRows(
+                dict(zip(self.model_spec.slots, self.model_spec.tables, strict=True)),
+                config.unknown_rows_young_s,
+            )
         # The built-in models step without autograd, in a few compiled calls;
         # other models, and tables whose slots are not adjacent in model
         # order, go through autograd.
@@ -458,6 +466,9 @@ class Trainer:
             self.recent_ids = RecentEventIds.from_bytes(
                 extra[RECENT_IDS_BLOB], self.config.dedup_window
             )
+        young = self._unknown.young if self._unknown is not None else None
+        if young is not None and YOUNG_IDS_BLOB in extra:
+            self._unknown.young = YoungIds.from_bytes(extra[YOUNG_IDS_BLOB], young.age_s)
         if self.state.positions:
             self.stream.seek(self.state.positions)
         # The records after the saved positions are read (and dead-lettered) again.
@@ -472,6 +483,9 @@ class Trainer:
         """Persist rows, dense weights, optimizer state, counters and positions atomically."""
         started = time.perf_counter()
         self.state.dead_letter_mark = self.stream.dead_letters.mark()
+        young = {}
+        if self._unknown is not None and self._unknown.young is not None:
+            young[YOUNG_IDS_BLOB] = self._unknown.young.to_bytes()
         self.store.checkpoint(
             {
                 CONFIG_BLOB: self.config.model_dump_json().encode(),
@@ -480,6 +494,7 @@ class Trainer:
                 STATE_BLOB: self.state.to_bytes(),
                 MONITOR_BLOB: pickle.dumps((self.metrics, self.drift, self.signals)),
                 RECENT_IDS_BLOB: self.recent_ids.to_bytes(),
+                **young,
             }
         )
         self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)

@@ -15,7 +15,7 @@ from headrace.schema import unknown_fid
 from headrace.stream import Batch, CtrGenerator, FileSource, Record, SyntheticConfig
 from headrace.trainer import Trainer, TrainerConfig
 from headrace.trainer.config import slot_defaults
-from headrace.trainer.unknown_rows import UnknownRows
+from headrace.trainer.unknown_rows import UnknownRows, YoungIds
 
 SLOTS = ("user_id", "item_id", "segment", "category", "tags", "device", "position", "hour")
 
@@ -169,3 +169,53 @@ def test_serving_lookup_fills_with_the_unknown_row_only_when_asked(tmp_path, fla
         pooled, _ = lookup_inputs(events, ["user"], ["user"], store.lookup, "sum", 2, (), flag)
         np.testing.assert_array_equal(pooled[0, 0].numpy(), known)
         np.testing.assert_array_equal(pooled[1, 0].numpy(), unknown if flag else [0.0, 0.0])
+
+
+def test_young_ids_age_out_and_survive_a_checkpoint():
+    young = YoungIds(age_s=10.0)
+    young.add("item", np.array([1, 2, 2]), 100.0)
+    young.add("user", np.array([7]), 105.0)
+    young.add("item", np.array([3]), 108.0)
+    assert young.find("item", np.array([1, 2, 3, 4])).tolist() == [True, True, True, False]
+    again = YoungIds.from_bytes(young.to_bytes(), 10.0)
+    for y in (young, again):
+        y.expire(110.0)  # items 1 and 2 are 10 s old
+        assert y.find("item", np.array([1, 2, 3])).tolist() == [False, False, True]
+        assert y.find("user", np.array([7])).tolist() == [True]
+        assert len(y) == 2
+    # An id created again (its row expired) stays young from its newer time.
+    young.add("user", np.array([7]), 112.0)
+    young.expire(115.5)
+    assert young.find("user", np.array([7])).tolist() == [True]
+
+
+def test_events_of_young_ids_train_the_unknown_rows_until_they_age(tmp_path):
+    events = _events(64)
+    config = _config(True, unknown_rows_young_s=100.0)
+    with Trainer.open(config, tmp_path, _source(tmp_path / "none.jsonl", [])) as trainer:
+        batch = _batch(trainer, events)
+        trainer.step(batch)  # every id gets its row: all young for 100 s
+        item = np.array([unknown_fid("item_id")])
+        before = trainer.store.lookup("item_id", item)
+        trainer.step(batch)  # no new row, but young ones: the item's unknown row learns
+        after = trainer.store.lookup("item_id", item)
+        assert not np.array_equal(after, before)
+        # 200 s later every row is old: no copy, no change.
+        old = _batch(trainer, [dict(e, ts=e["ts"] + 200.0) for e in events])
+        trainer.step(old)
+        assert np.array_equal(trainer.store.lookup("item_id", item), after)
+        assert len(trainer._unknown.young) == 0
+
+
+def test_a_restarted_trainer_keeps_its_young_ids(tmp_path):
+    events = _events(200)
+    config = _config(True, unknown_rows_young_s=100.0)
+    source = _source(tmp_path / "e.jsonl", events)
+    with Trainer.open(config, tmp_path / "d", source) as trainer:
+        trainer.run()  # checkpoints at the end
+        young = trainer._unknown.young
+        fids, _ = trainer.store.export("user_id")
+    with Trainer.open(config, tmp_path / "d", _source(tmp_path / "e.jsonl", events)) as again:
+        restored = again._unknown.young
+        assert len(restored) == len(young) > 0
+        np.testing.assert_array_equal(restored.find("user_id", fids), young.find("user_id", fids))
