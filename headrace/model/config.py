@@ -70,7 +70,7 @@ class ModelConfig(_Frozen):
     hidden: tuple[int, ...] = Field((128, 64), min_length=0, max_length=8)
     dense_features: tuple[str, ...] = ("price", "ctx_score")
     id_bias: bool = True
-    unknown_rows: bool = True
+    unknown_rows: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -30,9 +30,9 @@ for event in PROBE:
     del event["label"]  # serving input carries no label
 
 
-def _trainer(tmp_path, events: int) -> Trainer:
+def _trainer(tmp_path, events: int, config: TrainerConfig = CONFIG) -> Trainer:
     source = SyntheticSource(SyntheticConfig(seed=5), limit=events)
-    return Trainer.open(CONFIG, tmp_path / "data", source)
+    return Trainer.open(config, tmp_path / "data", source)
 
 
 def _publisher(trainer: Trainer, url: str, **intervals) -> ParameterPublisher:
@@ -82,7 +82,8 @@ def test_scores_equal_the_trainers_through_kafka(tmp_path, kafka_bootstrap, topi
 
 def test_an_id_without_a_row_is_served_its_slots_unknown_row(tmp_path):
     url = f"dir://{tmp_path}/params"
-    trainer = _trainer(tmp_path, 3000)
+    model = CONFIG.model.model_copy(update={"unknown_rows": True})
+    trainer = _trainer(tmp_path, 3000, CONFIG.model_copy(update={"model": model}))
     publisher = _publisher(trainer, url, sync_interval=0.0, snapshot_interval=3600)
     # Two users the trainer never saw, in the same event otherwise.
     unseen = [

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 from headrace.config import ConfigError, load_config
 from headrace.embedding_store import EmbeddingStore
 from headrace.model import lookup_inputs
-from headrace.schema import unknown_fid
 from headrace.serving import attach_publisher, build_worker, open_writer
 from headrace.stream import (
     CtrGenerator,
@@ -77,9 +76,7 @@ def _served_inputs(trainer: Trainer, events: list[dict]) -> tuple:
     spec = trainer.model_spec
     lookup = trainer.store.lookup
     sequences = ("hist_item_ids",)
-    return batch, lookup_inputs(
-        batch, spec.slots, spec.tables, lookup, "sum", spec.dim, sequences, unknown_rows=True
-    )
+    return batch, lookup_inputs(batch, spec.slots, spec.tables, lookup, "sum", spec.dim, sequences)
 
 
 @pytest.fixture
@@ -148,12 +145,9 @@ def test_din_trains_restores_publishes_and_serves_on_a_shared_table(tmp_path, di
         batch, (pooled, sequences) = _served_inputs(trainer, events[3000:3040])
         hist = spec.index("hist_item_ids")
         offsets = batch.offsets["hist_item_ids"]
-        # Items without a row get the history slot's own unknown row.
-        unknown = trainer.store.lookup("item", np.array([unknown_fid("hist_item_ids")]))[0]
-        assert unknown.any()
         for i in range(len(batch)):
             fids = batch.fids["hist_item_ids"][offsets[i] : offsets[i + 1]]
-            rows = trainer.store.lookup("item", fids, unknown)
+            rows = trainer.store.lookup("item", fids)
             assert np.allclose(pooled[i, hist].numpy(), rows.sum(axis=0), atol=1e-6)
             assert np.array_equal(
                 sequences["hist_item_ids"].values[offsets[i] : offsets[i + 1]], rows
