@@ -7,12 +7,15 @@ wherever the dense weights ended up (a downsampled model served its first
 hour at 0.77 of the actual rate). With ``model.unknown_rows`` every slot
 has a row of its own table under :func:`~headrace.schema.unknown_fid`, used
 for such ids at serving and in the trainer's own predictions, and trained
-on what it stands for: an event whose id gets its first row in a step is
-also trained once more with the slot's unknown row in place of the new
+on what it stands for: an event whose id gets its first row in a step
+(or got it less than ``unknown_rows_young_s`` ago, see :class:`YoungIds`)
+is also trained once more with the slot's unknown row in place of the new
 row, in the same step and with the same dense weights, and only the
 unknown row learns from that copy (its dense gradients are dropped, it is
 off the progressive metrics). New rows keep their own initial values, so
-the model's other rows learn as without the option.
+the dense weights and the other rows learn as without the option. The
+trainer stamps the unknown rows at every expiry sweep, so they never
+expire.
 """
 
 from __future__ import annotations
