@@ -240,6 +240,11 @@ class TrainerConfig(_Frozen):
                 f"all slots must share one dim (the model stacks them), got {sorted(dims)}"
             )
         self.model.check_dim(self.dim)
+        if self.unknown_rows_young_s and not self.model.unknown_rows:
+            raise ValueError(
+                "unknown_rows_young_s trains the model's unknown rows: "
+                "set model.unknown_rows = true, or leave unknown_rows_young_s at 0"
+            )
         return self
 
     def _check_tables(self) -> None:

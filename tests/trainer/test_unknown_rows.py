@@ -219,3 +219,8 @@ def test_a_restarted_trainer_keeps_its_young_ids(tmp_path):
         restored = again._unknown.young
         assert len(restored) == len(young) > 0
         np.testing.assert_array_equal(restored.find("user_id", fids), young.find("user_id", fids))
+
+
+def test_young_ids_without_unknown_rows_fail_naming_the_fix():
+    with pytest.raises(ValueError, match=r"set model.unknown_rows = true"):
+        TrainerConfig(unknown_rows_young_s=60.0)
