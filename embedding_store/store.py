@@ -99,7 +99,8 @@ class TrainingLookup:
     The fids of ``slots`` are concatenated in that order: slot ``slots[i]``
     has positions ``bounds[i]:bounds[i + 1]``. ``values[j]`` ``(dim,)`` is
     the vector of the j-th fid, zeros where it has no row (``rows[j] == -1``;
-    row numbers are per table). Pass the lookup back to
+    row numbers are per table). ``created[j]``: the j-th fid's row did not
+    exist before this lookup (it was created by it). Pass the lookup back to
     :meth:`EmbeddingStore.apply_gradients` with the gradients of ``values``.
     """
 
@@ -107,6 +108,7 @@ class TrainingLookup:
     bounds: np.ndarray
     rows: np.ndarray
     values: np.ndarray
+    created: np.ndarray
     generation: int
     # (table, positions in the concatenation) for each table the slots live in.
     parts: tuple[tuple[RowTable, slice | np.ndarray], ...] = field(repr=False)
@@ -549,10 +551,11 @@ class EmbeddingStore:
         except KeyError:
             raise KeyError(f"unknown slot {slot!r}; the store has {sorted(self._where)}") from None
 
-    def lookup(self, slot: str, fids: Any) -> np.ndarray:
-        """Vectors of ``fids`` (float32, ``(n, dim)``), zeros where an id has no row.
+    def lookup(self, slot: str, fids: Any, fill: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of ``fids`` (float32, ``(n, dim)``); ``fill`` where an id has no row.
 
-        A read: it neither counts occurrences nor refreshes expiry.
+        ``fill`` is a ``(dim,)`` vector, zeros if ``None``. A read: it neither
+        counts occurrences nor refreshes expiry.
         """
         table, local = self._slot(slot)
         fids = _check_fids(fids)
@@ -563,6 +566,9 @@ class EmbeddingStore:
             # Read through: rows on disk are returned, not brought into memory.
             found, records = self._read_disk(table, local, fids[missing])
             values[missing[found]] = records["w"]
+            missing = missing[~found]
+        if fill is not None:
+            values[missing] = fill
         return values
 
     def lookup_for_training(self, slot: str, fids: Any, event_time: Any) -> TrainingLookup:
@@ -597,6 +603,7 @@ class EmbeddingStore:
         all_fids = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         event_time = _check_event_time(event_time, len(all_fids))
         rows = np.empty(len(all_fids), dtype=np.int64)
+        created = np.empty(len(all_fids), dtype=bool)
         values = np.empty((len(all_fids), dims.pop() if dims else 0), dtype=np.float32)
         parts = []
         for table, members in _by_table(where):
@@ -612,11 +619,11 @@ class EmbeddingStore:
         for k, (table, positions, local) in enumerate(parts):
             times = event_time if np.ndim(event_time) == 0 else event_time[positions]
             if resident is None and np.ndim(times) == 0 and table.compiled_lookup:
-                rows[positions], values[positions] = table.train_lookup(
+                rows[positions], values[positions], created[positions] = table.train_lookup(
                     local, all_fids[positions], times
                 )
                 continue
-            table_rows = self._train_lookup(
+            table_rows, created[positions] = self._train_lookup(
                 table, local, all_fids[positions], times, None if resident is None else resident[k]
             )
             rows[positions] = table_rows
@@ -626,7 +633,13 @@ class EmbeddingStore:
             # pile up the keys it must ignore.
             self._prefetched.popleft()
         return TrainingLookup(
-            slots, bounds, rows, values, self._generation, tuple((t, p) for t, p, _ in parts)
+            slots,
+            bounds,
+            rows,
+            values,
+            created,
+            self._generation,
+            tuple((t, p) for t, p, _ in parts),
         )
 
     def _train_lookup(
@@ -636,15 +649,17 @@ class EmbeddingStore:
         fids: np.ndarray,
         event_time: np.ndarray | float,
         rows: np.ndarray | None,
-    ) -> np.ndarray:
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Rows of (local slot, fid) pairs of one table, admitting and stamping them.
 
         ``rows`` are the pairs' rows in memory if already found (-1: none).
+        Returns the rows and whether each pair's row was created here.
         """
         keys = table.keys(slots, fids)
         if rows is None:
             rows = table.index.find(keys)
         missing = np.flatnonzero(rows < 0)
+        created = np.zeros(len(rows), dtype=bool)
         if len(missing):
             _, first, inverse, counts = np.unique(
                 keys[missing], return_index=True, return_inverse=True, return_counts=True
@@ -665,6 +680,7 @@ class EmbeddingStore:
                     times,
                 )
                 rows[missing] = candidate_rows[inverse]
+                created[missing] = admitted[inverse]
         held_back = table.see(rows, event_time)
         if held_back:
             table.count(
@@ -672,7 +688,7 @@ class EmbeddingStore:
             )
         if self.memory_budget is not None:
             self._clocks[id(table)].note(table, rows[rows >= 0])
-        return rows
+        return rows, created
 
     # -- the table on disk (with a memory budget) ----------------------------
 

@@ -405,12 +405,13 @@ class RowTable:
 
     def train_lookup(
         self, slots: np.ndarray | int, fids: np.ndarray, event_time: float
-    ) -> tuple[np.ndarray, np.ndarray]:
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows and vectors of (local slot, fid) pairs, creating rows for new pairs, stamped.
 
         One compiled call for a table with :attr:`compiled_lookup`: the
         store's general path (probe, admission, :meth:`create`, :meth:`see`,
         :meth:`gather`) in one loop, with the same initial rows and state.
+        The third array says which pairs' rows this call created.
         """
         n = len(fids)
         slots = np.full(n, slots, dtype=np.int64) if np.ndim(slots) == 0 else slots
@@ -446,8 +447,15 @@ class RowTable:
             values,
         )
         self.index.added(free - n_free + self._high_water - high_water, empty)
+        # The new rows: taken from the end of the free list, then from the high-water mark.
+        new = np.concatenate([self._free[n_free:free], np.arange(high_water, self._high_water)])
         self._free = self._free[:n_free]
-        return rows, values
+        created = np.zeros(n, dtype=bool)
+        if len(new):
+            self._scratch[rows] = 0
+            self._scratch[new] = 1
+            created = self._scratch[rows] == 1
+        return rows, values, created
 
     def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
         """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""

@@ -60,6 +60,7 @@ __all__ = [
     "event_decoder",
     "fid",
     "mix64",
+    "unknown_fid",
     "validate_event",
 ]
 
@@ -362,6 +363,22 @@ def mix64(x: np.ndarray) -> np.ndarray:
     z *= np.uint64(0x94D049BB133111EB)
     z ^= z >> np.uint64(31)
     return z
+
+
+def unknown_fid(slot: str) -> int:
+    """The reserved feature id of ``slot``'s "unknown" row: what ids without a row get.
+
+    A regular row of the slot's table (checkpointed, synced and expired like
+    any other; the trainer looks it up at every step). It is hashed apart
+    from every value's :func:`fid` (BLAKE2b personalised with
+    ``b"unknown-row"``), so it is no value's id; slots that share a table
+    each get their own.
+
+    >>> unknown_fid("user_id") == unknown_fid("user_id") != fid("user_id", "")
+    True
+    """
+    digest = hashlib.blake2b(slot.encode(), digest_size=8, person=b"unknown-row").digest()
+    return int.from_bytes(digest, "little", signed=True)
 
 
 class FidHasher:

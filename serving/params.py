@@ -63,10 +63,10 @@ class _SlotRows:
             self.size += len(new)
         self.vectors[found] = rows.vectors
 
-    def gather(self, fids: np.ndarray) -> np.ndarray:
+    def gather(self, fids: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
         rows = self.index.find(fids)
         values = np.take(self.vectors, rows, axis=0, mode="clip")
-        values[rows < 0] = 0.0
+        values[rows < 0] = 0.0 if fill is None else fill
         return values
 
     def __len__(self) -> int:
@@ -86,12 +86,12 @@ class View(Generic[Model]):
     model: Model
     _slots: Mapping[str, _SlotRows | CachedSlot]
 
-    def lookup(self, slot: str, fids: np.ndarray) -> np.ndarray:
-        """Vectors of ``fids``; a zero vector for ids (or slots) this version lacks."""
+    def lookup(self, slot: str, fids: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of ``fids``; ``fill`` ``(dim,)`` (or zeros) for ids this version lacks."""
         rows = self._slots.get(slot)
         if rows is None:
             raise KeyError(f"unknown slot {slot!r}")
-        return rows.gather(fids)
+        return rows.gather(fids, fill)
 
 
 class ParameterState(Generic[Model]):

@@ -72,8 +72,8 @@ class CachedSlot:
     def cached(self) -> int:
         return len(self.index)
 
-    def gather(self, fids: np.ndarray) -> np.ndarray:
-        """Vectors of ``fids`` ``(n, dim)``; zeros for ids the version lacks."""
+    def gather(self, fids: np.ndarray, fill: np.ndarray | None = None) -> np.ndarray:
+        """Vectors of ``fids`` ``(n, dim)``; ``fill`` (or zeros) for ids the version lacks."""
         self.clock += 1
         rows = self.index.find(fids)
         values = np.zeros((len(fids), self.dim), dtype=np.float32)
@@ -88,6 +88,8 @@ class CachedSlot:
         distinct, inverse = np.unique(fids[missing], return_inverse=True)
         found, vectors = self.read(distinct)
         fetched = np.zeros((len(distinct), self.dim), dtype=np.float32)
+        if fill is not None:
+            fetched[~found] = fill
         fetched[found] = vectors
         values[missing] = fetched[inverse]
         self._keep(distinct[found], vectors)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import torch
 
 from headrace.model import (
+    Lookup,
     ModelSpec,
     SequenceInput,
     build_model,
@@ -68,8 +69,12 @@ class Scorer:
             )
         return cls(ModelSpec.model_validate(meta["spec"]), dense, meta.get("sample_rate", 1.0))
 
-    def embed(self, batch: Batch, lookup: Callable[[str, np.ndarray], np.ndarray]) -> ModelInputs:
-        """The model inputs of ``batch``; unknown ids count as zero vectors, as in training."""
+    def embed(self, batch: Batch, lookup: Lookup) -> ModelInputs:
+        """The model inputs of ``batch``.
+
+        Ids without a row get their slot's unknown row (``model.unknown_rows``)
+        or a zero vector, as in training.
+        """
         spec = self.spec
         return lookup_inputs(
             batch,
@@ -79,6 +84,7 @@ class Scorer:
             spec.model.pooling,
             spec.dim,
             self._sequence_slots,
+            spec.model.unknown_rows,
         )
 
     def predict(self, inputs: ModelInputs, batch: Batch) -> np.ndarray:

@@ -24,6 +24,7 @@ __all__ = [
     "OPTIMIZER_BLOB",
     "RECENT_IDS_BLOB",
     "STATE_BLOB",
+    "YOUNG_IDS_BLOB",
     "TrainingState",
     "saved_model",
 ]
@@ -34,6 +35,7 @@ OPTIMIZER_BLOB = "trainer.optimizer"  # the dense optimizer's state_dict (torch.
 STATE_BLOB = "trainer.state"  # TrainingState as JSON
 MONITOR_BLOB = "trainer.monitor"  # pickled metrics and drift detectors
 RECENT_IDS_BLOB = "trainer.recent_ids"  # RecentEventIds.to_bytes()
+YOUNG_IDS_BLOB = "trainer.young_ids"  # YoungIds.to_bytes() (with unknown_rows_young_s)
 
 
 @dataclass

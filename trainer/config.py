@@ -176,6 +176,13 @@ class TrainerConfig(_Frozen):
     store
         The store's memory budget and eviction policy (every row in memory
         by default).
+    unknown_rows_young_s
+        With ``model.unknown_rows``: seconds of event time after an id gets
+        its row during which its events still train its slot's unknown row
+        (on copies; 0: only the step that creates the row). Set it to how
+        far serving's parameters lag the events' own time, e.g. the window
+        of a ``wait``-mode joiner: the ids serving meets without a row are
+        then the ones the unknown row learns from, as often.
     dead_letters
         Where records that are not valid events go: ``"topic"`` is
         ``<topic>.dlq`` (Kafka sources only), ``"file"`` is
@@ -201,6 +208,7 @@ class TrainerConfig(_Frozen):
     dedup_window: int = Field(1 << 18, ge=1)
     tables: tuple[SlotConfig, ...] = ()
     store: StoreConfig = StoreConfig()
+    unknown_rows_young_s: float = Field(0.0, ge=0)
     dead_letters: Literal["auto", "topic", "file"] = "auto"
 
     @model_validator(mode="before")
@@ -232,6 +240,11 @@ class TrainerConfig(_Frozen):
                 f"all slots must share one dim (the model stacks them), got {sorted(dims)}"
             )
         self.model.check_dim(self.dim)
+        if self.unknown_rows_young_s and not self.model.unknown_rows:
+            raise ValueError(
+                "unknown_rows_young_s trains the model's unknown rows: "
+                "set model.unknown_rows = true, or leave unknown_rows_young_s at 0"
+            )
         return self
 
     def _check_tables(self) -> None:

@@ -57,6 +57,7 @@ from headrace.trainer.checkpoint import (
     OPTIMIZER_BLOB,
     RECENT_IDS_BLOB,
     STATE_BLOB,
+    YOUNG_IDS_BLOB,
     TrainingState,
 )
 from headrace.trainer.config import TrainerConfig
@@ -68,6 +69,7 @@ from headrace.trainer.evaluation import ProgressiveMetrics
 from headrace.trainer.peers import Peers
 from headrace.trainer.prefetch import BatchPrefetcher, Fetched
 from headrace.trainer.telemetry import TrainerTelemetry
+from headrace.trainer.unknown_rows import UnknownRows, YoungIds
 
 __all__ = ["StepResult", "Summary", "Trainer", "TrainerError"]
 
@@ -178,7 +180,7 @@ def load_kernels() -> None:
         fids = np.arange(1, 5, dtype=np.int64)
         table.create(0, fids[:2], 0.0)
         table.see(table.find(0, fids[:2]), 1.0)
-        rows, _ = table.train_lookup(0, fids, 1.0)
+        rows, _, _ = table.train_lookup(0, fids, 1.0)
         table.apply(rows, np.ones((4, 3), np.float32))
         with torch.device("meta"):  # no initial values drawn
             model = CtrModel("deepfm", n_slots=2, dim=3, n_dense=1, hidden=(2, 2), id_bias=True)
@@ -313,6 +315,20 @@ class Trainer:
         self._tables = _TableGrouping(self.model_spec.slots, self.model_spec.tables)
         self._dense = _flat_parameters(self.model)
         self._pooling = config.model.pooling
+        self._unknown = None
+        if config.model.unknown_rows and peers is not None:
+            # Ids without a row then stay zero vectors, as serving answers while
+            # a slot has no unknown row.
+            log.warning(
+                "model.unknown_rows: a distributed run does not train unknown rows yet; "
+                "ids without a row count as zero vectors (set model.unknown_rows = false "
+                "to say so in the config)"
+            )
+        elif config.model.unknown_rows:
+            self._unknown = UnknownRows(
+                dict(zip(self.model_spec.slots, self.model_spec.tables, strict=True)),
+                config.unknown_rows_young_s,
+            )
         # The built-in models step without autograd, in a few compiled calls;
         # other models, and tables whose slots are not adjacent in model
         # order, go through autograd.
@@ -452,6 +468,9 @@ class Trainer:
             self.recent_ids = RecentEventIds.from_bytes(
                 extra[RECENT_IDS_BLOB], self.config.dedup_window
             )
+        young = self._unknown.young if self._unknown is not None else None
+        if young is not None and YOUNG_IDS_BLOB in extra:
+            self._unknown.young = YoungIds.from_bytes(extra[YOUNG_IDS_BLOB], young.age_s)
         if self.state.positions:
             self.stream.seek(self.state.positions)
         # The records after the saved positions are read (and dead-lettered) again.
@@ -467,6 +486,9 @@ class Trainer:
         started = time.perf_counter()
         self._settle()
         self.state.dead_letter_mark = self.stream.dead_letters.mark()
+        young = {}
+        if self._unknown is not None and self._unknown.young is not None:
+            young[YOUNG_IDS_BLOB] = self._unknown.young.to_bytes()
         self.store.checkpoint(
             {
                 CONFIG_BLOB: self.config.model_dump_json().encode(),
@@ -475,6 +497,7 @@ class Trainer:
                 STATE_BLOB: self.state.to_bytes(),
                 MONITOR_BLOB: pickle.dumps((self.metrics, self.drift, self.signals)),
                 RECENT_IDS_BLOB: self.recent_ids.to_bytes(),
+                **young,
             }
         )
         self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
@@ -500,25 +523,28 @@ class Trainer:
                 return None
         lookup = self.store.lookup_slots(store_fids, event_time)
         self._settle()
+        values, stand_ins, copy_grads = lookup.values, None, None
+        if self._unknown is not None:
+            stand_ins = self._unknown.stand_ins(self.store, lookup, fids, batch.offsets, event_time)
+        if stand_ins is not None:
+            values = stand_ins.fill_missing(values)
+            copy = stand_ins.copy_inputs(values, len(batch), batch.weights)
+            if copy is not None:
+                # The copy's dense gradients are dropped: the main pass overwrites them.
+                copy_grads = self._gradients(batch, fids, copy[0], copy[1], examples)[2]
         self._dense.grad.zero_()
-        if self._compiled_model is not None:
-            logits, loss, row_grads = self._compiled_model.loss_and_gradients(
-                lookup.values,
-                RowLayout.of(batch, self._slot_names),
-                batch.dense,
-                batch.labels,
-                batch.weights,
-                examples,
-            )
-        else:
-            logits, loss, row_grads = self._autograd_step(batch, fids, lookup.values, examples)
+        logits, loss, row_grads = self._gradients(batch, fids, values, batch.weights, examples)
         if self.peers is None:
             self.store.apply_gradients(lookup, row_grads)
+            if stand_ins is not None:
+                self.store.apply_gradients(
+                    stand_ins.lookup, stand_ins.gradients(row_grads, copy_grads)
+                )
             self.optimizer.step()
         else:
             # Every rank's dense gradients are summed while this rank goes on to its next
             # batch; the next step's forward pass waits for them (see _settle). The sparse
-            # ones go to their owners with the next step's ids.
+            # ones go to their owners with the next step's ids. (No unknown rows here.)
             self._reduced = self.peers.reduce_dense(self._dense.grad)
             self.store.apply_gradients(lookup, row_grads)
         probabilities = calibrated_probabilities(logits, batch.sample_rates)
@@ -552,8 +578,34 @@ class Trainer:
             self._reduced = None
             self.optimizer.step()
 
+    def _gradients(
+        self,
+        batch: Batch,
+        fids: dict[str, np.ndarray],
+        values: np.ndarray,
+        weights: np.ndarray | None,
+        examples: int,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """Logits, loss (the weighted mean over ``examples`` events) and the gradients of
+        ``values``; the dense weights' gradients go to their ``.grad``."""
+        if self._compiled_model is not None:
+            return self._compiled_model.loss_and_gradients(
+                values,
+                RowLayout.of(batch, self._slot_names),
+                batch.dense,
+                batch.labels,
+                weights,
+                examples,
+            )
+        return self._autograd_step(batch, fids, values, weights, examples)
+
     def _autograd_step(
-        self, batch: Batch, fids: dict[str, np.ndarray], values: np.ndarray, examples: int
+        self,
+        batch: Batch,
+        fids: dict[str, np.ndarray],
+        values: np.ndarray,
+        weights: np.ndarray | None,
+        examples: int,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """Logits, loss (the mean over ``examples`` events) and row gradients, by autograd."""
         rows = torch.from_numpy(values).requires_grad_()
@@ -567,10 +619,12 @@ class Trainer:
         )
         logits = self.model(pooled, sequences, torch.from_numpy(batch.dense))
         labels = torch.from_numpy(batch.labels)
-        weights = None if batch.weights is None else torch.from_numpy(batch.weights)
         # The sum over the events of all ranks: their gradients add up to one process's.
         loss = F.binary_cross_entropy_with_logits(
-            logits, labels, weight=weights, reduction="sum"
+            logits,
+            labels,
+            weight=None if weights is None else torch.from_numpy(weights),
+            reduction="sum",
         ).div(examples)
         loss.backward()
         return logits.detach().numpy(), float(loss.detach()), rows.grad.numpy()
@@ -611,6 +665,8 @@ class Trainer:
         if self.state.next_expiry is None:
             self.state.next_expiry = event_time + self.config.expire_every
         elif event_time >= self.state.next_expiry:
+            if self._unknown is not None:
+                self._unknown.keep(self.store, event_time)
             removed = self.store.expire(event_time)
             self.state.next_expiry = event_time + self.config.expire_every
             if any(removed.values()):

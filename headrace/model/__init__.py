@@ -14,6 +14,7 @@ from headrace.model.calibration import logit_offset
 from headrace.model.config import BUILTIN_KINDS, ModelConfig, ModelSpec
 from headrace.model.interface import RecModel
 from headrace.model.pooling import (
+    Lookup,
     SequenceInput,
     batch_fids,
     lookup_inputs,
@@ -33,6 +34,7 @@ __all__ = [
     "CtrModel",
     "DeepInterestNetwork",
     "DinOptions",
+    "Lookup",
     "ModelConfig",
     "ModelError",
     "ModelSpec",

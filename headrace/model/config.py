@@ -42,6 +42,13 @@ class ModelConfig(_Frozen):
     id_bias
         Column 0 of every slot's rows is the id's bias (see
         :class:`~headrace.model.CtrModel`); slots then need ``dim >= 2``.
+    unknown_rows
+        Each slot has an "unknown" row (a regular row of its table, under
+        :func:`~headrace.schema.unknown_fid`) that stands in for ids without
+        a row, at serving and in training, instead of a zero vector. The
+        trainer teaches it what a new id means: an event that brings an id
+        its first row is also trained once more with the unknown row in the
+        new row's place, and only the unknown row learns from that copy.
     options
         A free table passed to the model as is: your own model's settings,
         or DIN's (see :class:`~headrace.model.DinOptions`).
@@ -63,6 +70,7 @@ class ModelConfig(_Frozen):
     hidden: tuple[int, ...] = Field((128, 64), min_length=0, max_length=8)
     dense_features: tuple[str, ...] = ("price", "ctx_score")
     id_bias: bool = True
+    unknown_rows: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")

@@ -9,14 +9,18 @@ cuts out the per-id vectors of the slots a model reads as sequences.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Literal, NamedTuple, Protocol
 
 import numpy as np
 import torch
 
+from headrace.schema import unknown_fid
+
 __all__ = [
     "BatchLike",
+    "Lookup",
     "SequenceInput",
     "batch_fids",
     "lookup_inputs",
@@ -163,22 +167,40 @@ def model_inputs(
     return pooled, sequences
 
 
+#: ``lookup(table, fids, fill) -> (n, dim) float32``: ``fill`` ``(dim,)`` (zeros if
+#: ``None``) where an id has no row.
+Lookup = Callable[[str, np.ndarray, np.ndarray | None], np.ndarray]
+
+
+@functools.cache
+def _unknown_fids(slot: str) -> np.ndarray:
+    return np.array([unknown_fid(slot)], dtype=np.int64)
+
+
 def lookup_inputs(
     batch: BatchLike,
     slots: Sequence[str],
     tables: Sequence[str],
-    lookup: Callable[[str, np.ndarray], np.ndarray],
+    lookup: Lookup,
     pooling: Pooling,
     dim: int,
     sequence_slots: Sequence[str] = (),
+    unknown_rows: bool = False,
 ) -> tuple[torch.Tensor, dict[str, SequenceInput]]:
-    """:func:`model_inputs` with vectors from ``lookup(table, fids) -> (n, dim) float32``.
+    """:func:`model_inputs` with vectors from ``lookup(table, fids, fill)``.
 
     ``tables`` gives each slot's table, parallel to ``slots``. Serving passes
-    a read-only lookup of its parameter copy here.
+    a read-only lookup of its parameter copy here. With ``unknown_rows`` an
+    id without a row gets its slot's unknown row (the row of
+    :func:`~headrace.schema.unknown_fid`, zeros while there is none), else
+    a zero vector.
     """
     table_of = dict(zip(slots, tables, strict=True))
-    vectors = [lookup(table_of[slot], fids) for slot, fids in batch_fids(batch, slots).items()]
+    vectors = []
+    for slot, fids in batch_fids(batch, slots).items():
+        table = table_of[slot]
+        fill = lookup(table, _unknown_fids(slot), None)[0] if unknown_rows else None
+        vectors.append(lookup(table, fids, fill))
     values = np.concatenate(vectors) if vectors else np.empty((0, dim), np.float32)
     return model_inputs(
         batch,

@@ -30,9 +30,9 @@ for event in PROBE:
     del event["label"]  # serving input carries no label
 
 
-def _trainer(tmp_path, events: int) -> Trainer:
+def _trainer(tmp_path, events: int, config: TrainerConfig = CONFIG) -> Trainer:
     source = SyntheticSource(SyntheticConfig(seed=5), limit=events)
-    return Trainer.open(CONFIG, tmp_path / "data", source)
+    return Trainer.open(config, tmp_path / "data", source)
 
 
 def _publisher(trainer: Trainer, url: str, **intervals) -> ParameterPublisher:
@@ -78,6 +78,42 @@ def test_scores_equal_the_trainers_through_the_directory(tmp_path):
 @pytest.mark.kafka
 def test_scores_equal_the_trainers_through_kafka(tmp_path, kafka_bootstrap, topic_name):
     _parity(tmp_path, f"kafka://{kafka_bootstrap}/{topic_name('params')}")
+
+
+def test_an_id_without_a_row_is_served_its_slots_unknown_row(tmp_path):
+    url = f"dir://{tmp_path}/params"
+    model = CONFIG.model.model_copy(update={"unknown_rows": True})
+    trainer = _trainer(tmp_path, 3000, CONFIG.model_copy(update={"model": model}))
+    publisher = _publisher(trainer, url, sync_interval=0.0, snapshot_interval=3600)
+    # Two users the trainer never saw, in the same event otherwise.
+    unseen = [
+        dict(PROBE[0], sparse=dict(PROBE[0]["sparse"], user_id=f"never-seen-{k}")) for k in (1, 2)
+    ]
+    with trainer:
+        trainer.run()
+        update = publisher.publish_snapshot(publisher.event_time)
+        expected = _trainer_scores(trainer, unseen)
+        spec = trainer.model_spec
+        plain = spec.model_copy(
+            update={"model": spec.model.model_copy(update={"unknown_rows": False})}
+        )
+        scorer = Scorer(plain, dense_state_bytes(trainer.model))
+        records = [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(unseen)]
+        batch = scorer.parser.parse(records, {}).batch
+        zero_vector = scorer.predict(scorer.embed(batch, trainer.store.lookup), batch)
+    app, sync = build_worker(url)
+    for _ in range(50):
+        sync.step(timeout_s=0.5)
+        if sync.state.version == update.version:
+            break
+    response = TestClient(app).post("/v1/predict", json={"events": unseen})
+    assert response.status_code == 200, response.text
+    served = np.array(response.json()["scores"])
+    assert served[0] == served[1]
+    np.testing.assert_allclose(served, expected, rtol=0, atol=1e-6)
+    # Not the zero vector's answer: the unknown user row came with the snapshot.
+    assert abs(served[0] - zero_vector[0]) > 1e-4
+    sync.stop()
 
 
 def test_every_response_matches_the_version_it_names(tmp_path):

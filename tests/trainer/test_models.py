@@ -68,8 +68,9 @@ def test_one_id_per_event_and_slot_pools_without_copying():
 def test_lookup_inputs_reads_vectors_through_a_function():
     table = {1: [1.0, 0.0], 2: [0.0, 1.0], 3: [2.0, 2.0], 7: [1, 1], 8: [2, 2], 9: [3, 3]}
 
-    def lookup(name, fids):
+    def lookup(name, fids, fill):
         assert name in ("t", "u")  # each slot's table
+        assert fill is None  # zero vectors for ids without a row: no unknown rows asked for
         return np.array([table[int(f)] for f in fids], dtype=np.float32)
 
     pooled, sequences = lookup_inputs(_batch(), ["tags", "user"], ["t", "u"], lookup, "sum", 2)
