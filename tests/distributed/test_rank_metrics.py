@@ -84,11 +84,12 @@ def _expected_scores(config: Path, data_dir: Path) -> np.ndarray:
         dense = store.extra[MODEL_BLOB]
     scorer = Scorer(load_trainer_config(config).model_spec, dense)
 
-    def lookup(slot: str, fids: np.ndarray) -> np.ndarray:
+    def lookup(slot: str, fids: np.ndarray, fill: np.ndarray | None) -> np.ndarray:
         known, vectors = rows[slot]
         at = np.clip(np.searchsorted(known, fids), 0, len(known) - 1)
         found = known[at] == fids
-        return np.where(found[:, None], vectors[at], 0.0).astype(np.float32)
+        missing = 0.0 if fill is None else fill
+        return np.where(found[:, None], vectors[at], missing).astype(np.float32)
 
     records = [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(PROBE)]
     batch = scorer.parser.parse(records, {}).batch
