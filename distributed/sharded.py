@@ -329,12 +329,15 @@ class ShardedStore:
         got = self.collectives.all_to_all(
             send, lookup.sent * row + blocks.shape[1], lookup.received * row + blocks.shape[1]
         )
-        pieces, start = [], 0
-        for p in range(world):
-            pieces.append(got[start : start + lookup.received[p] * row])
-            start += lookup.received[p] * row + blocks.shape[1]
-        received = np.concatenate(pieces).view(np.float32).reshape(-1, grads.shape[1])
-        self._apply_received(received)
+        # Each peer's message: its gradients for this rank's rows, then its block.
         ends = np.cumsum(lookup.received * row + blocks.shape[1])
-        got_blocks = np.stack([got[end - blocks.shape[1] : end] for end in ends])
+        block_starts = ends - blocks.shape[1]
+        gradient_starts = block_starts - lookup.received * row
+        received = np.concatenate(
+            [got[start:end] for start, end in zip(gradient_starts, block_starts, strict=True)]
+        )
+        self._apply_received(received.view(np.float32).reshape(-1, grads.shape[1]))
+        got_blocks = np.stack(
+            [got[start:end] for start, end in zip(block_starts, ends, strict=True)]
+        )
         return got_blocks.view(np.int64).reshape(block.shape)
