@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from .kafka_process import ProcessKafkaSource, ReaderProcessError
     from .movielens import MOVIELENS_SLOTS, MovieLensError, movielens_events
     from .parse import EventParser, ParserConfig, ParseResult
-    from .pipeline import EventStream, Source
+    from .pipeline import EventStream, ParsingSource, Source
     from .replay import LogSink, MessageSink, generate_events, replay_log, write_log
     from .synthetic import (
         BayesAuc,
@@ -77,6 +77,7 @@ _MODULES = {
     "MessageSink": "replay",
     "MovieLensError": "movielens",
     "ParseResult": "parse",
+    "ParsingSource": "pipeline",
     "ParserConfig": "parse",
     "Positions": "batch",
     "ProcessKafkaSource": "kafka_process",
@@ -125,6 +126,7 @@ __all__ = [
     "MovieLensError",
     "ParseResult",
     "ParserConfig",
+    "ParsingSource",
     "Positions",
     "ProcessKafkaSource",
     "ReaderProcessError",

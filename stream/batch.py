@@ -116,6 +116,27 @@ class Batch:
             event_ids=pick(self.event_ids),
         )
 
+    def slice(self, start: int, stop: int, positions: Positions) -> Batch:
+        """Events ``start:stop`` (views of this batch's arrays), ending at ``positions``."""
+        fids, offsets = {}, {}
+        for slot, bounds in self.offsets.items():
+            first = bounds[start]
+            fids[slot] = self.fids[slot][first : bounds[stop]]
+            offsets[slot] = bounds[start : stop + 1] - first
+        return Batch(
+            fids=fids,
+            offsets=offsets,
+            dense=self.dense[start:stop],
+            dense_names=self.dense_names,
+            labels=self.labels[start:stop],
+            ts=self.ts[start:stop],
+            request_ids=self.request_ids[start:stop],
+            positions=positions,
+            weights=None if self.weights is None else self.weights[start:stop],
+            sample_rates=None if self.sample_rates is None else self.sample_rates[start:stop],
+            event_ids=None if self.event_ids is None else self.event_ids[start:stop],
+        )
+
     def event_fids(self, slot: str, index: int) -> np.ndarray:
         """The feature ids of event ``index`` in ``slot`` (empty if it lacks the slot)."""
         bounds = self.offsets.get(slot)

@@ -67,10 +67,45 @@ class ParserConfig:
 
 @dataclass(frozen=True, slots=True)
 class ParseResult:
-    """The batch of good events and the dead letters of one chunk of records."""
+    """The batch of good events and the dead letters of one chunk of records.
+
+    Attributes
+    ----------
+    batch
+        The good events, in record order.
+    dead_letters
+        The bad records, in record order.
+    kept
+        ``bool`` per record: True where it became an event of ``batch``.
+    """
 
     batch: Batch
     dead_letters: list[DeadLetter]
+    kept: np.ndarray
+
+    def slice(
+        self, start: int, stop: int, positions: Positions, events: np.ndarray | None = None
+    ) -> ParseResult:
+        """The result of records ``start:stop`` alone, its batch ending at ``positions``.
+
+        A reader that parses large chunks hands them out in batches of the
+        size asked for, as if each had been parsed on its own. ``events``
+        (:meth:`event_bounds`, computed once per chunk) saves a pass over it.
+        """
+        events = self.event_bounds() if events is None else events
+        first, last = int(events[start]), int(events[stop])
+        bad = start - first  # bad records before ``start``
+        return ParseResult(
+            self.batch.slice(first, last, positions),
+            self.dead_letters[bad : bad + (stop - start) - (last - first)],
+            self.kept[start:stop],
+        )
+
+    def event_bounds(self) -> np.ndarray:
+        """``(records + 1,)`` int64: how many events the records before each boundary gave."""
+        bounds = np.zeros(len(self.kept) + 1, dtype=np.int64)
+        np.cumsum(self.kept, out=bounds[1:])
+        return bounds
 
 
 class EventParser:
@@ -120,7 +155,8 @@ class EventParser:
         decode = self._decode
         dead: list[DeadLetter] = []
         events: list[FastEvent | ValidEvent] = []
-        for record in records:
+        kept = np.ones(len(records), dtype=bool)
+        for i, record in enumerate(records):
             raw = record.value
             if raw is not None and len(raw) <= max_bytes:
                 try:
@@ -134,6 +170,7 @@ class EventParser:
             try:
                 events.append(self._check(raw))
             except SchemaError as exc:
+                kept[i] = False
                 dead.append(
                     DeadLetter(exc.reason, exc.detail, record.partition, record.offset, raw or b"")
                 )
@@ -156,7 +193,7 @@ class EventParser:
             sample_rates=np.array(list(map(_SAMPLE_RATE, events)), dtype=np.float32),
             event_ids=tuple(map(_EVENT_ID, events)),
         )
-        return ParseResult(batch, dead)
+        return ParseResult(batch, dead, kept)
 
     def _check(self, raw: bytes | None) -> ValidEvent:
         """The full check of one message; raises :class:`SchemaError` with the reason."""

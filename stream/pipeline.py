@@ -8,9 +8,9 @@ from typing import Protocol
 
 from .batch import Batch, Positions, Record
 from .deadletter import DeadLetter, DeadLetterSink
-from .parse import EventParser, ParseResult
+from .parse import EventParser, ParserConfig, ParseResult
 
-__all__ = ["EventStream", "Source"]
+__all__ = ["EventStream", "ParsingSource", "Source"]
 
 
 class Source(Protocol):
@@ -30,6 +30,18 @@ class Source(Protocol):
     def close(self) -> None: ...
 
 
+class ParsingSource(Source, Protocol):
+    """A source that can parse what it reads where it reads it (in a reader process)."""
+
+    def parse_with(self, config: ParserConfig) -> bool:
+        """Parse with ``config`` from now on; False if this source cannot."""
+        ...
+
+    def poll_parsed(self, max_records: int, timeout_s: float = ...) -> ParseResult | None:
+        """Up to ``max_records`` records parsed (``kept`` has one entry each); None if none came."""
+        ...
+
+
 class EventStream:
     """Turns a source's raw records into batches; bad records become dead letters.
 
@@ -41,7 +53,8 @@ class EventStream:
         Where bad records go. Before a batch is returned, the dead letters of
         its records are flushed, so its positions never pass an unsaved one.
     parser
-        How records are parsed; a training parser by default.
+        How records are parsed; a training parser by default. A
+        :class:`ParsingSource` is asked to parse with its config itself.
 
     Attributes
     ----------
@@ -62,6 +75,9 @@ class EventStream:
         self.source = source
         self.dead_letters = dead_letters
         self.parser = parser or EventParser()
+        parse_with = getattr(source, "parse_with", None)
+        #: True when the source parses (in a reader process): reading then costs a slice.
+        self.source_parses = parse_with is not None and parse_with(self.parser.config)
         self.records_read = 0
         self.events_ingested = 0
         self.dead_letter_counts: Counter[str] = Counter()
@@ -85,9 +101,15 @@ class EventStream:
         written twice. Pass them to :meth:`write_dead_letters` before saving
         the batch's positions, so that no position passes an unsaved letter.
         """
-        records = self.source.poll(max_events, timeout_s)
-        result = self.parser.parse(records, self.source.positions())
-        self.records_read += len(records)
+        if self.source_parses:
+            result = self.source.poll_parsed(max_events, timeout_s)  # type: ignore[attr-defined]
+            if result is None:
+                result = self.parser.parse([], self.source.positions())
+        else:
+            result = self.parser.parse(
+                self.source.poll(max_events, timeout_s), self.source.positions()
+            )
+        self.records_read += len(result.kept)
         self.events_ingested += len(result.batch)
         self.dead_letter_counts.update(letter.reason.value for letter in result.dead_letters)
         return result

@@ -7,6 +7,11 @@ batches are the ones :meth:`EventStream.next_batch` forms, asked for with
 the same sizes in the same order as without the thread, so ``--deterministic``
 runs train on identical batches.
 
+A stream whose source parses in a reader process of its own
+(:attr:`EventStream.source_parses`) is read on the training thread: the
+reader process works ahead already, and taking a batch from it is a slice,
+cheaper than handing it over between threads.
+
 The thread reads ahead of training by at most ``depth + 1`` batches (``depth``
 queued, one waiting to be queued). Each batch
 travels with the stream's counters as of its own end, so the trainer counts
@@ -77,40 +82,42 @@ class BatchPrefetcher:
         self._queue: queue.Queue[Fetched | _End | _Failed] = queue.Queue(maxsize=depth)
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="batch-prefetch", daemon=True)
+        self._inline = stream.source_parses
+        self._first = stream.records_read
         self._taken: Positions = stream.positions()
         self._ended = False
 
     def __enter__(self) -> BatchPrefetcher:
-        self._thread.start()
+        if not self._inline:
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _run(self) -> None:
-        stream, first = self.stream, self.stream.records_read
         try:
             while not self._closing.is_set():
-                read = stream.records_read - first
-                if stream.source.exhausted or (
-                    self.max_events is not None and read >= self.max_events
-                ):
-                    self._put(_End())
+                item = self._read()
+                self._put(item)
+                if isinstance(item, _End):
                     return
-                want = self.batch_size
-                if self.max_events is not None:
-                    want = min(want, self.max_events - read)
-                result = stream.read(want, timeout_s=_POLL_S)
-                self._put(
-                    Fetched(
-                        result.batch,
-                        stream.records_read,
-                        dict(stream.dead_letter_counts),
-                        result.dead_letters,
-                    )
-                )
         except BaseException as exc:  # handed to the training thread, which raises it
             self._put(_Failed(exc))
+
+    def _read(self, timeout_s: float = _POLL_S) -> Fetched | _End:
+        """The next batch from the stream, or the end."""
+        stream = self.stream
+        read = stream.records_read - self._first
+        if stream.source.exhausted or (self.max_events is not None and read >= self.max_events):
+            return _End()
+        want = self.batch_size
+        if self.max_events is not None:
+            want = min(want, self.max_events - read)
+        result = stream.read(want, timeout_s=timeout_s)
+        return Fetched(
+            result.batch, stream.records_read, dict(stream.dead_letter_counts), result.dead_letters
+        )
 
     def _put(self, item: Fetched | _End | _Failed) -> None:
         while not self._closing.is_set():
@@ -138,7 +145,7 @@ class BatchPrefetcher:
         if self._ended:
             return None
         try:
-            item = self._queue.get(timeout=timeout_s)
+            item = self._read(timeout_s) if self._inline else self._queue.get(timeout=timeout_s)
         except queue.Empty:
             raise TimeoutError("no batch ready yet") from None
         if isinstance(item, _Failed):

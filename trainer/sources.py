@@ -20,6 +20,8 @@ from headrace.stream import (
     KafkaDeadLetterSink,
     KafkaSource,
     KafkaSourceConfig,
+    ParserConfig,
+    ParseResult,
     Positions,
     ProcessKafkaSource,
     Record,
@@ -110,6 +112,18 @@ class OrderedKafkaReader:
                     self._next[key] = record.offset + 1
                     taken.append(record)
         return taken
+
+    def parse_with(self, config: ParserConfig) -> bool:
+        """Have the reader process parse, unless records are dealt in order here."""
+        parse_with = getattr(self.source, "parse_with", None)
+        return not self.ordered and parse_with is not None and parse_with(config)
+
+    def poll_parsed(self, max_records: int, timeout_s: float = 1.0) -> ParseResult | None:
+        """Up to ``max_records`` records parsed by the reader process (after :meth:`parse_with`)."""
+        result = self.source.poll_parsed(max_records, timeout_s)  # type: ignore[union-attr]
+        if result is not None:
+            self._next.update(result.batch.positions)
+        return result
 
     def _fill(self, key: str, deadline: float) -> bool:
         """Fetch until ``key`` has a record or is at its end; False if the deadline passed."""

@@ -405,6 +405,64 @@ def test_a_seek_to_the_end_learns_the_ends(kafka_bootstrap, topic_name, source_t
         assert source.highwater(f"{topic}:0") == source.highwater(f"{topic}:1") == 5000
 
 
+def test_parsing_in_the_reader_process_gives_the_batches_parsing_here_gives(
+    kafka_bootstrap, topic_name
+):
+    """Bad records among good ones, two partitions, uneven batch sizes, a seek back."""
+    topic = topic_name("parsed")
+    ensure_topic(kafka_bootstrap, topic, 2)
+    keys = (f"{topic}:0", f"{topic}:1")
+    sink = KafkaSink(kafka_bootstrap, topic)
+    # Event i goes to partition i % 2 at offset i // 2; every 97th is bad.
+    for i in range(3000):
+        event = {"ts": i, "label": i % 2, "sparse": {"u": i, "g": ["a", str(i % 7)]}}
+        sink.send(
+            b"{bad" if i % 97 == 5 else json.dumps(event | {"request_id": str(i)}).encode(),
+            partition=i % 2,
+        )
+    sink.close()
+    back = {keys[0]: 10, keys[1]: 20}
+
+    def read(source_type: type) -> tuple[dict, dict, Counter]:
+        """Each partition's offsets in the order read, each event's ``g`` fids, the letters."""
+        stream = EventStream(
+            source_type(KafkaSourceConfig(kafka_bootstrap, topic)), ListDeadLetterSink()
+        )
+        assert stream.source_parses == (source_type is ProcessKafkaSource)
+        offsets: dict[str, list[int]] = {key: [] for key in keys}
+        fids, before_seek, sizes = {}, None, [7, 32, 100, 1]
+        deadline = time.monotonic() + 60
+        while min(stream.positions().values()) < 1500 and time.monotonic() < deadline:
+            batch = stream.next_batch(sizes[stream.records_read % 4], timeout_s=1)
+            for j, request_id in enumerate(batch.request_ids):
+                i = int(request_id)
+                offsets[keys[i % 2]].append(i // 2)
+                fids[i] = batch.event_fids("g", j).tolist()
+                # The batch's positions pass what it holds.
+                assert batch.positions[keys[i % 2]] > i // 2
+            if before_seek is None and stream.records_read >= 500:
+                before_seek = batch.positions
+                stream.seek(back)
+        letters = Counter((d.partition, d.offset) for d in stream.dead_letters.letters)
+        stream.close()
+        # Per partition: up to where the seek found it, then again from ``back``.
+        bad = {
+            key: {i // 2 for i in range(p, 3000, 2) if i % 97 == 5} for p, key in enumerate(keys)
+        }
+        for key in keys:
+            read_offsets = [*range(before_seek[key]), *range(back[key], 1500)]
+            assert offsets[key] == [o for o in read_offsets if o not in bad[key]]
+            assert Counter(o for (k, o) in letters.elements() if k == key) == Counter(
+                o for o in read_offsets if o in bad[key]
+            )
+        return fids
+
+    there, here = read(ProcessKafkaSource), read(KafkaSource)
+    common = there.keys() & here.keys()
+    assert len(common) >= 2900
+    assert {i: there[i] for i in common} == {i: here[i] for i in common}
+
+
 def test_child_process_source_refuses_group_mode(kafka_bootstrap):
     with pytest.raises(ValueError, match="for consumer-group mode use KafkaSource"):
         ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, "t", group_id="g"))
