@@ -1,8 +1,9 @@
 """Ingest benchmark: raw Kafka poll vs Kafka -> columnar batches vs parse alone.
 
 The source measured for the target is :class:`ProcessKafkaSource`, the one
-the trainer reads Kafka with (its consumer polls in a child process while
-this one parses); the in-process :class:`KafkaSource` is measured beside it.
+the trainer reads Kafka with (a child process reads with librdkafka and
+parses; this one takes slices of the parsed chunks); the in-process
+:class:`KafkaSource` (kafka-python, parsing here) is measured beside it.
 Each rate is the median of three interleaved rounds; the target ratio is
 the median of the rounds' own ratios. Prints one JSON object.
 

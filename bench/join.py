@@ -65,7 +65,6 @@ import orjson
 import torch
 
 from headrace.joiner import JoinConfig, Joiner, open_inputs, open_sink
-from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
 from headrace.model import lookup_inputs
 from headrace.stream import (
     EventParser,
@@ -73,6 +72,8 @@ from headrace.stream import (
     ListDeadLetterSink,
     LogSink,
     ParserConfig,
+    RdKafkaSink,
+    RdKafkaSource,
     SyntheticConfig,
     TwoStreamConfig,
     TwoStreamGenerator,

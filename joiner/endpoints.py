@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import urlsplit
 
-from headrace.joiner.rdkafka import RdKafkaSink, RdKafkaSource
 from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
     FileSource,
+    RdKafkaSink,
+    RdKafkaSource,
     Source,
     ensure_topic,
     parse_kafka_url,

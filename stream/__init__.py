@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from .movielens import MOVIELENS_SLOTS, MovieLensError, movielens_events
     from .parse import EventParser, ParserConfig, ParseResult
     from .pipeline import EventStream, ParsingSource, Source
+    from .rdkafka import RdKafkaSink, RdKafkaSource
     from .replay import LogSink, MessageSink, generate_events, replay_log, write_log
     from .synthetic import (
         BayesAuc,
@@ -81,6 +82,8 @@ _MODULES = {
     "ParserConfig": "parse",
     "Positions": "batch",
     "ProcessKafkaSource": "kafka_process",
+    "RdKafkaSink": "rdkafka",
+    "RdKafkaSource": "rdkafka",
     "ReaderProcessError": "kafka_process",
     "Record": "batch",
     "Source": "pipeline",
@@ -129,6 +132,8 @@ __all__ = [
     "ParsingSource",
     "Positions",
     "ProcessKafkaSource",
+    "RdKafkaSink",
+    "RdKafkaSource",
     "ReaderProcessError",
     "Record",
     "Source",

@@ -96,9 +96,10 @@ class _Complaints(logging.Handler):
 
 
 @contextmanager
-def _complaints() -> Iterator[list[str]]:
+def complaints(logger_name: str = "kafka") -> Iterator[list[str]]:
+    """Collect the warnings a client library logs meanwhile (for :func:`diagnose`)."""
     handler = _Complaints()
-    logger = logging.getLogger("kafka")
+    logger = logging.getLogger(logger_name)
     logger.addHandler(handler)
     try:
         yield handler.messages
@@ -106,7 +107,8 @@ def _complaints() -> Iterator[list[str]]:
         logger.removeHandler(handler)
 
 
-#: Substrings of kafka-python's log that tell why a bootstrap failed, and what to fix.
+#: Substrings of kafka-python's and librdkafka's logs that tell why a bootstrap
+#: failed, and what to fix.
 _CAUSES = (
     (
         ("CERTIFICATE_VERIFY_FAILED", "certificate verify failed"),
@@ -135,7 +137,8 @@ _CAUSES = (
 )
 
 
-def _diagnose(bootstrap_servers: str, client: KafkaClientSettings, messages: list[str]) -> str:
+def diagnose(bootstrap_servers: str, client: KafkaClientSettings, messages: list[str]) -> str:
+    """Why no broker answered, and what to change, from a client's :func:`complaints`."""
     text = "\n".join(messages)
     if client.uses_tls and client.ssl_certfile is None and "socket disconnected" in text:
         # Under TLS 1.3 a broker refuses a missing client certificate after
@@ -165,13 +168,13 @@ def _connect(
         broker was reached but refused the handshake or the credentials.
     """
     try:
-        with _complaints() as messages:
+        with complaints() as messages:
             # The caller's own options win (e.g. a test's ssl_context).
             return factory(
                 bootstrap_servers=bootstrap_servers, **(client.client_options() | options)
             )
     except KafkaTimeoutError as exc:
-        raise BrokerUnavailable(_diagnose(bootstrap_servers, client, messages)) from exc
+        raise BrokerUnavailable(diagnose(bootstrap_servers, client, messages)) from exc
 
 
 def ensure_topic(

@@ -1,10 +1,11 @@
 """A Kafka source whose consumer runs in a child process.
 
-kafka-python decodes every record in Python, about 9 µs of CPU per message
-on these machines, and parsing the JSON into columns costs as much again.
-Both hold the GIL, so a reader thread cannot overlap them; a second process
-can. The child polls a :class:`~headrace.stream.KafkaSource` and sends the
-raw values in chunks; this process parses them. Positions are this
+Decoding Kafka records and parsing the JSON into columns hold the GIL, so a
+reader thread cannot overlap them with training; a second process can. The
+child polls an :class:`~headrace.stream.RdKafkaSource` (librdkafka decodes
+records in C: ~1 µs a record where kafka-python's consumer takes ~5) and
+sends the raw values in chunks. A config with kafka-python ``options`` is
+read with a :class:`~headrace.stream.KafkaSource`, which understands them. Positions are this
 process's own (the offset after the last record
 :meth:`ProcessKafkaSource.poll` returned), so read-ahead never reaches a
 checkpoint.
@@ -44,6 +45,7 @@ import numpy as np
 from .batch import Positions, Record
 from .kafka import KafkaSource, KafkaSourceConfig
 from .parse import EventParser, ParserConfig, ParseResult
+from .rdkafka import RdKafkaSource
 
 __all__ = ["ProcessKafkaSource", "ReaderProcessError"]
 
@@ -58,9 +60,6 @@ _ANSWER_TIMEOUT_S = 60.0
 
 _PARTITION, _OFFSET, _VALUE = map(attrgetter, ("partition", "offset", "value"))
 
-#: A chunk: each partition's offsets and values, in order.
-_Chunk = list[tuple[str, list[int], list[bytes | None]]]
-
 
 class ReaderProcessError(RuntimeError):
     """The child process that reads Kafka died, failed or stopped answering."""
@@ -71,8 +70,8 @@ class _ParsedChunk:
     """A chunk parsed in the child, and how much of it :meth:`poll_parsed` handed out."""
 
     keys: list[str]
-    #: Record index where each key's records end (they come key after key).
-    ends: np.ndarray
+    #: Each record's partition, as an index into ``keys``.
+    key_index: np.ndarray
     #: Each record's offset.
     offsets: np.ndarray
     result: ParseResult
@@ -233,11 +232,11 @@ class ProcessKafkaSource:
             stop = chunk.taken = min(start + max_records, len(chunk.offsets))
             if stop == len(chunk.offsets):
                 self._parsed.popleft()
-            begin = 0
-            for key, end in zip(chunk.keys, chunk.ends.tolist(), strict=True):
-                if begin < stop and end > start:
-                    self._positions[key] = int(chunk.offsets[min(end, stop) - 1]) + 1
-                begin = end
+            taken = chunk.key_index[start:stop]
+            for k, key in enumerate(chunk.keys):
+                last = np.flatnonzero(taken == k)
+                if len(last):
+                    self._positions[key] = int(chunk.offsets[start + last[-1]]) + 1
             return chunk.result.slice(start, stop, dict(self._positions), chunk.events)
 
     def positions(self) -> Positions:
@@ -364,11 +363,11 @@ class ProcessKafkaSource:
         if kind == "parsed":
             self._parsed.append(_ParsedChunk(*payload))
             return
-        for key, offsets, values in payload:
-            # tuple.__new__ makes the Records without the Python-level
-            # namedtuple constructor: a third of the cost per record.
-            rows = zip(repeat(key), offsets, values, strict=False)
-            self._pending.extend(map(tuple.__new__, repeat(Record), rows))
+        keys, key_index, offsets, values = payload
+        # tuple.__new__ makes the Records without the Python-level
+        # namedtuple constructor: a third of the cost per record.
+        rows = zip(map(keys.__getitem__, key_index.tolist()), offsets.tolist(), values, strict=True)
+        self._pending.extend(map(tuple.__new__, repeat(Record), rows))
 
     def _check_open(self) -> None:
         if self._pipe.closed:
@@ -413,7 +412,7 @@ def _serve(config: KafkaSourceConfig, pipe: Connection) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        source = KafkaSource(config)
+        source = _open_reader(config)
         positions = source.positions()
     except Exception as exc:
         pipe.send(("answer", _with_child_traceback(exc)))
@@ -427,7 +426,22 @@ def _serve(config: KafkaSourceConfig, pipe: Connection) -> None:
         source.close()
 
 
-def _pump(source: KafkaSource, keys: list[str], pipe: Connection) -> None:
+def _open_reader(config: KafkaSourceConfig) -> KafkaSource | RdKafkaSource:
+    """librdkafka, unless the config passes options of kafka-python's consumer."""
+    if config.options:
+        return KafkaSource(config)
+    return RdKafkaSource(
+        config.bootstrap_servers,
+        config.topic,
+        config.partitions,
+        config.client,
+        start=config.start,
+        timeout_s=config.bootstrap_timeout_s,
+        reconnect_backoff_max_ms=config.reconnect_backoff_max_ms,
+    )
+
+
+def _pump(source: KafkaSource | RdKafkaSource, keys: list[str], pipe: Connection) -> None:
     sent_highwater: Positions = {}
     parser: EventParser | None = None
     while True:
@@ -449,16 +463,12 @@ def _pump(source: KafkaSource, keys: list[str], pipe: Connection) -> None:
         message: tuple[Any, ...] | None = None
         highwater = sent_highwater
         try:
-            by_key = source.poll_partitions(_CHUNK_RECORDS, timeout_s=_WAIT_S)
+            records = source.poll(_CHUNK_RECORDS, timeout_s=_WAIT_S)
             highwater = {key: end for key in keys if (end := source.highwater(key)) is not None}
-            if by_key and parser is not None:
-                message = ("parsed", _parsed(parser, by_key), highwater)
-            elif by_key or highwater != sent_highwater:
-                chunk = [
-                    (key, list(map(_OFFSET, messages)), list(map(_VALUE, messages)))
-                    for key, messages in by_key
-                ]
-                message = ("chunk", chunk, highwater)
+            if records and parser is not None:
+                message = ("parsed", (*_columns(records), parser.parse(records, {})), highwater)
+            elif records or highwater != sent_highwater:
+                message = ("chunk", (*_columns(records), list(map(_VALUE, records))), highwater)
         except Exception as exc:
             message = ("failure", _with_child_traceback(exc), highwater)
         if message is not None:
@@ -466,19 +476,14 @@ def _pump(source: KafkaSource, keys: list[str], pipe: Connection) -> None:
         sent_highwater = highwater
 
 
-def _parsed(parser: EventParser, by_key: list[tuple[str, list[Any]]]) -> tuple[Any, ...]:
-    """A :class:`_ParsedChunk`'s fields: the chunk's records, key after key, parsed as one."""
-    records: list[Record] = []
-    for key, messages in by_key:
-        # tuple.__new__ makes the Records without the namedtuple constructor.
-        rows = zip(repeat(key), map(_OFFSET, messages), map(_VALUE, messages))
-        records.extend(map(tuple.__new__, repeat(Record), rows))
-    return (
-        [key for key, _ in by_key],
-        np.cumsum([len(messages) for _, messages in by_key], dtype=np.int64),
-        np.fromiter(map(_OFFSET, records), dtype=np.int64, count=len(records)),
-        parser.parse(records, {}),
+def _columns(records: list[Record]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The records' partitions (distinct keys, each record's index into them) and offsets."""
+    keys = list(dict.fromkeys(map(_PARTITION, records)))
+    index = {key: k for k, key in enumerate(keys)}
+    key_index = np.fromiter(
+        map(index.__getitem__, map(_PARTITION, records)), np.int32, len(records)
     )
+    return keys, key_index, np.fromiter(map(_OFFSET, records), np.int64, len(records))
 
 
 def _send(pipe: Connection, message: tuple[Any, ...]) -> None:
@@ -491,7 +496,7 @@ def _send(pipe: Connection, message: tuple[Any, ...]) -> None:
         pipe.send(("failure", _with_child_traceback(exc), message[2]))
 
 
-def _run(source: KafkaSource, command: str, args: tuple[Any, ...]) -> Any:
+def _run(source: KafkaSource | RdKafkaSource, command: str, args: tuple[Any, ...]) -> Any:
     if command == "seek":
         return source.seek(*args)
     if command == "lag":

@@ -1,11 +1,11 @@
-"""The joiner's Kafka clients, on librdkafka (confluent-kafka).
+"""Kafka clients on librdkafka (confluent-kafka): the hot paths' reader and writer.
 
-The joiner reads two topics and writes a third, one message out for about
-every message in. kafka-python builds and decodes every record in Python
-(its producer costs ~95 µs a message here, its consumer ~9 µs), which held
-the joiner to ~7k events/s. librdkafka fetches, decodes, batches and sends
-on its own C threads, outside the GIL: a Python call per message is left
-(~1 µs), and the join itself becomes the cost.
+kafka-python builds and decodes every record in Python (its producer costs
+~95 µs a message here, its consumer ~5-9 µs), which held the joiner to ~7k
+events/s and the trainer's reader process to ~100k records/s. librdkafka
+fetches, decodes, batches and sends on its own C threads, outside the GIL:
+a Python call per message is left (~1 µs). The joiner reads and writes
+with these; the trainer's reader process reads with :class:`RdKafkaSource`.
 
 :class:`RdKafkaSource` keeps the source contract of
 :mod:`headrace.stream` (``poll``, ``positions``, ``seek``, ``highwater``,
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Literal
 
 from confluent_kafka import (
     OFFSET_INVALID,
@@ -31,7 +32,9 @@ from confluent_kafka import (
 )
 
 from headrace.kafka_client import KafkaClientSettings
-from headrace.stream import BrokerUnavailable, DeliveryError, Positions, Record
+
+from .batch import Positions, Record
+from .kafka import BrokerUnavailable, DeliveryError, complaints, diagnose
 
 __all__ = ["RdKafkaSink", "RdKafkaSource"]
 
@@ -40,15 +43,21 @@ log = logging.getLogger(__name__)
 _QUERY_TIMEOUT_S = 10.0
 
 
-def _check_reachable(client: Consumer | Producer, servers: str, topic: str) -> int:
+def _check_reachable(
+    client: Consumer | Producer,
+    servers: str,
+    topic: str,
+    settings: KafkaClientSettings,
+    timeout_s: float = _QUERY_TIMEOUT_S,
+) -> int:
     """The partition count of ``topic``; raises when no broker answers or it is missing."""
-    try:
-        metadata = client.list_topics(topic, timeout=_QUERY_TIMEOUT_S)
-    except KafkaException as exc:
-        raise BrokerUnavailable(
-            f"no Kafka broker answered at {servers} ({exc.args[0]}); check the address "
-            "and the [kafka] settings"
-        ) from None
+    with complaints(log.name) as messages:
+        try:
+            metadata = client.list_topics(topic, timeout=timeout_s)
+        except KafkaException:
+            # librdkafka hands its log over when it is served; the cause is there.
+            client.poll(0)
+            raise BrokerUnavailable(diagnose(servers, settings, messages)) from None
     found = metadata.topics.get(topic)
     if found is None or found.error is not None or not found.partitions:
         raise ValueError(f"topic {topic!r} does not exist at {servers}")
@@ -65,16 +74,22 @@ class RdKafkaSource:
     topic
         The topic.
     partitions
-        The partitions to read.
+        The partitions to read; ``None`` for all of them.
     client
         TLS and SASL settings.
+    start
+        Where a partition starts before :meth:`seek`: its first record or its end.
+    timeout_s
+        How long to wait for the broker's answer at start.
+    reconnect_backoff_max_ms
+        Longest wait between attempts to reach a broker that went away.
 
     Raises
     ------
     BrokerUnavailable
         When no broker answers.
     ValueError
-        When the topic does not exist.
+        When the topic or a partition asked for does not exist.
     """
 
     exhausted = False  # a topic never ends
@@ -83,17 +98,20 @@ class RdKafkaSource:
         self,
         servers: str,
         topic: str,
-        partitions: Iterable[int],
+        partitions: Iterable[int] | None = None,
         client: KafkaClientSettings | None = None,
+        start: Literal["earliest", "latest"] = "earliest",
+        timeout_s: float = _QUERY_TIMEOUT_S,
+        reconnect_backoff_max_ms: int = 10_000,
     ) -> None:
         self.servers, self.topic = servers, topic
-        self._keys = {p: f"{topic}:{p}" for p in partitions}
+        client = client or KafkaClientSettings()
         self._consumer = Consumer(
             {
                 "bootstrap.servers": servers,
-                # Positions are ours (committed with the joiner's state); the
-                # group id only satisfies librdkafka, nothing is committed.
-                "group.id": f"headrace-join-{topic}",
+                # Positions are ours (checkpointed with the caller's state);
+                # the group id only satisfies librdkafka, nothing is committed.
+                "group.id": f"headrace-{topic}",
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
                 "auto.offset.reset": "earliest",
@@ -103,13 +121,21 @@ class RdKafkaSource:
                 # fetching this long; the default 1 s let the joiner drain the
                 # queue and wait.
                 "fetch.queue.backoff.ms": 20,
+                "reconnect.backoff.max.ms": reconnect_backoff_max_ms,
                 "logger": log,
-                **(client or KafkaClientSettings()).librdkafka_options(),
+                **client.librdkafka_options(),
             }
         )
         try:
-            _check_reachable(self._consumer, servers, topic)
-            self._positions: Positions = {key: self._query(p)[0] for p, key in self._keys.items()}
+            count = _check_reachable(self._consumer, servers, topic, client, timeout_s)
+            wanted = sorted(set(range(count) if partitions is None else partitions))
+            if missing := [p for p in wanted if not 0 <= p < count]:
+                raise ValueError(
+                    f"topic {topic!r} has partitions {list(range(count))}, not {missing}"
+                )
+            self._keys = {p: f"{topic}:{p}" for p in wanted}
+            end = 0 if start == "earliest" else 1
+            self._positions: Positions = {key: self._query(p)[end] for p, key in self._keys.items()}
             self._assign()
         except BaseException:
             self._consumer.close()
@@ -174,18 +200,29 @@ class RdKafkaSource:
         )
         return None if high == OFFSET_INVALID or high < 0 else high
 
+    def pause(self, keys: Iterable[str] | None = None) -> None:
+        """Stop fetching the given partitions (all when ``None``), for backpressure."""
+        self._consumer.pause(self._partitions(keys))
+
+    def resume(self, keys: Iterable[str] | None = None) -> None:
+        """Fetch paused partitions again (all when ``None``)."""
+        self._consumer.resume(self._partitions(keys))
+
+    def _partitions(self, keys: Iterable[str] | None) -> list[TopicPartition]:
+        chosen = self._keys if keys is None else {int(k.rpartition(":")[2]) for k in keys}
+        return [TopicPartition(self.topic, p) for p in chosen]
+
     def lag(self) -> dict[str, int]:
         """Records between each partition's position and its end.
 
-        The end is the last fetch's high watermark (librdkafka fetches on
-        ahead, so it is fresh); the broker is asked only for a partition not
-        fetched from yet. Never negative.
+        The end is the larger of the broker's answer now and the last
+        fetch's high watermark: a paused partition is not fetched, and Tansu
+        answers with the start of the last record batch (see
+        :meth:`KafkaSource.lag`). Never negative.
         """
         lag = {}
         for partition, key in self._keys.items():
-            end = self.highwater(key)
-            if end is None:
-                end = self._query(partition)[1]
+            end = max(self._query(partition)[1], self.highwater(key) or 0)
             lag[key] = max(end - self._positions[key], 0)
         return lag
 
@@ -225,6 +262,7 @@ class RdKafkaSink:
         self.topic = topic
         self.sent = 0
         self.errors: list[KafkaError] = []
+        client = client or KafkaClientSettings()
         self._producer = Producer(
             {
                 "bootstrap.servers": servers,
@@ -239,10 +277,10 @@ class RdKafkaSink:
                 "delivery.report.only.error": True,
                 "on_delivery": self._on_error,
                 "logger": log,
-                **(client or KafkaClientSettings()).librdkafka_options(),
+                **client.librdkafka_options(),
             }
         )
-        _check_reachable(self._producer, servers, topic)
+        _check_reachable(self._producer, servers, topic, client)
 
     def _on_error(self, error: KafkaError | None, _message: object) -> None:
         if error is not None:
