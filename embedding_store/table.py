@@ -446,16 +446,16 @@ class RowTable:
             rows,
             values,
         )
-        self.index.added(free - n_free + self._high_water - high_water, empty)
+        added = free - n_free + self._high_water - high_water
+        self.index.added(added, empty)
+        if not added:
+            return rows, values, np.zeros(n, dtype=bool)
         # The new rows: taken from the end of the free list, then from the high-water mark.
         new = np.concatenate([self._free[n_free:free], np.arange(high_water, self._high_water)])
         self._free = self._free[:n_free]
-        created = np.zeros(n, dtype=bool)
-        if len(new):
-            self._scratch[rows] = 0
-            self._scratch[new] = 1
-            created = self._scratch[rows] == 1
-        return rows, values, created
+        self._scratch[rows] = 0
+        self._scratch[new] = 1
+        return rows, values, self._scratch[rows] == 1
 
     def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
         """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""
