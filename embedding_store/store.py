@@ -1334,6 +1334,18 @@ class EmbeddingStore:
             evictions=cache.evictions,
         )
 
+    def unseen_lookups(self) -> dict[str, int]:
+        """Per slot, the training lookups that found no row, since the store was opened.
+
+        The ids they admitted and those held back: what :meth:`stats` counts
+        as ``admitted`` plus ``filtered``, without its other figures (the
+        trainer reads this every few steps).
+        """
+        return {
+            name: int(table.admitted[local]) + int(table.filtered[local])
+            for name, (table, local) in self._where.items()
+        }
+
     def _disk_bytes(self) -> int:
         total = 0
         for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):

@@ -349,8 +349,8 @@ class Trainer:
         self.after_step: list[Callable[[Trainer, StepResult], None]] = []
         self.lag: dict[str, int] = {}
         self._stats: StoreStats = store.stats()
-        # Store counters when the drift signal window last started.
-        self._window_stats = self._stats
+        # The store's lookups without a row when the drift signal window last started.
+        self._window_unseen = store.unseen_lookups()
         # Stream counters already folded into ``state`` (they count per process).
         self._stream_seen: tuple[int, dict[str, int]] = (0, {})
         #: Distributed: waits for the last step's dense gradient summed over the ranks.
@@ -646,17 +646,9 @@ class Trainer:
 
     def _detect_drift(self, event_time: float) -> None:
         """Feed a full signal window to the drift detectors."""
-        stats = self.store.stats()
-        before = self._window_stats
-        # Lookups that found no row: ids admitted by them, and ids held back.
-        unseen = {
-            slot: stats.admitted[slot]
-            - before.admitted[slot]
-            + stats.filtered[slot]
-            - before.filtered[slot]
-            for slot in self._store_slots
-        }
-        self._window_stats = stats
+        now, before = self.store.unseen_lookups(), self._window_unseen
+        unseen = {slot: now[slot] - before[slot] for slot in self._store_slots}
+        self._window_unseen = now
         for detection in self.drift.update(*self.signals.take(unseen), event_time):
             self.telemetry.drift.labels(detector=detection.detector, signal=detection.signal).inc()
 
