@@ -29,7 +29,13 @@ import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
-from headrace.embedding_store import EmbeddingStore, SlotConfig, StoreError, StoreStats
+from headrace.embedding_store import (
+    EmbeddingStore,
+    SlotConfig,
+    StoreError,
+    StoreStats,
+    TrainingLookup,
+)
 from headrace.embedding_store.table import RowTable
 from headrace.model import (
     CtrModel,
@@ -514,7 +520,8 @@ class Trainer:
         no rank had an event.
         """
         started = time.perf_counter()
-        examples, event_time = len(batch), float(batch.ts.max()) if len(batch) else -math.inf
+        n = len(batch)
+        examples, event_time = n, float(batch.ts.max()) if n else -math.inf
         fids = batch_fids(batch, self._slot_names)
         store_fids = self._tables.store_fids(fids)
         if self.peers is not None:
@@ -528,7 +535,7 @@ class Trainer:
             stand_ins = self._unknown.stand_ins(self.store, lookup, fids, batch.offsets, event_time)
         if stand_ins is not None:
             values = stand_ins.fill_missing(values)
-            copy = stand_ins.copy_inputs(values, len(batch), batch.weights)
+            copy = stand_ins.copy_inputs(values, n, batch.weights)
             if copy is not None:
                 # The copy's dense gradients are dropped: the main pass overwrites them.
                 copy_grads = self._gradients(batch, fids, copy[0], copy[1], examples)[2]
@@ -547,25 +554,36 @@ class Trainer:
             # ones go to their owners with the next step's ids. (No unknown rows here.)
             self._reduced = self.peers.reduce_dense(self._dense.grad)
             self.store.apply_gradients(lookup, row_grads)
-        probabilities = calibrated_probabilities(logits, batch.sample_rates)
+        rates = batch.sample_rates
+        # A rate of 1 corrects nothing (ln 1 = 0): the common case skips it.
+        if rates is not None and not (rates != 1).any():
+            rates = None
+        probabilities = calibrated_probabilities(logits, rates)
         # The loss is the mean over every rank's events; this rank's own mean:
-        loss_value = loss * examples / max(len(batch), 1)
-        if len(batch):
+        loss_value = loss * examples / max(n, 1)
+        if n:
             self.metrics.update(probabilities, batch.labels, metric_weights(batch))
-            lookups = np.zeros(len(self._store_slots), dtype=np.int64)
-            lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
             if self.signals.add(
-                loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
+                loss_value * n, float(batch.labels.sum()), n, self._lookup_counts(lookup)
             ):
                 self._detect_drift(event_time)
         self._expire(event_time)
-        self.state.trained += len(batch)
+        self.state.trained += n
         self.state.batches += 1
         duration = time.perf_counter() - started
-        self.telemetry.examples.inc(len(batch))
+        self.telemetry.examples.inc(n)
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
+
+    def _lookup_counts(self, lookup: TrainingLookup) -> np.ndarray:
+        """The ids ``lookup`` looked up per slot, in :attr:`_store_slots` order."""
+        counts = lookup.bounds[1:] - lookup.bounds[:-1]
+        if lookup.slots == self._store_slots:
+            return counts
+        lookups = np.zeros(len(self._store_slots), dtype=np.int64)
+        lookups[[self._slot_index[slot] for slot in lookup.slots]] = counts
+        return lookups
 
     def _settle(self) -> None:
         """Step the dense weights with the last step's gradient, summed over the ranks.
