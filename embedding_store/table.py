@@ -188,6 +188,8 @@ class RowTable:
         self.max_rows: int | None = None
         ids = np.asarray(slot_ids, dtype=np.uint64)
         self._salts = mixed_salts(ids + np.uint64(_KEY_SALT))
+        # The same bits as int64, for the compiled lookup (which computes :meth:`keys`).
+        self._key_salts = self._salts.view(np.int64)
         # initial_rows' hash of (seed, fid) is mix64(fid ^ this).
         self._seed_salt = mixed_salts(np.array([seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))[0]
         # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
@@ -426,7 +428,7 @@ class RowTable:
         values = np.empty((n, cfg.dim), dtype=np.float32)
         free, high_water = len(self._free), self._high_water
         n_free, self._high_water, empty = kernels().train_lookup(
-            self.keys(slots, fids),
+            self._key_salts,
             np.ascontiguousarray(fids),
             slots,
             float(event_time),
