@@ -539,7 +539,6 @@ class Trainer:
             if copy is not None:
                 # The copy's dense gradients are dropped: the main pass overwrites them.
                 copy_grads = self._gradients(batch, fids, copy[0], copy[1], examples)[2]
-        self._dense.grad.zero_()
         logits, loss, row_grads = self._gradients(batch, fids, values, batch.weights, examples)
         if self.peers is None:
             self.store.apply_gradients(lookup, row_grads)
@@ -605,7 +604,7 @@ class Trainer:
         examples: int,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """Logits, loss (the weighted mean over ``examples`` events) and the gradients of
-        ``values``; the dense weights' gradients go to their ``.grad``."""
+        ``values``; the dense weights' gradients replace their ``.grad``."""
         if self._compiled_model is not None:
             return self._compiled_model.loss_and_gradients(
                 values,
@@ -626,6 +625,9 @@ class Trainer:
         examples: int,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """Logits, loss (the mean over ``examples`` events) and row gradients, by autograd."""
+        # Backward adds to the dense gradients: they start from zero. (The compiled
+        # step writes them whole, so it needs no zeroing.)
+        self._dense.grad.zero_()
         rows = torch.from_numpy(values).requires_grad_()
         pooled, sequences = model_inputs(
             batch,
