@@ -164,6 +164,7 @@ def _check_fids(fids: Any) -> np.ndarray:
 
 
 def _check_event_time(event_time: Any, n: int) -> np.ndarray | float:
+    """``event_time`` checked: a float, or a float64 array of ``n`` times."""
     if isinstance(event_time, float):  # the common case, np.float64 included
         if not math.isfinite(event_time):
             raise ValueError(f"event_time must be finite, got {event_time}")
@@ -635,7 +636,7 @@ class EmbeddingStore:
                 table,
                 local,
                 all_fids[positions],
-                event_time if np.ndim(event_time) == 0 else event_time[positions],
+                event_time if isinstance(event_time, float) else event_time[positions],
                 None if resident is None else resident[k],
             )
             for k, (table, positions, local) in enumerate(parts)
@@ -695,7 +696,7 @@ class EmbeddingStore:
         ``resident`` are the part's rows already brought into memory (with a
         memory budget).
         """
-        if resident is None and np.ndim(event_time) == 0 and table.compiled_lookup:
+        if resident is None and isinstance(event_time, float) and table.compiled_lookup:
             return table.train_lookup(local, fids, event_time)
         rows, created = self._train_lookup(table, local, fids, event_time, resident)
         return rows, table.gather(rows), created

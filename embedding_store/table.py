@@ -416,7 +416,8 @@ class RowTable:
         The third array says which pairs' rows this call created.
         """
         n = len(fids)
-        slots = np.full(n, slots, dtype=np.int64) if np.ndim(slots) == 0 else slots
+        if not isinstance(slots, np.ndarray) or slots.ndim == 0:  # (np.ndim is slower)
+            slots = np.full(n, slots, dtype=np.int64)
         if self._high_water + n > len(self.weights):
             self._grow(self._high_water + n, self.max_rows)
         self.index.reserve(n)

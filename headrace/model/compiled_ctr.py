@@ -53,27 +53,28 @@ class RowLayout(NamedTuple):
     @classmethod
     def of(cls, batch: BatchLike, slots: Sequence[str]) -> RowLayout:
         """The layout of ``batch``'s ids of ``slots`` (model order; absent slots pool to zeros)."""
-        present = _present(tuple(slots), tuple(batch.fids))
+        present, names = _present(tuple(slots), tuple(batch.fids))
         # Each slot's offsets have n + 1 entries: one concatenation is the stack.
         offsets = (
-            np.concatenate([batch.offsets[slots[k]] for k in present])
+            np.concatenate([batch.offsets[name] for name in names])
             .astype(np.int64, copy=False)
-            .reshape(len(present), len(batch) + 1)
-            if len(present)
+            .reshape(len(names), len(batch) + 1)
+            if names
             else np.zeros((0, len(batch) + 1), np.int64)
         )
         return cls(offsets, present, len(slots))
 
 
 @functools.lru_cache(maxsize=64)
-def _present(slots: tuple[str, ...], names: tuple[str, ...]) -> np.ndarray:
-    """Model indices of the ``slots`` among a batch's slot ``names``.
+def _present(slots: tuple[str, ...], names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Model indices and names of the ``slots`` among a batch's slot ``names``.
 
     A stream's batches have the same slots, so this is kept, not worked out
     at every step; the layouts share the array (nothing writes to it; a
     read-only flag would give the kernels another signature to compile).
     """
-    return np.array([k for k, slot in enumerate(slots) if slot in names], dtype=np.int64)
+    present = [k for k, slot in enumerate(slots) if slot in names]
+    return np.array(present, dtype=np.int64), tuple(slots[k] for k in present)
 
 
 class _Dense(NamedTuple):
