@@ -621,9 +621,7 @@ class EmbeddingStore:
             if len(members) < len(slots):
                 positions = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
             local = (
-                locals_
-                if isinstance(locals_, int)
-                else np.repeat(locals_, [sizes[i] for i in members])
+                locals_ if isinstance(locals_, int) else locals_.repeat([sizes[i] for i in members])
             )
             parts.append((table, positions, local))
         resident = None
