@@ -553,11 +553,7 @@ class Trainer:
             # ones go to their owners with the next step's ids. (No unknown rows here.)
             self._reduced = self.peers.reduce_dense(self._dense.grad)
             self.store.apply_gradients(lookup, row_grads)
-        rates = batch.sample_rates
-        # A rate of 1 corrects nothing (ln 1 = 0): the common case skips it.
-        if rates is not None and not (rates != 1).any():
-            rates = None
-        probabilities = calibrated_probabilities(logits, rates)
+        probabilities = calibrated_probabilities(logits, batch.sample_rates)
         # The loss is the mean over every rank's events; this rank's own mean:
         loss_value = loss * examples / max(n, 1)
         if n:
