@@ -143,6 +143,10 @@ class ShardedStore:
         """This shard's figures."""
         return self.local.stats()
 
+    def unseen_lookups(self) -> dict[str, int]:
+        """This shard's lookups that found no row, per slot (see ``EmbeddingStore``)."""
+        return self.local.unseen_lookups()
+
     def expire(self, now: float) -> dict[str, int]:
         """Expire this shard's rows (every rank sweeps at the same step and event time)."""
         self._send_held_gradients()  # a sweep invalidates the lookup they belong to

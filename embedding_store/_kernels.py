@@ -171,7 +171,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 @_jit
 def train_lookup(
-    keys: np.ndarray,
+    salts: np.ndarray,
     fids: np.ndarray,
     slots: np.ndarray,
     event_time: float,
@@ -188,10 +188,11 @@ def train_lookup(
 ) -> tuple[int, int, int]:
     """A training lookup of one in-memory table that admits every id: find, create, stamp, gather.
 
-    ``keys`` are the index keys of the (local ``slots``, ``fids``) pairs;
-    ``index`` the (entries, mask, salt) of :func:`probe`; ``table`` the
-    row arrays (weights, state, last_seen, persisted, freq, used, row_fid,
-    row_slot, live, dirty rows, touched rows). An absent key gets a row
+    The index key of a (local ``slots``, ``fids``) pair is the fid xor its
+    slot's entry of ``salts`` (the table's key salts, as int64); ``index``
+    the (entries, mask, salt) of :func:`probe`; ``table`` the row arrays
+    (weights, state, last_seen, persisted, freq, used, row_fid, row_slot,
+    live, dirty rows, touched rows). An absent key gets a row
     from the end of ``free[:n_free]``, else at ``high_water`` (the caller
     made room for every key), initialised as
     :func:`~headrace.embedding_store._hashing.initial_rows` does (``init``:
@@ -210,8 +211,8 @@ def train_lookup(
     dim = weights.shape[1]
     step = np.int64(mask)
     filled = 0
-    for i in range(len(keys)):
-        key = keys[i]
+    for i in range(len(fids)):
+        key = fids[i] ^ salts[slots[i]]
         home = _home(key, salt, mask)
         pos = home
         row = -1

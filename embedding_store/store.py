@@ -11,8 +11,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from rocksdict import AccessType, Rdict, WriteBatch, WriteOptions
@@ -114,6 +115,14 @@ class TrainingLookup:
     parts: tuple[tuple[RowTable, slice | np.ndarray], ...] = field(repr=False)
 
 
+class _LookupPlan(NamedTuple):
+    """The tables of a lookup's slots: per table, the slots' positions in the
+    lookup and their local slots (one int for one slot)."""
+
+    dim: int
+    tables: tuple[tuple[RowTable, tuple[int, ...], np.ndarray | int], ...]
+
+
 @dataclass(frozen=True)
 class SlotChanges:
     """Rows of one slot created or updated, and fids removed, since the last drain."""
@@ -155,6 +164,11 @@ def _check_fids(fids: Any) -> np.ndarray:
 
 
 def _check_event_time(event_time: Any, n: int) -> np.ndarray | float:
+    """``event_time`` checked: a float, or a float64 array of ``n`` times."""
+    if isinstance(event_time, float):  # the common case, np.float64 included
+        if not math.isfinite(event_time):
+            raise ValueError(f"event_time must be finite, got {event_time}")
+        return float(event_time)
     if np.ndim(event_time) == 0:
         value = float(event_time)
         if not np.isfinite(value):
@@ -211,6 +225,8 @@ class EmbeddingStore:
         self._slot_ids = {cfg.name: slot_id for slot_id, cfg in slots}
         self._configs = {cfg.name: cfg for _, cfg in slots}
         self._tables, self._where = _group_tables(slots, seed, memory_budget is not None)
+        # Lookup plans by slots (see _plan): the grouping never changes.
+        self._plans: dict[tuple[str, ...], _LookupPlan] = {}
         self._filter = CountingFilter(filter_config)
         self._draws = draws
         self._generation = 0
@@ -594,40 +610,44 @@ class EmbeddingStore:
         """
         slots = tuple(fids)
         arrays = [_check_fids(fids[slot]) for slot in slots]
-        where = [self._slot(slot) for slot in slots]
-        dims = {table.config.dim for table, _ in where}
-        if len(dims) > 1:
-            raise ValueError(f"slots of one lookup must share a dim, got {sorted(dims)}")
-        bounds = np.zeros(len(slots) + 1, dtype=np.int64)
-        np.cumsum([len(a) for a in arrays], out=bounds[1:])
+        plan = self._plans.get(slots) or self._plan(slots)
+        sizes = [len(a) for a in arrays]
+        bounds = np.fromiter(accumulate(sizes, initial=0), np.int64, len(sizes) + 1)
         all_fids = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         event_time = _check_event_time(event_time, len(all_fids))
-        rows = np.empty(len(all_fids), dtype=np.int64)
-        created = np.empty(len(all_fids), dtype=bool)
-        values = np.empty((len(all_fids), dims.pop() if dims else 0), dtype=np.float32)
         parts = []
-        for table, members in _by_table(where):
+        for table, members, locals_ in plan.tables:
             positions: slice | np.ndarray = slice(None)
             if len(members) < len(slots):
                 positions = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in members])
-            parts.append((table, positions, _local_slots(where, bounds, members)))
+            local = (
+                locals_ if isinstance(locals_, int) else locals_.repeat([sizes[i] for i in members])
+            )
+            parts.append((table, positions, local))
         resident = None
         if self.memory_budget is not None:
             # Every table's rows come into memory before any table changes,
             # so a lookup that does not fit fails having changed nothing.
             resident = self._bring_in([(t, local, all_fids[p]) for t, p, local in parts])
-        for k, (table, positions, local) in enumerate(parts):
-            times = event_time if np.ndim(event_time) == 0 else event_time[positions]
-            if resident is None and np.ndim(times) == 0 and table.compiled_lookup:
-                rows[positions], values[positions], created[positions] = table.train_lookup(
-                    local, all_fids[positions], times
-                )
-                continue
-            table_rows, created[positions] = self._train_lookup(
-                table, local, all_fids[positions], times, None if resident is None else resident[k]
+        found = [
+            self._lookup_part(
+                table,
+                local,
+                all_fids[positions],
+                event_time if isinstance(event_time, float) else event_time[positions],
+                None if resident is None else resident[k],
             )
-            rows[positions] = table_rows
-            values[positions] = table.gather(table_rows)
+            for k, (table, positions, local) in enumerate(parts)
+        ]
+        if len(found) == 1:
+            # One table holds every slot: its arrays are the lookup's, in order.
+            rows, values, created = found[0]
+        else:
+            rows = np.empty(len(all_fids), dtype=np.int64)
+            created = np.empty(len(all_fids), dtype=bool)
+            values = np.empty((len(all_fids), plan.dim), dtype=np.float32)
+            for (_, positions, _), part in zip(parts, found, strict=True):
+                rows[positions], values[positions], created[positions] = part
         if self._prefetched:
             # A read-ahead serves one lookup; kept longer, checkpoints would
             # pile up the keys it must ignore.
@@ -641,6 +661,43 @@ class EmbeddingStore:
             self._generation,
             tuple((t, p) for t, p, _ in parts),
         )
+
+    def _plan(self, slots: tuple[str, ...]) -> _LookupPlan:
+        """How a lookup of ``slots`` goes to the tables (kept: it depends on the slots only)."""
+        where = [self._slot(slot) for slot in slots]
+        dims = {table.config.dim for table, _ in where}
+        if len(dims) > 1:
+            raise ValueError(f"slots of one lookup must share a dim, got {sorted(dims)}")
+        tables = tuple(
+            (
+                table,
+                tuple(members),
+                where[members[0]][1]
+                if len(members) == 1
+                else np.array([where[i][1] for i in members], dtype=np.int64),
+            )
+            for table, members in _by_table(where)
+        )
+        plan = self._plans[slots] = _LookupPlan(dims.pop() if dims else 0, tables)
+        return plan
+
+    def _lookup_part(
+        self,
+        table: RowTable,
+        local: np.ndarray | int,
+        fids: np.ndarray,
+        event_time: np.ndarray | float,
+        resident: np.ndarray | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows, vectors and created flags of one table's part of a training lookup.
+
+        ``resident`` are the part's rows already brought into memory (with a
+        memory budget).
+        """
+        if resident is None and isinstance(event_time, float) and table.compiled_lookup:
+            return table.train_lookup(local, fids, event_time)
+        rows, created = self._train_lookup(table, local, fids, event_time, resident)
+        return rows, table.gather(rows), created
 
     def _train_lookup(
         self,
@@ -981,7 +1038,7 @@ class EmbeddingStore:
         if lookup.generation != self._generation:
             raise StoreError("this lookup predates an expiry sweep; look the ids up again")
         grads = np.asarray(grads)
-        if not np.issubdtype(grads.dtype, np.floating):
+        if grads.dtype != np.float32 and not np.issubdtype(grads.dtype, np.floating):
             raise TypeError(f"gradients must be floating point, got {grads.dtype}")
         if grads.shape != lookup.values.shape:
             raise ValueError(
@@ -1276,6 +1333,18 @@ class EmbeddingStore:
             evictions=cache.evictions,
         )
 
+    def unseen_lookups(self) -> dict[str, int]:
+        """Per slot, the training lookups that found no row, since the store was opened.
+
+        The ids they admitted and those held back: what :meth:`stats` counts
+        as ``admitted`` plus ``filtered``, without its other figures (the
+        trainer reads this every few steps).
+        """
+        return {
+            name: int(table.admitted[local]) + int(table.filtered[local])
+            for name, (table, local) in self._where.items()
+        }
+
     def _disk_bytes(self) -> int:
         total = 0
         for name in ("rocksdb.total-sst-files-size", "rocksdb.cur-size-all-mem-tables"):
@@ -1334,16 +1403,6 @@ def _by_table(
     for i, (table, _) in enumerate(where):
         grouped.setdefault(id(table), (table, []))[1].append(i)
     return list(grouped.values())
-
-
-def _local_slots(
-    where: Sequence[tuple[RowTable, int]], bounds: np.ndarray, members: list[int]
-) -> np.ndarray | int:
-    """Local slot of every fid of the ``members`` slots (one int when there is one slot)."""
-    if len(members) == 1:
-        return where[members[0]][1]
-    locals_ = np.array([where[i][1] for i in members], dtype=np.int64)
-    return np.repeat(locals_, [bounds[i + 1] - bounds[i] for i in members])
 
 
 def _of_slot(table: RowTable, rows: np.ndarray, local: int) -> np.ndarray:

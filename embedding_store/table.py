@@ -188,6 +188,8 @@ class RowTable:
         self.max_rows: int | None = None
         ids = np.asarray(slot_ids, dtype=np.uint64)
         self._salts = mixed_salts(ids + np.uint64(_KEY_SALT))
+        # The same bits as int64, for the compiled lookup (which computes :meth:`keys`).
+        self._key_salts = self._salts.view(np.int64)
         # initial_rows' hash of (seed, fid) is mix64(fid ^ this).
         self._seed_salt = mixed_salts(np.array([seed & 0xFFFF_FFFF_FFFF_FFFF], dtype=np.uint64))[0]
         # The admission filter's salts: its keys are the hash of (slot id + 1, fid).
@@ -414,7 +416,8 @@ class RowTable:
         The third array says which pairs' rows this call created.
         """
         n = len(fids)
-        slots = np.full(n, slots, dtype=np.int64) if np.ndim(slots) == 0 else slots
+        if not isinstance(slots, np.ndarray) or slots.ndim == 0:  # (np.ndim is slower)
+            slots = np.full(n, slots, dtype=np.int64)
         if self._high_water + n > len(self.weights):
             self._grow(self._high_water + n, self.max_rows)
         self.index.reserve(n)
@@ -426,7 +429,7 @@ class RowTable:
         values = np.empty((n, cfg.dim), dtype=np.float32)
         free, high_water = len(self._free), self._high_water
         n_free, self._high_water, empty = kernels().train_lookup(
-            self.keys(slots, fids),
+            self._key_salts,
             np.ascontiguousarray(fids),
             slots,
             float(event_time),
@@ -446,16 +449,16 @@ class RowTable:
             rows,
             values,
         )
-        self.index.added(free - n_free + self._high_water - high_water, empty)
+        added = free - n_free + self._high_water - high_water
+        self.index.added(added, empty)
+        if not added:
+            return rows, values, np.zeros(n, dtype=bool)
         # The new rows: taken from the end of the free list, then from the high-water mark.
         new = np.concatenate([self._free[n_free:free], np.arange(high_water, self._high_water)])
         self._free = self._free[:n_free]
-        created = np.zeros(n, dtype=bool)
-        if len(new):
-            self._scratch[rows] = 0
-            self._scratch[new] = 1
-            created = self._scratch[rows] == 1
-        return rows, values, created
+        self._scratch[rows] = 0
+        self._scratch[new] = 1
+        return rows, values, self._scratch[rows] == 1
 
     def see(self, rows: np.ndarray, event_time: np.ndarray | float) -> int:
         """Record a training lookup of ``rows`` (-1: none) at ``event_time``; returns the -1s."""

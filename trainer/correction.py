@@ -33,11 +33,12 @@ def metric_weights(batch: Batch) -> np.ndarray | None:
     A label ``y`` weighs ``y + (1 - y) / r`` (negatives were kept at ``r``,
     positives always), times the event's own ``weight``.
     """
-    weights = None if batch.weights is None else batch.weights.astype(np.float64)
-    if batch.sample_rates is not None and (batch.sample_rates < 1).any():
-        y = batch.labels.astype(np.float64)
-        represented = y + (1.0 - y) / batch.sample_rates.astype(np.float64)
-        weights = represented if weights is None else weights * represented
-    if weights is not None and (weights == 1).all():
-        return None
-    return weights
+    weights = batch.weights
+    if batch.sample_rates is None or not (batch.sample_rates < 1).any():
+        # The events' own weights; checked before the float64 copy (the common case is all 1).
+        return None if weights is None or (weights == 1).all() else weights.astype(np.float64)
+    y = batch.labels.astype(np.float64)
+    represented = y + (1.0 - y) / batch.sample_rates.astype(np.float64)
+    if weights is not None:
+        represented = weights.astype(np.float64) * represented
+    return None if (represented == 1).all() else represented

@@ -156,12 +156,14 @@ class DenseOptimizer:
             raise ValueError(f"unknown dense optimizer {kind!r}; choose one of {sorted(RULES)}")
         self.kind, self.param, self.lr = kind, param, lr
         self._rule = RULES[kind]
-        self.state = {name: make(param.detach()) for name, make in self._rule.state.items()}
+        # The kernels update this view of ``param``'s storage: as a tensor
+        # outside autograd it needs no ``torch.no_grad()`` context at each step.
+        self._weights = param.detach()
+        self.state = {name: make(self._weights) for name, make in self._rule.state.items()}
 
     def step(self) -> None:
         """One update of ``param`` from ``param.grad``."""
-        with torch.no_grad():
-            self._rule.update(self.param, self.param.grad, self.state, self.lr)
+        self._rule.update(self._weights, self.param.grad, self.state, self.lr)
 
     def state_dict(self) -> dict[str, Any]:
         """The state in ``torch.optim``'s layout: one group, one parameter (index 0)."""

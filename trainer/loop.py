@@ -29,7 +29,13 @@ import torch
 from prometheus_client import CollectorRegistry
 from torch.nn import functional as F
 
-from headrace.embedding_store import EmbeddingStore, SlotConfig, StoreError, StoreStats
+from headrace.embedding_store import (
+    EmbeddingStore,
+    SlotConfig,
+    StoreError,
+    StoreStats,
+    TrainingLookup,
+)
 from headrace.embedding_store.table import RowTable
 from headrace.model import (
     CtrModel,
@@ -349,8 +355,8 @@ class Trainer:
         self.after_step: list[Callable[[Trainer, StepResult], None]] = []
         self.lag: dict[str, int] = {}
         self._stats: StoreStats = store.stats()
-        # Store counters when the drift signal window last started.
-        self._window_stats = self._stats
+        # The store's lookups without a row when the drift signal window last started.
+        self._window_unseen = store.unseen_lookups()
         # Stream counters already folded into ``state`` (they count per process).
         self._stream_seen: tuple[int, dict[str, int]] = (0, {})
         #: Distributed: waits for the last step's dense gradient summed over the ranks.
@@ -514,7 +520,8 @@ class Trainer:
         no rank had an event.
         """
         started = time.perf_counter()
-        examples, event_time = len(batch), float(batch.ts.max()) if len(batch) else -math.inf
+        n = len(batch)
+        examples, event_time = n, float(batch.ts.max()) if n else -math.inf
         fids = batch_fids(batch, self._slot_names)
         store_fids = self._tables.store_fids(fids)
         if self.peers is not None:
@@ -528,11 +535,10 @@ class Trainer:
             stand_ins = self._unknown.stand_ins(self.store, lookup, fids, batch.offsets, event_time)
         if stand_ins is not None:
             values = stand_ins.fill_missing(values)
-            copy = stand_ins.copy_inputs(values, len(batch), batch.weights)
+            copy = stand_ins.copy_inputs(values, n, batch.weights)
             if copy is not None:
                 # The copy's dense gradients are dropped: the main pass overwrites them.
                 copy_grads = self._gradients(batch, fids, copy[0], copy[1], examples)[2]
-        self._dense.grad.zero_()
         logits, loss, row_grads = self._gradients(batch, fids, values, batch.weights, examples)
         if self.peers is None:
             self.store.apply_gradients(lookup, row_grads)
@@ -549,23 +555,30 @@ class Trainer:
             self.store.apply_gradients(lookup, row_grads)
         probabilities = calibrated_probabilities(logits, batch.sample_rates)
         # The loss is the mean over every rank's events; this rank's own mean:
-        loss_value = loss * examples / max(len(batch), 1)
-        if len(batch):
+        loss_value = loss * examples / max(n, 1)
+        if n:
             self.metrics.update(probabilities, batch.labels, metric_weights(batch))
-            lookups = np.zeros(len(self._store_slots), dtype=np.int64)
-            lookups[[self._slot_index[slot] for slot in lookup.slots]] = np.diff(lookup.bounds)
             if self.signals.add(
-                loss_value * len(batch), float(batch.labels.sum()), len(batch), lookups
+                loss_value * n, float(batch.labels.sum()), n, self._lookup_counts(lookup)
             ):
                 self._detect_drift(event_time)
         self._expire(event_time)
-        self.state.trained += len(batch)
+        self.state.trained += n
         self.state.batches += 1
         duration = time.perf_counter() - started
-        self.telemetry.examples.inc(len(batch))
+        self.telemetry.examples.inc(n)
         self.telemetry.step_duration.observe(duration)
         self.telemetry.last_event.set(event_time)
         return StepResult(batch, probabilities, loss_value, duration)
+
+    def _lookup_counts(self, lookup: TrainingLookup) -> np.ndarray:
+        """The ids ``lookup`` looked up per slot, in :attr:`_store_slots` order."""
+        counts = lookup.bounds[1:] - lookup.bounds[:-1]
+        if lookup.slots == self._store_slots:
+            return counts
+        lookups = np.zeros(len(self._store_slots), dtype=np.int64)
+        lookups[[self._slot_index[slot] for slot in lookup.slots]] = counts
+        return lookups
 
     def _settle(self) -> None:
         """Step the dense weights with the last step's gradient, summed over the ranks.
@@ -587,7 +600,7 @@ class Trainer:
         examples: int,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """Logits, loss (the weighted mean over ``examples`` events) and the gradients of
-        ``values``; the dense weights' gradients go to their ``.grad``."""
+        ``values``; the dense weights' gradients replace their ``.grad``."""
         if self._compiled_model is not None:
             return self._compiled_model.loss_and_gradients(
                 values,
@@ -608,6 +621,9 @@ class Trainer:
         examples: int,
     ) -> tuple[np.ndarray, float, np.ndarray]:
         """Logits, loss (the mean over ``examples`` events) and row gradients, by autograd."""
+        # Backward adds to the dense gradients: they start from zero. (The compiled
+        # step writes them whole, so it needs no zeroing.)
+        self._dense.grad.zero_()
         rows = torch.from_numpy(values).requires_grad_()
         pooled, sequences = model_inputs(
             batch,
@@ -646,17 +662,9 @@ class Trainer:
 
     def _detect_drift(self, event_time: float) -> None:
         """Feed a full signal window to the drift detectors."""
-        stats = self.store.stats()
-        before = self._window_stats
-        # Lookups that found no row: ids admitted by them, and ids held back.
-        unseen = {
-            slot: stats.admitted[slot]
-            - before.admitted[slot]
-            + stats.filtered[slot]
-            - before.filtered[slot]
-            for slot in self._store_slots
-        }
-        self._window_stats = stats
+        now, before = self.store.unseen_lookups(), self._window_unseen
+        unseen = {slot: now[slot] - before[slot] for slot in self._store_slots}
+        self._window_unseen = now
         for detection in self.drift.update(*self.signals.take(unseen), event_time):
             self.telemetry.drift.labels(detector=detection.detector, signal=detection.signal).inc()
 

@@ -14,6 +14,7 @@ check the logits, loss and gradients against autograd.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -52,13 +53,28 @@ class RowLayout(NamedTuple):
     @classmethod
     def of(cls, batch: BatchLike, slots: Sequence[str]) -> RowLayout:
         """The layout of ``batch``'s ids of ``slots`` (model order; absent slots pool to zeros)."""
-        present = [k for k, slot in enumerate(slots) if slot in batch.fids]
+        present, names = _present(tuple(slots), tuple(batch.fids))
+        # Each slot's offsets have n + 1 entries: one concatenation is the stack.
         offsets = (
-            np.stack([batch.offsets[slots[k]] for k in present]).astype(np.int64, copy=False)
-            if present
+            np.concatenate([batch.offsets[name] for name in names])
+            .astype(np.int64, copy=False)
+            .reshape(len(names), len(batch) + 1)
+            if names
             else np.zeros((0, len(batch) + 1), np.int64)
         )
-        return cls(offsets, np.array(present, dtype=np.int64), len(slots))
+        return cls(offsets, present, len(slots))
+
+
+@functools.lru_cache(maxsize=64)
+def _present(slots: tuple[str, ...], names: tuple[str, ...]) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Model indices and names of the ``slots`` among a batch's slot ``names``.
+
+    A stream's batches have the same slots, so this is kept, not worked out
+    at every step; the layouts share the array (nothing writes to it; a
+    read-only flag would give the kernels another signature to compile).
+    """
+    present = [k for k, slot in enumerate(slots) if slot in names]
+    return np.array(present, dtype=np.int64), tuple(slots[k] for k in present)
 
 
 class _Dense(NamedTuple):
@@ -126,6 +142,12 @@ class CompiledCtr:
             if self.mlp
             else self._output
         )
+        # The linear term's weights and gradients, and the hidden layers' bias
+        # gradients, as numpy views: made once, not at every step.
+        lin = self.linear
+        self._linear = (lin.weight[0].numpy(), lin.bias.numpy())
+        self._linear_grads = (lin.grad_weight[0].numpy(), lin.grad_bias.numpy())
+        self._bias_grads = [layer.grad_bias.numpy() for layer in self.mlp[:-1]]
 
     def loss_and_gradients(
         self,
@@ -171,11 +193,9 @@ class CompiledCtr:
         flat = np.empty((n, layout.width * vector + dense.shape[1]), np.float32)
         total = np.empty((n, vector), np.float32)
         logits = np.empty(n, np.float32)
-        lin = self.linear
         args = (layout.offsets, layout.slots, self.mean)
         _kernels.forward_inputs(
-            values, *args, dense, self.id_bias, self.fm, lin.weight[0].numpy(),
-            lin.bias.numpy(), pooled, flat, total, logits,
+            values, *args, dense, self.id_bias, self.fm, *self._linear, pooled, flat, total, logits,
         )  # fmt: skip
         hidden = [torch.from_numpy(flat)]
         for layer in self.mlp[:-1]:
@@ -185,7 +205,7 @@ class CompiledCtr:
         dlast = np.empty_like(last) if self.mlp else last
         # The gradient of a hidden layer's bias is written with the gradient
         # of its output: by the output layer's kernel for the last one.
-        bias_grads = [layer.grad_bias.numpy() for layer in self.mlp[:-1]]
+        bias_grads = self._bias_grads
         loss = _kernels.output_and_loss(
             logits, last, *self._output, bool(self.mlp), len(hidden) > 1, labels,
             labels if weights is None else weights, weights is not None,
@@ -203,6 +223,6 @@ class CompiledCtr:
         grad = np.empty_like(values)
         _kernels.backward_inputs(
             dz, dh.numpy(), bool(self.mlp), pooled, flat, total, *args, self.id_bias, self.fm,
-            lin.weight[0].numpy(), lin.grad_weight[0].numpy(), lin.grad_bias.numpy(), grad,
+            self._linear[0], *self._linear_grads, grad,
         )  # fmt: skip
         return logits, float(loss), grad
