@@ -250,10 +250,11 @@ class ReaderProcess:
             self._check_open()
             parts: list[tuple[_ParsedChunk, int, int]] = []
             wanted = max_records
-            while wanted > 0:
+            # A source that does not fill hands out a slice of one chunk (no copy).
+            while wanted > 0 and (self._fills or not parts):
                 if not self._parsed:
-                    if parts and (not self._fills or self._failure is not None):
-                        break
+                    if parts and self._failure is not None:
+                        break  # what came before the failure; the next poll raises it
                     self._receive_records(ANSWER_TIMEOUT_S if self._fills else timeout_s)
                     if not self._parsed:
                         break
