@@ -7,6 +7,9 @@ import gzip
 import json
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -292,3 +295,42 @@ def test_open_source_reads_a_file_in_a_child_process(tmp_path):
         assert [r.offset for r in source.poll(10, timeout_s=0)] == [1, 3, 5, 7, 9]
     finally:
         source.close()
+
+
+_PARENT_SCRIPT = """
+import sys, time
+from headrace.stream import EventStream, ListDeadLetterSink, ProcessFileSource
+if __name__ == "__main__":
+    source = ProcessFileSource(sys.argv[1])
+    EventStream(source, ListDeadLetterSink()).next_batch(10)
+    print(source._process.pid, flush=True)
+    if sys.argv[2] == "sleep":
+        time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "exits without close"])
+def test_the_file_reader_process_exits_with_its_parent(tmp_path, how):
+    log = _write_log(tmp_path / "log.jsonl", _events(20_000))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT, str(log), "sleep" if how == "killed" else "exit"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child_pid = int(parent.stdout.readline())
+    if how == "killed":
+        parent.kill()  # SIGKILL: no clean-up runs in the parent
+    assert parent.wait(30) in (0, -signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child_pid):
+        time.sleep(0.1)
+    assert not _running(child_pid), "the reader process outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
+        return stat.read().split()[2] != "Z"
