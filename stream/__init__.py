@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         ListDeadLetterSink,
     )
     from .file import FileSource, open_log
+    from .file_process import ProcessFileSource
     from .kafka import (
         BrokerUnavailable,
         DeliveryError,
@@ -36,11 +37,12 @@ if TYPE_CHECKING:
         read_dead_letters,
         topic_partitions,
     )
-    from .kafka_process import ProcessKafkaSource, ReaderProcessError
+    from .kafka_process import ProcessKafkaSource
     from .movielens import MOVIELENS_SLOTS, MovieLensError, movielens_events
     from .parse import EventParser, ParserConfig, ParseResult
     from .pipeline import EventStream, ParsingSource, Source
     from .rdkafka import RdKafkaSink, RdKafkaSource
+    from .reader_process import ReaderProcessError
     from .replay import LogSink, MessageSink, generate_events, replay_log, write_log
     from .synthetic import (
         BayesAuc,
@@ -81,10 +83,11 @@ _MODULES = {
     "ParsingSource": "pipeline",
     "ParserConfig": "parse",
     "Positions": "batch",
+    "ProcessFileSource": "file_process",
     "ProcessKafkaSource": "kafka_process",
     "RdKafkaSink": "rdkafka",
     "RdKafkaSource": "rdkafka",
-    "ReaderProcessError": "kafka_process",
+    "ReaderProcessError": "reader_process",
     "Record": "batch",
     "Source": "pipeline",
     "SyntheticConfig": "synthetic",
@@ -131,6 +134,7 @@ __all__ = [
     "ParserConfig",
     "ParsingSource",
     "Positions",
+    "ProcessFileSource",
     "ProcessKafkaSource",
     "RdKafkaSink",
     "RdKafkaSource",

@@ -137,6 +137,66 @@ class Batch:
             event_ids=None if self.event_ids is None else self.event_ids[start:stop],
         )
 
+    @staticmethod
+    def concat(batches: list[Batch], positions: Positions) -> Batch:
+        """The events of ``batches`` in order, as one batch ending at ``positions``.
+
+        What parsing their records at once gives: every slot of any of them
+        (empty ranges for the events of a batch without it); dense columns
+        are the sorted union of the names when the batches' names differ.
+        """
+        fids, offsets = {}, {}
+        for slot in sorted(set().union(*(b.offsets for b in batches))):
+            parts, bounds, base = [], [np.zeros(1, dtype=np.int64)], 0
+            for b in batches:
+                if slot in b.offsets:
+                    parts.append(b.fids[slot])
+                    bounds.append(b.offsets[slot][1:] + base)
+                    base += len(b.fids[slot])
+                else:
+                    bounds.append(np.full(len(b), base, dtype=np.int64))
+            fids[slot] = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+            offsets[slot] = np.concatenate(bounds)
+        names = batches[0].dense_names
+        if all(b.dense_names == names for b in batches):
+            dense = np.concatenate([b.dense for b in batches])
+        else:
+            names = tuple(sorted(set().union(*(b.dense_names for b in batches))))
+            dense = np.zeros((sum(map(len, batches)), len(names)), dtype=np.float32)
+            row = 0
+            for b in batches:
+                columns = [names.index(name) for name in b.dense_names]
+                dense[row : row + len(b), columns] = b.dense
+                row += len(b)
+
+        def join(column: str, fill: float) -> np.ndarray | None:
+            values = [getattr(b, column) for b in batches]
+            if all(v is None for v in values):
+                return None
+            return np.concatenate(
+                [
+                    np.full(len(b), fill, np.float32) if v is None else v
+                    for b, v in zip(batches, values, strict=True)
+                ]
+            )
+
+        event_ids = None
+        if any(b.event_ids is not None for b in batches):
+            event_ids = tuple(i for b in batches for i in (b.event_ids or (None,) * len(b)))
+        return Batch(
+            fids=fids,
+            offsets=offsets,
+            dense=dense,
+            dense_names=names,
+            labels=np.concatenate([b.labels for b in batches]),
+            ts=np.concatenate([b.ts for b in batches]),
+            request_ids=tuple(i for b in batches for i in b.request_ids),
+            positions=positions,
+            weights=join("weights", 1.0),
+            sample_rates=join("sample_rates", 1.0),
+            event_ids=event_ids,
+        )
+
     def event_fids(self, slot: str, index: int) -> np.ndarray:
         """The feature ids of event ``index`` in ``slot`` (empty if it lacks the slot)."""
         bounds = self.offsets.get(slot)

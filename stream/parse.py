@@ -101,6 +101,15 @@ class ParseResult:
             self.kept[start:stop],
         )
 
+    @staticmethod
+    def concat(results: list[ParseResult], positions: Positions) -> ParseResult:
+        """The results of consecutive chunks as one, its batch ending at ``positions``."""
+        return ParseResult(
+            Batch.concat([r.batch for r in results], positions),
+            [letter for r in results for letter in r.dead_letters],
+            np.concatenate([r.kept for r in results]),
+        )
+
     def event_bounds(self) -> np.ndarray:
         """``(records + 1,)`` int64: how many events the records before each boundary gave."""
         bounds = np.zeros(len(self.kept) + 1, dtype=np.int64)

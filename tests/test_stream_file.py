@@ -5,11 +5,23 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from headrace.stream import EventStream, FileSource, JsonlDeadLetterSink
+from headrace.stream import (
+    EventStream,
+    FileSource,
+    JsonlDeadLetterSink,
+    ListDeadLetterSink,
+    ProcessFileSource,
+    ReaderProcessError,
+)
 
 
 def _write_log(path: Path, lines: list[bytes]) -> Path:
@@ -93,3 +105,232 @@ def test_log_sink_appending_cuts_an_unfinished_last_line(tmp_path):
     sink.send(b'{"c": 3}')
     sink.close()
     assert path.read_bytes() == b'{"a": 1}\n{"b": 2}\n{"c": 3}\n'
+
+
+# -- ProcessFileSource: the same log read and parsed in a child process -------------------
+
+
+def _mixed_log(path: Path, n: int = 5000, trailing_blanks: int = 2) -> Path:
+    """Good events of varied shapes, with bad lines and blank lines mixed in."""
+    lines: list[bytes] = []
+    for i in range(n):
+        if i % 97 == 5:
+            lines.append(b"not json {")
+        elif i % 89 == 3:
+            lines.append(json.dumps({"ts": float(i), "sparse": {"u": "x"}}).encode())  # no label
+        elif i % 83 == 7:
+            lines.append(b"   ")
+        elif i % 79 == 1:
+            lines.append(b"")
+        else:
+            event: dict = {"ts": float(i), "label": i % 2, "sparse": {"u": f"u{i % 300}"}}
+            if i % 3:
+                event["sparse"]["tags"] = [f"t{i % 7}", f"t{i % 11}"][: i % 3]
+            if i % 5 == 0:
+                event["dense"] = {"price": i / 10}
+            if i % 4 == 0:
+                event["request_id"] = f"r{i}"
+                event["event_id"] = f"e{i}"
+            if i % 6 == 0:
+                event["weight"] = 0.5
+                event["sample_rate"] = 0.25
+            lines.append(json.dumps(event).encode())
+    return _write_log(path, lines + [b""] * trailing_blanks)
+
+
+def _view(result) -> tuple:
+    """Everything a batch and its dead letters say, event by event (slices keep empty slots)."""
+    batch = result.batch
+    slots = sorted(slot for slot in batch.fids if len(batch.fids[slot]))
+    events = [
+        (
+            float(batch.ts[i]),
+            float(batch.labels[i]),
+            None if batch.weights is None else float(batch.weights[i]),
+            None if batch.sample_rates is None else float(batch.sample_rates[i]),
+            batch.request_ids[i],
+            None if batch.event_ids is None else batch.event_ids[i],
+            tuple((slot, tuple(batch.event_fids(slot, i).tolist())) for slot in slots),
+            tuple(
+                (name, float(value))
+                for name, value in zip(batch.dense_names, batch.dense[i], strict=True)
+                if value
+            ),
+        )
+        for i in range(len(batch))
+    ]
+    letters = [(d.reason, d.partition, d.offset, d.raw) for d in result.dead_letters]
+    return events, dict(batch.positions), letters, result.kept.tolist()
+
+
+_SIZES = (1, 7, 1000, 1024, 1500, 3000, 4096, 5, 2048)
+
+
+def _read_all(source, sizes=_SIZES, limit: int = 1000) -> list[tuple]:
+    stream = EventStream(source, ListDeadLetterSink())
+    out = []
+    try:
+        for k in range(limit):
+            if stream.source.exhausted:
+                break
+            result = stream.read(sizes[k % len(sizes)], timeout_s=5)
+            out.append((*_view(result), stream.source.exhausted, stream.positions()))
+    finally:
+        stream.close()
+    return out
+
+
+@pytest.mark.parametrize(
+    ("name", "rank", "world"),
+    [("log.jsonl", 0, 1), ("log.jsonl.gz", 0, 1), ("log.jsonl", 1, 3), ("log.jsonl.gz", 2, 3)],
+)
+def test_the_process_source_gives_what_the_file_source_gives(tmp_path, name, rank, world):
+    log = _mixed_log(tmp_path / name)
+    expected = _read_all(FileSource(log, rank=rank, world=world))
+    got = _read_all(ProcessFileSource(log, rank=rank, world=world))
+    assert got == expected
+    assert expected[-1][-2] is True  # exhausted at the end
+    assert expected[-1][-1] == {f"file:{name}": 5002}  # trailing blank lines count
+    assert sum(len(batch[2]) for batch in expected) > 10  # dead letters were compared
+
+
+def test_batches_ending_exactly_at_the_last_record(tmp_path):
+    # The last poll returns all it asked for: not exhausted until the next one, as a FileSource.
+    log = _write_log(tmp_path / "log.jsonl", _events(2048))
+    for sizes in [(1024,), (2048,), (512, 1536)]:
+        expected = _read_all(FileSource(log), sizes)
+        assert _read_all(ProcessFileSource(log), sizes) == expected
+        assert expected[-1][0] == [] and expected[-1][-2] is True
+
+
+def test_raw_polls_match_without_parsing(tmp_path):
+    log = _mixed_log(tmp_path / "log.jsonl", n=3000)
+    plain, child = FileSource(log, rank=1, world=2), ProcessFileSource(log, rank=1, world=2)
+    try:
+        for size in [3, 1024, 2000, 1, 5000, 10]:
+            assert child.poll(size, timeout_s=0) == plain.poll(size)
+            assert (child.positions(), child.exhausted) == (plain.positions(), plain.exhausted)
+    finally:
+        plain.close()
+        child.close()
+
+
+def test_the_process_source_seeks_and_resumes_exactly(tmp_path):
+    log = _mixed_log(tmp_path / "log.jsonl.gz")
+    with ProcessFileSource(log) as source:
+        stream = EventStream(source, ListDeadLetterSink())
+        first = [_view(stream.read(1500)) for _ in range(2)]
+        saved = stream.positions()
+        later = _view(stream.read(700))
+        # Back to a saved position, read-ahead dropped: the same records again.
+        stream.seek(saved)
+        assert _view(stream.read(700)) == later
+        stream.seek({"file:log.jsonl.gz": 0})
+        assert [_view(stream.read(1500)) for _ in range(2)] == first
+        with pytest.raises(ValueError, match="cannot seek"):
+            source.seek({"file:log.jsonl.gz": 10**6})
+    # A new source resumes where a checkpoint left off, as a FileSource does.
+    resumed = ProcessFileSource(log)
+    resumed.seek(saved)
+    plain = FileSource(log)
+    plain.seek(saved)
+    assert _read_all(resumed) == _read_all(plain)
+
+
+def test_exhausted_only_at_the_end_and_again_after_a_seek_back(tmp_path):
+    log = _write_log(tmp_path / "log.jsonl", _events(100))
+    with ProcessFileSource(log) as source:
+        stream = EventStream(source, ListDeadLetterSink())
+        assert len(stream.next_batch(60)) == 60 and not source.exhausted
+        assert len(stream.next_batch(60)) == 40 and source.exhausted
+        assert len(stream.next_batch(60)) == 0 and source.positions() == {"file:log.jsonl": 100}
+        stream.seek({"file:log.jsonl": 90})
+        assert not source.exhausted
+        assert [batch.ts.tolist() for batch in stream] == [[float(i) for i in range(90, 100)]]
+
+
+def test_a_dead_file_reader_process_raises_clearly(tmp_path):
+    log = _write_log(tmp_path / "log.jsonl", _events(50_000))
+    source = ProcessFileSource(log)
+    stream = EventStream(source, ListDeadLetterSink())
+    assert len(stream.next_batch(10)) == 10
+    os.kill(source._process.pid, signal.SIGKILL)
+    source._process.join(10)
+    with pytest.raises(ReaderProcessError, match="was killed by signal 9"):
+        for _ in range(100):
+            stream.next_batch(4096)
+    with pytest.raises(ReaderProcessError, match="closed"):
+        stream.next_batch(10)
+    source.close()  # does not hang on the dead child
+
+
+def test_the_file_reader_process_ignores_sigterm_and_stops_on_close(tmp_path):
+    log = _write_log(tmp_path / "log.jsonl", _events(3000))
+    source = ProcessFileSource(log)
+    child = source._process
+    os.kill(child.pid, signal.SIGTERM)
+    os.kill(child.pid, signal.SIGINT)
+    stream = EventStream(source, ListDeadLetterSink())
+    assert sum(len(batch) for batch in stream) == 3000
+    assert child.is_alive()
+    source.close()
+    assert not child.is_alive()
+
+
+def test_a_bad_file_source_fails_in_this_process(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no event log"):
+        ProcessFileSource(tmp_path / "missing.jsonl")
+    log = _write_log(tmp_path / "log.jsonl", _events(3))
+    with pytest.raises(ValueError, match="rank 2 is not in"):
+        ProcessFileSource(log, rank=2, world=2)
+
+
+def test_open_source_reads_a_file_in_a_child_process(tmp_path):
+    from headrace.trainer.sources import open_source
+
+    log = _write_log(tmp_path / "log.jsonl", _events(10))
+    source = open_source(f"file://{log}", rank=1, world=2)
+    try:
+        assert isinstance(source, ProcessFileSource)
+        assert [r.offset for r in source.poll(10, timeout_s=0)] == [1, 3, 5, 7, 9]
+    finally:
+        source.close()
+
+
+_PARENT_SCRIPT = """
+import sys, time
+from headrace.stream import EventStream, ListDeadLetterSink, ProcessFileSource
+if __name__ == "__main__":
+    source = ProcessFileSource(sys.argv[1])
+    EventStream(source, ListDeadLetterSink()).next_batch(10)
+    print(source._process.pid, flush=True)
+    if sys.argv[2] == "sleep":
+        time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "exits without close"])
+def test_the_file_reader_process_exits_with_its_parent(tmp_path, how):
+    log = _write_log(tmp_path / "log.jsonl", _events(20_000))
+    parent = subprocess.Popen(
+        [sys.executable, "-c", _PARENT_SCRIPT, str(log), "sleep" if how == "killed" else "exit"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    child_pid = int(parent.stdout.readline())
+    if how == "killed":
+        parent.kill()  # SIGKILL: no clean-up runs in the parent
+    assert parent.wait(30) in (0, -signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _running(child_pid):
+        time.sleep(0.1)
+    assert not _running(child_pid), "the reader process outlived its parent"
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
+        return stat.read().split()[2] != "Z"

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 
 from headrace.schema import Reason, SchemaError, fid, validate_event
-from headrace.stream import EventParser, EventStream, ListDeadLetterSink, ParserConfig, Record
+from headrace.stream import (
+    EventParser,
+    EventStream,
+    ListDeadLetterSink,
+    ParserConfig,
+    ParseResult,
+    Record,
+)
 
 
 def _record(offset: int, value: object) -> Record:
@@ -212,3 +219,31 @@ def test_slot_order_within_events_does_not_change_the_columns():
         assert same.offsets[slot].tolist() == mixed.offsets[slot].tolist()
     assert same.fids["b"].tolist() == [fid("b", v) for i in range(4) for v in (i, i + 1)]
     assert same.offsets["b"].tolist() == [0, 2, 4, 6, 8]
+
+
+def test_concatenated_results_are_the_parse_of_all_their_records():
+    # Slots and dense names that only some parts have, weights, ids and a bad record.
+    events = [
+        {"ts": 1.0, "label": 1, "sparse": {"u": "a"}, "dense": {"x": 1.5}},
+        {"ts": 2.0, "label": 0, "sparse": {"u": "b", "tags": ["t1", "t2"]}, "weight": 0.5},
+        {"ts": 3.0, "label": 1, "sparse": {"tags": []}, "dense": {"y": 2.0}, "event_id": "e3"},
+        {"ts": 4.0, "label": 0, "sparse": {"v": 7}, "request_id": "r4", "sample_rate": 0.5},
+    ]
+    records = [Record("p", i, json.dumps(e).encode()) for i, e in enumerate(events)]
+    records.insert(2, Record("p", 9, b"not json"))
+    parser = EventParser()
+    whole = parser.parse(records, {"p": 10})
+    for cut in range(len(records) + 1):
+        parts = [parser.parse(records[:cut], {}), parser.parse(records[cut:], {})]
+        joined = ParseResult.concat(parts, {"p": 10})
+        assert joined.kept.tolist() == whole.kept.tolist()
+        assert joined.dead_letters == whole.dead_letters
+        a, b = joined.batch, whole.batch
+        assert a.positions == b.positions and a.dense_names == b.dense_names
+        assert sorted(a.fids) == sorted(b.fids)
+        for slot in b.fids:
+            assert a.fids[slot].tolist() == b.fids[slot].tolist()
+            assert a.offsets[slot].tolist() == b.offsets[slot].tolist()
+        for column in ("dense", "labels", "ts", "weights", "sample_rates"):
+            assert getattr(a, column).tolist() == getattr(b, column).tolist(), column
+        assert (a.request_ids, a.event_ids) == (b.request_ids, b.event_ids)

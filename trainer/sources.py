@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from headrace.kafka_client import KafkaClientSettings
 from headrace.stream import (
     DeadLetterSink,
-    FileSource,
     KafkaDeadLetterSink,
     KafkaSource,
     KafkaSourceConfig,
     ParserConfig,
     ParseResult,
     Positions,
+    ProcessFileSource,
     ProcessKafkaSource,
     Record,
     Source,
@@ -237,7 +238,14 @@ def open_source(
         path = parts.netloc + parts.path
         if not path:
             raise SourceUrlError(f"expected file://PATH, got {url!r}")
-        return FileSource(path, rank=rank, world=world)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"no event log at {path}")
+        # The reader process reads and parses the log, off this process's
+        # GIL; it takes a second or so to start, as for Kafka.
+        from headrace.trainer.loop import load_kernels_meanwhile
+
+        load_kernels_meanwhile()
+        return ProcessFileSource(path, rank=rank, world=world)
     if parts.scheme == "synthetic":
         if world > 1:
             raise SourceUrlError(
