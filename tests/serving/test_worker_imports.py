@@ -44,7 +44,16 @@ def test_a_worker_imports_no_trainer_module_and_keeps_its_rss(tmp_path):
     # Nor numba (the trainer's compiled step): ~150 MB of RSS a worker.
     assert not [m for m in modules if m == "numba" or m.startswith("numba.")]
     # The event readers and generators stay out too: the worker parses events, nothing more.
-    readers = {"kafka_process", "pipeline", "synthetic", "two_streams", "replay", "movielens"}
+    readers = {
+        "reader_process",
+        "kafka_process",
+        "file_process",
+        "pipeline",
+        "synthetic",
+        "two_streams",
+        "replay",
+        "movielens",
+    }
     assert not [m for m in modules if m.rsplit(".", 1)[-1] in readers], sorted(modules)
     print(
         json.dumps(
