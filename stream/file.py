@@ -8,7 +8,7 @@ from typing import IO
 
 from .batch import Positions, Record, position_for
 
-__all__ = ["FileSource", "open_log"]
+__all__ = ["FileSource", "checked_log", "open_log"]
 
 
 def open_log(path: str | Path, mode: str = "rb") -> IO:
@@ -29,6 +29,24 @@ def open_log(path: str | Path, mode: str = "rb") -> IO:
     if path.suffix == ".gz":
         return gzip.open(path, mode, encoding=encoding)
     return path.open(mode, encoding=encoding)
+
+
+def checked_log(path: str | Path, rank: int, world: int) -> Path:
+    """``path``, once it names a log and ``rank`` is one of ``world``; else a clear error.
+
+    Raises
+    ------
+    ValueError
+        For a ``rank`` not in ``0..world - 1``.
+    FileNotFoundError
+        When there is no log at ``path``.
+    """
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no event log at {path}")
+    return path
 
 
 class FileSource:
@@ -54,9 +72,7 @@ class FileSource:
     def __init__(
         self, path: str | Path, key: str | None = None, *, rank: int = 0, world: int = 1
     ) -> None:
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-        self.path = Path(path)
+        self.path = checked_log(path, rank, world)
         self.key = key or f"file:{self.path.name}"
         self.rank, self.world = rank, world
         self._file = open_log(self.path)

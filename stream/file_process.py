@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch import Positions, Record
-from .file import FileSource
+from .file import FileSource, checked_log
 from .reader_process import ReaderProcess, ReaderProcessError
 
 __all__ = ["ProcessFileSource", "ReaderProcessError"]
@@ -51,11 +51,8 @@ class ProcessFileSource(ReaderProcess):
     def __init__(
         self, path: str | Path, key: str | None = None, *, rank: int = 0, world: int = 1
     ) -> None:
-        if not 0 <= rank < world:
-            raise ValueError(f"rank {rank} is not in 0..{world - 1}")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"no event log at {self.path}")
+        # Checked here, before a child starts, with FileSource's own errors.
+        self.path = checked_log(path, rank, world)
         self.key = key or f"file:{self.path.name}"
         self.rank, self.world = rank, world
         super().__init__(
@@ -64,9 +61,6 @@ class ProcessFileSource(ReaderProcess):
             name=f"headrace-file-reader-{self.path.name}",
             open_timeout_s=60.0,
         )
-
-    def __enter__(self) -> ProcessFileSource:
-        return self
 
     def _on_status(self, status: Any, *, stale: bool) -> None:
         if not stale:

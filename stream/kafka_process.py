@@ -95,18 +95,6 @@ class ProcessKafkaSource(ReaderProcess):
             open_timeout_s=config.bootstrap_timeout_s + 60,
         )
 
-    def __enter__(self) -> ProcessKafkaSource:
-        return self
-
-    def seek(self, positions: Positions) -> None:
-        """Continue each assigned partition at its saved offset.
-
-        Keys of partitions this source does not read are ignored, as
-        :meth:`KafkaSource.seek` does; partitions ``positions`` leaves out
-        continue where :meth:`poll` left them. Records read ahead are dropped.
-        """
-        super().seek(positions)
-
     def highwater(self, key: str) -> int | None:
         """Partition ``key``'s end as the last fetch response gave it; None before one."""
         return self._highwater.get(key)
@@ -136,10 +124,6 @@ class ProcessKafkaSource(ReaderProcess):
         """Fetch paused partitions again (all when ``None``)."""
         with self._lock:
             self._call("resume", None if keys is None else list(keys))
-
-    def close(self) -> None:
-        """Stop the child process and close its consumer."""
-        super().close()
 
     def _on_status(self, status: Any, *, stale: bool) -> None:
         # The ends hold whatever the positions are; the child sends them only

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from multiprocessing.connection import Connection
 from operator import attrgetter
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 
@@ -173,7 +173,7 @@ class ReaderProcess:
             self._stop()
             raise
 
-    def __enter__(self) -> ReaderProcess:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -297,7 +297,12 @@ class ReaderProcess:
         return dict(self._positions)
 
     def seek(self, positions: Positions) -> None:
-        """Continue at ``positions`` (keys of other sources are ignored); read-ahead is dropped."""
+        """Continue at ``positions``; read-ahead is dropped.
+
+        Keys this source does not read are ignored (as
+        :meth:`KafkaSource.seek` does); those ``positions`` leaves out
+        continue where :meth:`poll` left them.
+        """
         target = {key: positions.get(key, offset) for key, offset in self._positions.items()}
         if negative := {key: offset for key, offset in target.items() if offset < 0}:
             raise ValueError(f"offsets must be >= 0, not {negative}")

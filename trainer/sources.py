@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
@@ -238,8 +237,6 @@ def open_source(
         path = parts.netloc + parts.path
         if not path:
             raise SourceUrlError(f"expected file://PATH, got {url!r}")
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"no event log at {path}")
         # The reader process reads and parses the log, off this process's
         # GIL; it takes a second or so to start, as for Kafka.
         from headrace.trainer.loop import load_kernels_meanwhile
