@@ -30,10 +30,9 @@ class ProcessFileSource(ReaderProcess):
     :meth:`parse_with` is called (:class:`~headrace.stream.EventStream`
     does), the child parses too. :attr:`exhausted` turns true, as the
     ``FileSource``'s does, once a poll reaches the end of the file. The
-    child reads at most two chunks of 1024 records ahead, is started with
-    ``spawn`` (a script that opens this source needs the
-    ``if __name__ == "__main__":`` guard), ignores SIGINT and SIGTERM and
-    exits when this object closes or this process dies.
+    child reads at most two chunks of 1024 records ahead, is a fresh
+    interpreter (it does not import this process's main module), ignores
+    SIGINT and SIGTERM and exits when this object closes or this process dies.
 
     Raises
     ------
@@ -58,7 +57,6 @@ class ProcessFileSource(ReaderProcess):
         super().__init__(
             _FileReader,
             (str(self.path.resolve()), self.key, rank, world),
-            name=f"headrace-file-reader-{self.path.name}",
             open_timeout_s=60.0,
         )
 

@@ -46,9 +46,9 @@ class ProcessKafkaSource(ReaderProcess):
 
     The child reads at most two chunks of 1024 records ahead of
     :meth:`poll` (one in the pipe, one being sent), besides kafka-python's
-    own fetch buffer. It is started with ``spawn``, so ``config`` must be
-    picklable (module-level functions only in ``config.options``) and a script that opens
-    this source needs the ``if __name__ == "__main__":`` guard. It ignores
+    own fetch buffer. It is a fresh interpreter (it does not import this
+    process's main module), so ``config`` must be picklable (module-level
+    functions only in ``config.options``). It ignores
     SIGINT and SIGTERM, which a terminal or a service manager may send to
     the whole process group, and exits when this object closes or this
     process dies. One thread at a time may use an instance.
@@ -91,7 +91,6 @@ class ProcessKafkaSource(ReaderProcess):
         super().__init__(
             _KafkaReader,
             config,
-            name=f"headrace-kafka-reader-{config.topic}",
             open_timeout_s=config.bootstrap_timeout_s + 60,
         )
 

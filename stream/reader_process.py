@@ -16,8 +16,8 @@ parent's commands one way; chunks and answers the other. So the chunks that
 arrive before the answer to a seek are exactly those read before it, and a
 dead child is an end-of-file, never a silent wait.
 
-The child is started with ``spawn`` (the parent may hold torch's and Kafka
-clients' threads, which ``fork`` would copy half-way), ignores SIGINT and
+The child is a fresh interpreter with this process's ``sys.path`` (see
+:func:`_start_child`: neither fork nor multiprocessing's spawn), ignores SIGINT and
 SIGTERM (a terminal or a service manager signals the whole process group;
 the parent decides when it stops), and leaves when the pipe closes: when the
 source closes or its process dies.
@@ -29,8 +29,10 @@ import atexit
 import contextlib
 import functools
 import gc
-import multiprocessing
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
 import traceback
@@ -122,10 +124,7 @@ class ReaderProcess:
     ----------
     open_reader, spec
         The child runs ``open_reader(spec)``: both must be picklable
-        (module-level), and a script that opens this source needs the
-        ``if __name__ == "__main__":`` guard.
-    name
-        The child process's name.
+        (``open_reader`` and the functions in ``spec`` module-level).
     open_timeout_s
         How long opening the reader may take.
     """
@@ -141,7 +140,6 @@ class ReaderProcess:
         open_reader: Callable[[Any], ChildReader],
         spec: Any,
         *,
-        name: str,
         open_timeout_s: float,
     ) -> None:
         self.exhausted = False
@@ -153,18 +151,8 @@ class ReaderProcess:
         self._end: Positions | None = None
         self._failure: BaseException | None = None  # a read error, raised by the next poll
         self._lock = threading.Lock()
-        # spawn, not fork: the parent may hold torch's and Kafka clients' threads.
-        context = multiprocessing.get_context("spawn")
-        self._pipe, child_pipe = context.Pipe()
-        self._process = context.Process(
-            target=_serve, args=(open_reader, spec, self._what, child_pipe), name=name, daemon=True
-        )
-        self._process.start()
-        # Only the child holds its end now, so its death is an end-of-file here.
-        child_pipe.close()
-        # A source never closed must not hold the interpreter at exit:
-        # multiprocessing's own exit hook joins daemon children after a
-        # SIGTERM, which the child ignores. Registered later, this runs first.
+        self._pipe, self._process = _start_child(open_reader, spec, self._what)
+        # A source never closed must not hold the interpreter at exit.
         self._at_exit = functools.partial(_stop_child, self._pipe, self._process)
         atexit.register(self._at_exit)
         try:
@@ -419,18 +407,47 @@ class ReaderProcess:
 
     def _dead(self) -> ReaderProcessError:
         self._stop()
-        code = self._process.exitcode
+        code = self._process.returncode
         how = f"was killed by signal {-code}" if code and code < 0 else f"exited with code {code}"
         return ReaderProcessError(f"the {self._what} reader process {how}; open a new source")
 
 
-def _stop_child(pipe: Connection, process: multiprocessing.process.BaseProcess) -> None:
+def _start_child(
+    open_reader: Callable[[Any], ChildReader], spec: Any, what: str
+) -> tuple[Connection, subprocess.Popen[bytes]]:
+    """Start the child with this process's ``sys.path``; returns its pipe and process.
+
+    A fresh interpreter, not multiprocessing's spawn, which imports the
+    parent's main module in the child and with it, as a rule, torch: 225 MB
+    more in every reader process and a second more to start. Not fork
+    either: the parent may hold torch's and Kafka clients' threads, which a
+    fork would copy half-way.
+    """
+    ours, theirs = socket.socketpair()
+    with theirs:
+        process = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), *sys.path],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    # Only the child holds its end now, so its death is an end-of-file here.
+    pipe = Connection(ours.detach())
+    try:
+        pipe.send((open_reader, spec, what))
+    except BaseException:
+        _stop_child(pipe, process)
+        raise
+    return pipe, process
+
+
+def _stop_child(pipe: Connection, process: subprocess.Popen[bytes]) -> None:
     """Close the pipe (the child leaves at its end), wait a little, then kill."""
     pipe.close()
-    process.join(timeout=10)
-    if process.is_alive():
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
         process.kill()
-        process.join()
+        process.wait()
 
 
 # -- the child ----------------------------------------------------------------
@@ -441,20 +458,29 @@ def _with_child_traceback(exc: BaseException, what: str) -> BaseException:
     return exc
 
 
-def _serve(
-    open_reader: Callable[[Any], ChildReader], spec: Any, what: str, pipe: Connection
-) -> None:
+#: What the child runs: ``python -c _CHILD_MAIN FD PATH...`` (its pipe, the parent's sys.path).
+_CHILD_MAIN = (
+    "import sys; sys.path[:] = sys.argv[2:]; "
+    "from headrace.stream.reader_process import _serve; _serve(int(sys.argv[1]))"
+)
+
+
+def _serve(fd: int) -> None:
     """The child: read chunks ahead and send them; run the parent's commands in between."""
     # A terminal's Ctrl-C and a service manager's SIGTERM reach the whole
     # process group; the parent decides when this stops (it closes the pipe).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    pipe = Connection(fd)
+    try:
+        open_reader, spec, what = pipe.recv()
+    except (EOFError, OSError):
+        return  # the parent is gone
     try:
         reader = open_reader(spec)
         positions = reader.positions()
-        # spawn imports the parent's main module here, and with it often
-        # torch: ~270k objects that every full collection would walk (~0.14 s,
-        # a stall the trainer waits out). None of them is ever garbage.
+        # What is here now lives as long as this process: full collections
+        # need not walk it (with torch imported, ~270k objects took 0.14 s).
         gc.freeze()
     except Exception as exc:
         pipe.send(("answer", _with_child_traceback(exc, what)))

@@ -255,7 +255,7 @@ def test_a_dead_file_reader_process_raises_clearly(tmp_path):
     stream = EventStream(source, ListDeadLetterSink())
     assert len(stream.next_batch(10)) == 10
     os.kill(source._process.pid, signal.SIGKILL)
-    source._process.join(10)
+    source._process.wait(10)
     with pytest.raises(ReaderProcessError, match="was killed by signal 9"):
         for _ in range(100):
             stream.next_batch(4096)
@@ -272,9 +272,9 @@ def test_the_file_reader_process_ignores_sigterm_and_stops_on_close(tmp_path):
     os.kill(child.pid, signal.SIGINT)
     stream = EventStream(source, ListDeadLetterSink())
     assert sum(len(batch) for batch in stream) == 3000
-    assert child.is_alive()
+    assert child.poll() is None  # alive
     source.close()
-    assert not child.is_alive()
+    assert child.poll() is not None
 
 
 def test_a_bad_file_source_fails_in_this_process(tmp_path):
@@ -334,3 +334,27 @@ def _running(pid: int) -> bool:
         return False
     with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
         return stat.read().split()[2] != "Z"
+
+
+_TORCH_SCRIPT = """
+import sys
+import torch  # as a trainer's main module has, by way of headrace.trainer
+from headrace.stream import ProcessFileSource
+source = ProcessFileSource(sys.argv[1])
+with open(f"/proc/{source._process.pid}/maps") as maps:
+    print("torch" if "libtorch" in maps.read() else "no torch", flush=True)
+source.close()
+"""
+
+
+def test_the_reader_process_does_not_import_the_parents_main_module(tmp_path):
+    # multiprocessing's spawn would run the script's imports in the child:
+    # torch, ~190 MB more in every reader process.
+    log = _write_log(tmp_path / "log.jsonl", _events(10))
+    script = tmp_path / "trainer_script.py"
+    script.write_text(_TORCH_SCRIPT)
+    done = subprocess.run(
+        [sys.executable, str(script), str(log)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "no torch"

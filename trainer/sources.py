@@ -224,8 +224,8 @@ def open_source(
                     f"run at most {count} ranks or add partitions to the topic"
                 )
             partitions = tuple(range(rank, count, world))
-        # The reader process takes a second or so to start, which this
-        # process spends waiting: the trainer's kernels load meanwhile.
+        # This process waits while the reader process starts and reaches the
+        # broker (a few tenths of a second): the trainer's kernels load meanwhile.
         from headrace.trainer.loop import load_kernels_meanwhile
 
         load_kernels_meanwhile()
@@ -238,7 +238,7 @@ def open_source(
         if not path:
             raise SourceUrlError(f"expected file://PATH, got {url!r}")
         # The reader process reads and parses the log, off this process's
-        # GIL; it takes a second or so to start, as for Kafka.
+        # GIL; the kernels load while it starts, as for Kafka.
         from headrace.trainer.loop import load_kernels_meanwhile
 
         load_kernels_meanwhile()

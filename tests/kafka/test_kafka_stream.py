@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing
 import os
 import signal
 import subprocess
@@ -469,11 +468,6 @@ def test_child_process_source_refuses_group_mode(kafka_bootstrap):
         ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, "t", group_id="g"))
 
 
-def _reader_process(topic: str) -> multiprocessing.Process:
-    [child] = [p for p in multiprocessing.active_children() if topic in p.name]
-    return child
-
-
 def test_a_dead_reader_process_is_an_error_not_a_quiet_stream(kafka_bootstrap, topic_name):
     topic = topic_name("pdead")
     ensure_topic(kafka_bootstrap, topic, 1)
@@ -482,9 +476,9 @@ def test_a_dead_reader_process_is_an_error_not_a_quiet_stream(kafka_bootstrap, t
     source = ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic))
     assert source.poll(10, timeout_s=10)
     time.sleep(0.5)
-    child = _reader_process(topic)
+    child = source._process
     os.kill(child.pid, signal.SIGKILL)
-    child.join(10)
+    child.wait(10)
     raised: list[BaseException] = []
 
     def drain() -> None:
@@ -508,12 +502,12 @@ def test_the_reader_process_ignores_sigterm_and_sigint(kafka_bootstrap, topic_na
     topic = topic_name("psig")
     ensure_topic(kafka_bootstrap, topic, 1)
     with ProcessKafkaSource(KafkaSourceConfig(kafka_bootstrap, topic)) as source:
-        child = _reader_process(topic)
+        child = source._process
         os.kill(child.pid, signal.SIGTERM)
         os.kill(child.pid, signal.SIGINT)
         _produce(kafka_bootstrap, topic, 10)
         assert len(_poll_until_quiet(source, quiet_s=3.0)) == 10
-        assert child.is_alive()
+        assert child.poll() is None  # alive
 
 
 def unpicklable_value(raw: bytes) -> threading.Lock:
@@ -541,9 +535,8 @@ def test_values_that_cannot_cross_the_pipe_raise(kafka_bootstrap, topic_name):
 _UNCLOSED_SOURCE_SCRIPT = """
 import sys, time
 from headrace.stream import KafkaSourceConfig, ProcessKafkaSource
-import multiprocessing
 source = ProcessKafkaSource(KafkaSourceConfig(sys.argv[1], sys.argv[2]))
-print(multiprocessing.active_children()[0].pid, flush=True)
+print(source._process.pid, flush=True)
 if sys.argv[3] == "sleep":
     time.sleep(600)
 """
