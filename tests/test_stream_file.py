@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from headrace.stream import (
     EventStream,
@@ -358,3 +360,46 @@ def test_the_reader_process_does_not_import_the_parents_main_module(tmp_path):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "no torch"
+
+
+_LINES = st.lists(st.sampled_from([b'{"e": 1}', b'{"e": 22}', b"", b"  ", b"x\r"]), max_size=40)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    lines=_LINES,
+    world_rank=st.integers(1, 3).flatmap(lambda w: st.tuples(st.just(w), st.integers(0, w - 1))),
+    polls=st.lists(st.tuples(st.integers(0, 9), st.none() | st.integers(0, 45)), max_size=12),
+    newline_at_end=st.booleans(),
+)
+def test_file_source_reads_as_a_line_at_a_time_would(
+    tmp_path_factory, lines, world_rank, polls, newline_at_end
+):
+    # The model: a poll returns this rank's next non-blank lines, and its
+    # position is the line after its last record, or the end once it runs short.
+    world, rank = world_rank
+    path = tmp_path_factory.mktemp("log") / "log.jsonl"
+    path.write_bytes(b"\n".join(lines) + (b"\n" if newline_at_end and lines else b""))
+    stored = len(lines) if newline_at_end or not lines or lines[-1] else len(lines) - 1
+    mine = [
+        (i, line.rstrip(b"\r\n"))
+        for i, line in enumerate(lines[:stored])
+        if i % world == rank and line.strip()
+    ]
+    source = FileSource(path, rank=rank, world=world)
+    at = 0  # the model's next line
+    for size, seek in polls:
+        if seek is not None:
+            seek = min(seek, stored)
+            source.seek({source.key: seek})
+            at = seek
+        expected = [(i, v) for i, v in mine if i >= at][:size]
+        got = [(r.offset, r.value) for r in source.poll(size)]
+        assert got == expected
+        if size and len(got) == size:
+            at = got[-1][0] + 1
+        elif size:
+            at = stored
+            assert source.exhausted
+        assert source.positions() == {source.key: at}
+    source.close()
