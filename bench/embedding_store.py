@@ -190,8 +190,8 @@ def false_admission_rate(filter_config: FilterConfig, occurrences: int, vocab: i
 
 TIERED_ROWS, TIERED_ROWS_QUICK = 20_000_000, 1_000_000
 BUDGET_SHARE = 0.10
-# The tiered part warms up until rows fill this share of the budget's rows,
-# or for at most _MAX_WARMUP batches.
+# The tiered part warms up until rows fill this share of the budget's rows and
+# the policy has evicted as many rows as memory holds, or for at most _MAX_WARMUP batches.
 _FULL = 0.9
 _MAX_WARMUP = 200
 # Batches of one kind (reading on lookup, or read ahead) in a row in the tiered part.
@@ -319,12 +319,16 @@ def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0)
     store = EmbeddingStore.open(path, _slots(), memory_budget=budget, eviction=eviction)
     open_s = time.perf_counter() - started
     workload = RankedWorkload(rows // SLOTS, seed=3)
-    # Warm-up: the steady state of a long run has memory full (a reopened
-    # store starts empty and adds ~25k rows a batch; on 20M rows the cache
-    # fills in ~80 batches, and until then the hit ratio is lower).
+    # Warm-up: the steady state of a long run has memory full and its rows
+    # chosen by the policy. A reopened store starts empty and adds ~25k rows
+    # a batch (on 20M rows memory fills in ~30 batches); until then every
+    # miss is a first read, and until the policy has evicted as many rows as
+    # memory holds, the cache is the first rows read, not the hot ones.
     warmup = 0
-    while warmup < max(3, n_batches // 2) or (
-        store.stats().memory_rows < _FULL * _row_room(store, budget) and warmup < _MAX_WARMUP
+    while warmup < _MAX_WARMUP and (
+        warmup < max(3, n_batches // 2)
+        or store.stats().memory_rows < _FULL * _row_room(store, budget)
+        or store.stats().evictions < store.stats().memory_rows
     ):
         _train(store, workload, _BLOCK, 1.0 + warmup)
         warmup += _BLOCK
