@@ -424,12 +424,16 @@ def _start_child(
     fork would copy half-way.
     """
     ours, theirs = socket.socketpair()
-    with theirs:
-        process = subprocess.Popen(
-            [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), *sys.path],
-            pass_fds=(theirs.fileno(),),
-            stdin=subprocess.DEVNULL,
-        )
+    try:
+        with theirs:
+            process = subprocess.Popen(
+                [sys.executable, "-c", _CHILD_MAIN, str(theirs.fileno()), *sys.path],
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+            )
+    except BaseException:
+        ours.close()
+        raise
     # Only the child holds its end now, so its death is an end-of-file here.
     pipe = Connection(ours.detach())
     try:
