@@ -44,6 +44,7 @@ from rich.live import Live
 from rich.table import Table
 
 from headrace.kafka_client import SECRET_KEYS, KafkaClientSettings
+from headrace.processes import wait_or_kill
 
 if TYPE_CHECKING:
     from headrace.trainer.history import WorkerStatus
@@ -229,11 +230,7 @@ class Child:
         """SIGTERM, wait up to ``timeout_s``, then SIGKILL; returns the exit status."""
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            wait_or_kill(self.process, timeout_s)
         return self.process.returncode
 
     def tail(self, lines: int = 15) -> str:

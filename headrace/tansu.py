@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from headrace.processes import wait_or_kill
+
 __all__ = ["TansuBroker", "find_tansu", "free_port", "kafka_bootstrap"]
 
 
@@ -108,11 +110,7 @@ class TansuBroker:
         """Stop the broker (its in-memory data is gone)."""
         if self._process is not None:
             self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
+            wait_or_kill(self._process, timeout_s=10)
             self._process = None
 
 

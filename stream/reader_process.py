@@ -46,6 +46,8 @@ from typing import Any, ClassVar, Protocol, Self
 
 import numpy as np
 
+from headrace.processes import wait_or_kill
+
 from .batch import Positions, Record
 from .parse import EventParser, ParserConfig, ParseResult
 
@@ -447,11 +449,7 @@ def _start_child(
 def _stop_child(pipe: Connection, process: subprocess.Popen[bytes]) -> None:
     """Close the pipe (the child leaves at its end), wait a little, then kill."""
     pipe.close()
-    try:
-        process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    wait_or_kill(process, timeout_s=10)
 
 
 # -- the child ----------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from headrace.processes import wait_or_kill
 from headrace.tansu import find_tansu, free_port
 
 #: How long the trainer and both workers may take to be up and synced.
@@ -124,8 +125,4 @@ def demo_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoStack]:
         yield stack
     finally:
         process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        wait_or_kill(process, timeout_s=120)

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from headrace.processes import wait_or_kill
 from headrace.tansu import free_port
 from tests.demo.conftest import DemoStack, get_json
 from tests.deploy.conftest import RULES, find_prometheus_binary
@@ -95,11 +96,7 @@ def prometheus(demo_stack: DemoStack, tmp_path: Path) -> Iterator[Prometheus]:
         yield server
     finally:
         process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        wait_or_kill(process, timeout_s=20)
 
 
 def _ready(url: str) -> bool:

@@ -16,6 +16,7 @@ from typing import IO
 
 import httpx
 
+from headrace.processes import wait_or_kill
 from headrace.tansu import free_port
 
 HEADRACE = Path(sys.executable).with_name("headrace")
@@ -69,11 +70,7 @@ def serving_worker(
         finally:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            wait_or_kill(process, timeout_s=20)
             log.seek(0)
             worker.stderr = log.read()
 
