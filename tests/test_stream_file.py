@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -24,6 +23,7 @@ from headrace.stream import (
     ProcessFileSource,
     ReaderProcessError,
 )
+from tests.processes import gone_within
 
 
 def _write_log(path: Path, lines: list[bytes]) -> Path:
@@ -323,19 +323,7 @@ def test_the_file_reader_process_exits_with_its_parent(tmp_path, how):
     if how == "killed":
         parent.kill()  # SIGKILL: no clean-up runs in the parent
     assert parent.wait(30) in (0, -signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _running(child_pid):
-        time.sleep(0.1)
-    assert not _running(child_pid), "the reader process outlived its parent"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as stat:  # a zombie has exited
-        return stat.read().split()[2] != "Z"
+    assert gone_within(child_pid), "the reader process outlived its parent"
 
 
 _TORCH_SCRIPT = """

@@ -34,6 +34,7 @@ from headrace.stream import (
     read_dead_letters,
 )
 from tests.kafka.proxy import CuttableProxy
+from tests.processes import gone_within, running
 from tests.tansu import TansuBroker, free_port
 
 pytestmark = pytest.mark.kafka
@@ -552,7 +553,7 @@ def test_a_source_never_closed_does_not_hold_the_interpreter_at_exit(kafka_boots
         timeout=60,
     )
     assert done.returncode == 0, done.stderr
-    assert not _running(int(done.stdout))
+    assert not running(int(done.stdout))
 
 
 def test_the_reader_process_exits_when_its_parent_is_killed(kafka_bootstrap, topic_name):
@@ -566,17 +567,4 @@ def test_the_reader_process_exits_when_its_parent_is_killed(kafka_bootstrap, top
     child_pid = int(parent.stdout.readline())
     parent.kill()  # SIGKILL: no clean-up runs in the parent
     parent.wait()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and _running(child_pid):
-        time.sleep(0.1)
-    assert not _running(child_pid), "the reader process outlived its parent"
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie has exited; its parent (init, here) has not reaped it yet.
-    with open(f"/proc/{pid}/stat") as stat:
-        return stat.read().split()[2] != "Z"
+    assert gone_within(child_pid), "the reader process outlived its parent"
