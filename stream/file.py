@@ -8,7 +8,7 @@ from typing import IO
 
 from .batch import Positions, Record, position_for
 
-__all__ = ["FileSource", "checked_log", "open_log"]
+__all__ = ["FileSource", "checked_log", "log_key", "open_log"]
 
 
 def open_log(path: str | Path, mode: str = "rb") -> IO:
@@ -49,6 +49,15 @@ def checked_log(path: str | Path, rank: int, world: int) -> Path:
     return path
 
 
+def log_key(path: Path, key: str | None = None) -> str:
+    """The partition key of a log's positions: ``key``, by default ``"file:<file name>"``.
+
+    >>> log_key(Path("/data/events.jsonl.gz"))
+    'file:events.jsonl.gz'
+    """
+    return key or f"file:{path.name}"
+
+
 class FileSource:
     """Reads a JSONL log line by line, in order; one line is one message.
 
@@ -73,7 +82,7 @@ class FileSource:
         self, path: str | Path, key: str | None = None, *, rank: int = 0, world: int = 1
     ) -> None:
         self.path = checked_log(path, rank, world)
-        self.key = key or f"file:{self.path.name}"
+        self.key = log_key(self.path, key)
         self.rank, self.world = rank, world
         self._file = open_log(self.path)
         self._next = 0

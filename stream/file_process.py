@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .batch import Positions, Record
-from .file import FileSource, checked_log
+from .file import FileSource, checked_log, log_key
 from .reader_process import ReaderProcess, ReaderProcessError
 
 __all__ = ["ProcessFileSource", "ReaderProcessError"]
@@ -52,7 +52,7 @@ class ProcessFileSource(ReaderProcess):
     ) -> None:
         # Checked here, before a child starts, with FileSource's own errors.
         self.path = checked_log(path, rank, world)
-        self.key = key or f"file:{self.path.name}"
+        self.key = log_key(self.path, key)
         self.rank, self.world = rank, world
         super().__init__(
             _FileReader,

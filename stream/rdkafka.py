@@ -34,7 +34,7 @@ from confluent_kafka import (
 from headrace.kafka_client import KafkaClientSettings
 
 from .batch import Positions, Record
-from .kafka import BrokerUnavailable, DeliveryError, complaints, diagnose
+from .kafka import BrokerUnavailable, DeliveryError, complaints, diagnose, split_key
 
 __all__ = ["RdKafkaSink", "RdKafkaSource"]
 
@@ -194,10 +194,7 @@ class RdKafkaSource:
 
     def highwater(self, key: str) -> int | None:
         """Partition ``key``'s end as the last fetch gave it; None before one."""
-        partition = int(key.rpartition(":")[2])
-        _, high = self._consumer.get_watermark_offsets(
-            TopicPartition(self.topic, partition), cached=True
-        )
+        _, high = self._consumer.get_watermark_offsets(TopicPartition(*split_key(key)), cached=True)
         return None if high == OFFSET_INVALID or high < 0 else high
 
     def pause(self, keys: Iterable[str] | None = None) -> None:
@@ -209,7 +206,7 @@ class RdKafkaSource:
         self._consumer.resume(self._partitions(keys))
 
     def _partitions(self, keys: Iterable[str] | None) -> list[TopicPartition]:
-        chosen = self._keys if keys is None else {int(k.rpartition(":")[2]) for k in keys}
+        chosen = self._keys if keys is None else {split_key(k)[1] for k in keys}
         return [TopicPartition(self.topic, p) for p in chosen]
 
     def lag(self) -> dict[str, int]:
