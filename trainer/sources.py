@@ -172,6 +172,18 @@ def _query_int(query: dict[str, list[str]], name: str, default: int | None) -> i
         raise SourceUrlError(f"{name}={query[name][-1]!r} must be an integer") from None
 
 
+def _load_kernels_while_a_reader_starts() -> None:
+    """Load the trainer's kernels on a thread while a reader process starts.
+
+    Kafka and file sources read and parse in a child process, off this
+    process's GIL; this process waits while it starts (and, for Kafka,
+    reaches the broker).
+    """
+    from headrace.trainer.loop import load_kernels_meanwhile
+
+    load_kernels_meanwhile()
+
+
 def open_source(
     url: str,
     *,
@@ -224,11 +236,7 @@ def open_source(
                     f"run at most {count} ranks or add partitions to the topic"
                 )
             partitions = tuple(range(rank, count, world))
-        # This process waits while the reader process starts and reaches the
-        # broker (a few tenths of a second): the trainer's kernels load meanwhile.
-        from headrace.trainer.loop import load_kernels_meanwhile
-
-        load_kernels_meanwhile()
+        _load_kernels_while_a_reader_starts()
         source = ProcessKafkaSource(
             KafkaSourceConfig(bootstrap, topic, partitions=partitions, client=client)
         )
@@ -237,11 +245,7 @@ def open_source(
         path = parts.netloc + parts.path
         if not path:
             raise SourceUrlError(f"expected file://PATH, got {url!r}")
-        # The reader process reads and parses the log, off this process's
-        # GIL; the kernels load while it starts, as for Kafka.
-        from headrace.trainer.loop import load_kernels_meanwhile
-
-        load_kernels_meanwhile()
+        _load_kernels_while_a_reader_starts()
         return ProcessFileSource(path, rank=rank, world=world)
     if parts.scheme == "synthetic":
         if world > 1:
