@@ -202,7 +202,7 @@ class ReaderProcess:
                 if not self._pending:
                     if records and (not self._fills or self._failure is not None):
                         break
-                    self._receive_records(ANSWER_TIMEOUT_S if self._fills else timeout_s)
+                    self._receive_records(timeout_s)
                     if not self._pending:
                         break
                 take = min(max_records - len(records), len(self._pending))
@@ -246,7 +246,7 @@ class ReaderProcess:
                 if not self._parsed:
                     if parts and self._failure is not None:
                         break  # what came before the failure; the next poll raises it
-                    self._receive_records(ANSWER_TIMEOUT_S if self._fills else timeout_s)
+                    self._receive_records(timeout_s)
                     if not self._parsed:
                         break
                 _, start, stop = part = self._take_parsed(wanted)
@@ -329,7 +329,12 @@ class ReaderProcess:
     # -- the pipe (called holding the lock) -------------------------------------
 
     def _receive_records(self, timeout_s: float) -> None:
-        """Wait up to ``timeout_s`` for a chunk that holds records (or the reader's end)."""
+        """Wait up to ``timeout_s`` for a chunk that holds records (or the reader's end).
+
+        A source that fills waits as long as the child may take to answer instead.
+        """
+        if self._fills:
+            timeout_s = ANSWER_TIMEOUT_S
         deadline = time.monotonic() + timeout_s
         while not (self._pending or self._parsed) and self._end is None and self._failure is None:
             if not self._pipe.poll(max(0.0, deadline - time.monotonic())):
