@@ -325,11 +325,14 @@ def part_tiered(path: str, rows: int, budget: int, n_batches: int, lru: int = 0)
     # miss is a first read, and until the policy has evicted as many rows as
     # memory holds, the cache is the first rows read, not the hot ones.
     warmup = 0
-    while warmup < _MAX_WARMUP and (
-        warmup < max(3, n_batches // 2)
-        or store.stats().memory_rows < _FULL * _row_room(store, budget)
-        or store.stats().evictions < store.stats().memory_rows
-    ):
+    while warmup < _MAX_WARMUP:
+        stats = store.stats()
+        if (
+            warmup >= max(3, n_batches // 2)
+            and stats.memory_rows >= _FULL * _row_room(store, budget)
+            and stats.evictions >= stats.memory_rows
+        ):
+            break
         _train(store, workload, _BLOCK, 1.0 + warmup)
         warmup += _BLOCK
     before = store.stats()
