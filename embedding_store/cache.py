@@ -44,12 +44,14 @@ class CacheCounters:
     """Counters of a budgeted store, since it was opened.
 
     ``hits`` and ``misses`` count looked-up positions served from memory and
-    positions that needed a disk read (whether or not the row was there).
+    positions that needed a disk read (whether or not the row was there);
+    ``read_ahead`` the distinct pairs of misses that a read-ahead had read.
     """
 
     hits: int = 0
     misses: int = 0
     disk_reads: int = 0
+    read_ahead: int = 0
     evictions: int = 0
 
 
