@@ -508,6 +508,12 @@ class Trainer:
         )
         self.telemetry.checkpoint_duration.observe(time.perf_counter() - started)
 
+    def _read_ahead(self, upcoming: Batch | None) -> None:
+        """Start reading the rows of ``upcoming``, the batch after this one, from disk."""
+        if upcoming is not None and len(upcoming):
+            fids = batch_fids(upcoming, self._slot_names)
+            self.store.prefetch(self._tables.store_fids(fids))
+
     # -- one step ------------------------------------------------------------
 
     def step(self, batch: Batch) -> StepResult | None:
@@ -735,6 +741,9 @@ class Trainer:
         cfg = self.config
         first_records = last_records = self.stream.records_read
         peers, ended, rounds = self.peers, False, 0
+        # A store with a memory budget reads the next batch's rows from disk on
+        # a thread while this one trains (a sharded store's lookups go to owners).
+        reads_ahead = peers is None and self.store.memory_budget is not None
         with BatchPrefetcher(self.stream, cfg.batch_size, max_events) as prefetcher:
             while peers is not None or not stop.is_set():
                 fetched = None
@@ -756,6 +765,8 @@ class Trainer:
                     last_records = fetched.records_read
                     batch = self.recent_ids.fresh(fetched.batch)
                     self.state.duplicates += len(fetched.batch) - len(batch)
+                    if reads_ahead:
+                        self._read_ahead(prefetcher.peek())
                 if len(batch) or peers is not None:
                     if batch.sample_rates is not None and len(batch):
                         self.state.sample_rate = float(batch.sample_rates[-1])

@@ -86,6 +86,8 @@ class BatchPrefetcher:
         self._first = stream.records_read
         self._taken: Positions = stream.positions()
         self._ended = False
+        # What peek read or took from the queue, for the next get.
+        self._peeked: Fetched | _End | _Failed | None = None
 
     def __enter__(self) -> BatchPrefetcher:
         if not self._inline:
@@ -144,8 +146,10 @@ class BatchPrefetcher:
         """
         if self._ended:
             return None
+        item, self._peeked = self._peeked, None
         try:
-            item = self._read(timeout_s) if self._inline else self._queue.get(timeout=timeout_s)
+            if item is None:
+                item = self._read(timeout_s) if self._inline else self._queue.get(timeout=timeout_s)
         except queue.Empty:
             raise TimeoutError("no batch ready yet") from None
         if isinstance(item, _Failed):
@@ -159,6 +163,28 @@ class BatchPrefetcher:
         self.stream.write_dead_letters(item.letters, flush=False)
         self._taken = item.batch.positions
         return item
+
+    def peek(self) -> Batch | None:
+        """The batch :meth:`get` returns next, without taking it; ``None`` if none is ready.
+
+        With the reading thread, a batch it has queued; on the training
+        thread (a source that parses in a process of its own), the next
+        batch is read now, as :meth:`get` would read it. Lets the trainer
+        start reading the next batch's rows from disk while this one trains.
+        Errors are raised by the :meth:`get` that takes them.
+        """
+        if self._peeked is None and not self._ended:
+            if self._inline:
+                try:
+                    self._peeked = self._read()
+                except BaseException as exc:
+                    self._peeked = _Failed(exc)
+            else:
+                try:
+                    self._peeked = self._queue.get_nowait()
+                except queue.Empty:
+                    return None
+        return self._peeked.batch if isinstance(self._peeked, Fetched) else None
 
     def close(self) -> None:
         """Stop the thread and rewind the source to the end of the last batch taken."""

@@ -118,6 +118,11 @@ class TrainerTelemetry:
             "Looked-up ids that needed a RocksDB read (stores with a memory budget)",
             registry=r,
         )
+        self.read_ahead = Counter(
+            "headrace_embedding_read_ahead",
+            "Missed ids whose row a read-ahead had read while the batch before trained",
+            registry=r,
+        )
         self.evictions = Counter(
             "headrace_embedding_evictions", "Clean rows dropped from memory", registry=r
         )
@@ -148,6 +153,7 @@ class TrainerTelemetry:
         self.disk_bytes.set(stats.disk_bytes)
         self._totals.advance(self.cache_hits, "cache_hits", stats.cache_hits)
         self._totals.advance(self.cache_misses, "cache_misses", stats.cache_misses)
+        self._totals.advance(self.read_ahead, "read_ahead", stats.read_ahead)
         self._totals.advance(self.evictions, "evictions", stats.evictions)
         for slot, rows in stats.rows.items():
             self.rows.labels(slot=slot).set(rows)

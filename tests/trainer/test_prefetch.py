@@ -12,6 +12,7 @@ from headrace.stream import (
     EventStream,
     FileSource,
     ListDeadLetterSink,
+    ProcessFileSource,
     SyntheticConfig,
     SyntheticSource,
 )
@@ -113,3 +114,43 @@ def test_a_stopped_run_resumes_in_process_without_loss_or_repeat(tmp_path, small
         second = trainer.run()
     assert (second.events, second.trained) == (904, 1000)
     assert trainer.state.records == 1000
+
+
+def _peek(prefetcher: BatchPrefetcher):
+    """What ``peek`` shows once the reader thread has read the batch (within 10 s)."""
+    deadline = time.monotonic() + 10
+    while (batch := prefetcher.peek()) is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return batch
+
+
+@pytest.mark.parametrize("source", [FileSource, ProcessFileSource])
+def test_peek_shows_the_batch_get_returns_next_and_close_rewinds_it(tmp_path, source):
+    """With the reading thread (FileSource) or on the training thread (a reader process)."""
+    log = tmp_path / "events.jsonl"
+    write_log(log, 1000, bad_every=90)
+    with BatchPrefetcher(_stream(log), 64, max_events=700) as prefetcher:
+        expected = _drain(prefetcher)
+    stream = EventStream(source(log), ListDeadLetterSink())
+    taken = []
+    with BatchPrefetcher(stream, 64, max_events=700) as prefetcher:
+        while len(taken) < 3:
+            batch = _peek(prefetcher)
+            assert prefetcher.peek() is batch
+            fetched = prefetcher.get(timeout_s=10)
+            assert batch is fetched.batch
+            taken.append(fetched)
+        assert _peek(prefetcher) is not None
+    assert [f.batch.positions for f in taken] == [f.batch.positions for f in expected[:3]]
+    assert [len(f.batch) for f in taken] == [len(f.batch) for f in expected[:3]]
+    # The batch peeked after the third was not taken: the stream is back at the third's end.
+    assert stream.positions() == taken[-1].batch.positions
+    stream.close()
+
+
+def test_peek_is_none_at_the_end(tmp_path):
+    log = tmp_path / "events.jsonl"
+    write_log(log, 100)
+    with BatchPrefetcher(_stream(log), 64, max_events=None) as prefetcher:
+        assert len(_drain(prefetcher)) == 2
+        assert prefetcher.peek() is None
