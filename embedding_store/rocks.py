@@ -28,7 +28,6 @@ import numpy as np
 from rocksdict import (
     BlockBasedOptions,
     Cache,
-    DBCompactionStyle,
     DBCompressionType,
     IngestExternalFileOptions,
     Options,
@@ -270,13 +269,6 @@ def options(memory_budget: int | None = None) -> Options:
     db_options.set_block_based_table_factory(table)
     # Checkpoints bypass the memtables; only small writes use them.
     db_options.set_write_buffer_size(write_buffer)
-    # Each checkpoint ingests rows spread over the whole key space, so with
-    # levels every compaction rewrote most of the level below: on the bench's
-    # 20M-row table RocksDB's compaction threads took 0.5-3.4 core-seconds
-    # per 20 batches (a core of two at times), and multi-gets cost 4.4-5.4 µs
-    # a key beside them. Sorted runs merged by size write each row fewer times:
-    # 0.3-2.4 core-seconds, 3.1-3.8 µs a key.
-    db_options.set_compaction_style(DBCompactionStyle.universal())
     return db_options
 
 
