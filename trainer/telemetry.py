@@ -120,7 +120,7 @@ class TrainerTelemetry:
         )
         self.read_ahead = Counter(
             "headrace_embedding_read_ahead",
-            "Missed ids whose row a read-ahead had read while the batch before trained",
+            "Distinct missed ids whose rows a read-ahead had read while the batch before trained",
             registry=r,
         )
         self.evictions = Counter(
