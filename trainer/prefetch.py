@@ -165,19 +165,21 @@ class BatchPrefetcher:
         return item
 
     def peek(self) -> Batch | None:
-        """The batch :meth:`get` returns next, without taking it; ``None`` if none is ready.
+        """The batch :meth:`get` returns next, without taking it; ``None`` if none
+        is ready yet or the stream has ended.
 
         With the reading thread, a batch it has queued; on the training
         thread (a source that parses in a process of its own), the next
         batch is read now, as :meth:`get` would read it. Lets the trainer
         start reading the next batch's rows from disk while this one trains.
-        Errors are raised by the :meth:`get` that takes them.
+        A read's error is raised by the :meth:`get` that would take its
+        batch, so the batch taken before it still trains.
         """
         if self._peeked is None and not self._ended:
             if self._inline:
                 try:
                     self._peeked = self._read()
-                except BaseException as exc:
+                except Exception as exc:
                     self._peeked = _Failed(exc)
             else:
                 try:

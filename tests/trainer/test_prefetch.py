@@ -154,3 +154,28 @@ def test_peek_is_none_at_the_end(tmp_path):
     with BatchPrefetcher(_stream(log), 64, max_events=None) as prefetcher:
         assert len(_drain(prefetcher)) == 2
         assert prefetcher.peek() is None
+
+
+def test_a_read_error_on_peek_reaches_the_get_after_the_batch_before(tmp_path):
+    """On the training thread, the batch taken before a failed read is still handed out."""
+
+    class Failing(ProcessFileSource):
+        polls = 0
+
+        def poll_parsed(self, max_records, timeout_s=0.0):
+            self.polls += 1
+            if self.polls == 2:
+                raise OSError("disk gone")
+            return super().poll_parsed(max_records, timeout_s)
+
+    log = tmp_path / "events.jsonl"
+    write_log(log, 100)
+    stream = EventStream(Failing(log), ListDeadLetterSink())
+    with BatchPrefetcher(stream, 10, max_events=None) as prefetcher:
+        first = prefetcher.get(timeout_s=10)
+        assert prefetcher.peek() is None  # the failed read
+        with pytest.raises(OSError, match="disk gone"):
+            prefetcher.get()
+        assert prefetcher.get() is None
+    assert len(first.batch) == 10
+    stream.close()
