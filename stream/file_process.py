@@ -30,7 +30,8 @@ class ProcessFileSource(ReaderProcess):
     :meth:`parse_with` is called (:class:`~headrace.stream.EventStream`
     does), the child parses too. :attr:`exhausted` turns true, as the
     ``FileSource``'s does, once a poll reaches the end of the file. The
-    child reads at most two chunks of 1024 records ahead, is a fresh
+    child reads ahead what the pipe holds (about two chunks of 1024 records)
+    and, once a poll asks for more, that many records besides. It is a fresh
     interpreter (it does not import this process's main module), ignores
     SIGINT and SIGTERM and exits when this object closes or this process dies.
 

@@ -44,11 +44,12 @@ class ProcessKafkaSource(ReaderProcess):
     resume. Consumer-group mode is not offered, since a rebalance in the
     child would revoke partitions whose records are already read ahead.
 
-    The child reads at most two chunks of 1024 records ahead of
-    :meth:`poll` (one in the pipe, one being sent), besides kafka-python's
-    own fetch buffer. It is a fresh interpreter (it does not import this
-    process's main module), so ``config`` must be picklable (module-level
-    functions only in ``config.options``). It ignores
+    The child reads ahead of :meth:`poll` what the pipe holds (about two
+    chunks of 1024 records) and, once a poll asks for more, that many
+    records besides; and kafka-python has its own fetch buffer. It is a
+    fresh interpreter (it does not import this process's main module), so
+    ``config`` must be picklable (module-level functions only in
+    ``config.options``). It ignores
     SIGINT and SIGTERM, which a terminal or a service manager may send to
     the whole process group, and exits when this object closes or this
     process dies. One thread at a time may use an instance.

@@ -14,7 +14,12 @@ read-ahead never reaches a checkpoint.
 Everything between the two processes travels over one pipe, in order: the
 parent's commands one way; chunks and answers the other. So the chunks that
 arrive before the answer to a seek are exactly those read before it, and a
-dead child is an end-of-file, never a silent wait.
+dead child is an end-of-file, never a silent wait. Once a poll asks for
+more records than the pipe holds, the child reads that many ahead besides:
+its chunks and answers queue, in that one order, for a thread of the child
+that writes them to the pipe. With the pipe alone, the child stopped while
+a large batch trained: a trainer at batch 8192 waited for its reader 2.8 s
+of a 9 s run and trained 175k events/s against 250k with the queue.
 
 The child is a fresh interpreter with this process's ``sys.path`` (see
 :func:`_start_child`: neither fork nor multiprocessing's spawn), ignores SIGINT and
@@ -41,6 +46,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import repeat
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from operator import attrgetter
 from typing import Any, ClassVar, Protocol, Self
 
@@ -54,9 +60,10 @@ from .parse import EventParser, ParserConfig, ParseResult
 __all__ = ["ChildReader", "ReaderProcess", "ReaderProcessError"]
 
 #: Records per read of the child, and so per chunk sent. A chunk (~220 kB of
-#: typical events) about fills the pipe's buffer, so the child reads one
-#: chunk ahead while another waits in the pipe.
+#: typical events) about fills the pipe's buffer.
 CHUNK_RECORDS = 1024
+#: Records the pipe holds, about: a chunk in its buffer and one being written.
+PIPE_RECORDS = 2 * CHUNK_RECORDS
 #: How long the child waits on its reader, or idles, before it looks for commands.
 WAIT_S = 0.05
 #: How long a command may take in the child (a Kafka lag query asks the broker).
@@ -149,6 +156,7 @@ class ReaderProcess:
         self._parsed: deque[_ParsedChunk] = deque()
         self._parsing = False
         self._started = False  # the child sends chunks once asked (see _pump)
+        self._ahead = 0  # the largest poll so far (see _read_ahead)
         #: Where the child's reader ended (a file's end), while none of it is stale.
         self._end: Positions | None = None
         self._failure: BaseException | None = None  # a read error, raised by the next poll
@@ -197,6 +205,7 @@ class ReaderProcess:
             if not self._started:
                 self._call("start")
                 self._started = True
+            self._read_ahead(max_records)
             records: list[Record] = []
             while len(records) < max_records:
                 if not self._pending:
@@ -239,6 +248,7 @@ class ReaderProcess:
             raise RuntimeError("call parse_with() before poll_parsed()")
         with self._lock:
             self._check_open()
+            self._read_ahead(max_records)
             parts: list[tuple[_ParsedChunk, int, int]] = []
             wanted = max_records
             # A source that does not fill hands out a slice of one chunk (no copy).
@@ -327,6 +337,12 @@ class ReaderProcess:
         _stop_child(self._pipe, self._process)
 
     # -- the pipe (called holding the lock) -------------------------------------
+
+    def _read_ahead(self, max_records: int) -> None:
+        """Have the child read ``max_records`` ahead, beyond the pipe, if more than it does."""
+        if max_records > max(self._ahead, PIPE_RECORDS):
+            self._call("read_ahead", max_records)
+            self._ahead = max_records
 
     def _receive_records(self, timeout_s: float) -> None:
         """Wait up to ``timeout_s`` for a chunk that holds records (or the reader's end).
@@ -502,6 +518,7 @@ def _serve(fd: int) -> None:
 
 
 def _pump(reader: ChildReader, what: str, pipe: Connection) -> None:
+    outbox = _Outbox(pipe, what)
     sent_status: Any = _UNSENT
     parser: EventParser | None = None
     # Chunks are sent from the first poll or parse_with on: one that a
@@ -509,10 +526,16 @@ def _pump(reader: ChildReader, what: str, pipe: Connection) -> None:
     # consumer's read-ahead (a fetch in flight: ~0.1 s before the next records).
     pumping = False
     while True:
-        while pipe.poll(0 if pumping and not reader.idle else WAIT_S):
+        wait_s = WAIT_S
+        if pumping and not reader.idle:
+            # Until the outbox has room for the next chunk, or WAIT_S passed.
+            outbox.wait_for_room(WAIT_S)
+            wait_s = 0.0
+        while pipe.poll(wait_s):
             command, args = pipe.recv()
             if command == "close":
-                pipe.send(("answer", None))
+                outbox.put(("answer", None))
+                outbox.close()
                 return
             try:
                 answer = None
@@ -525,19 +548,23 @@ def _pump(reader: ChildReader, what: str, pipe: Connection) -> None:
                         reader.seek(positions)
                 elif command == "seek":
                     reader.seek(*args)
+                elif command == "read_ahead":
+                    outbox.read_ahead(*args)
                 else:
                     answer = reader.run(command, args)
             except Exception as exc:
                 answer = _with_child_traceback(exc, what)
-            pipe.send(("answer", answer))
+            outbox.put(("answer", answer))
             # What was sent before the answer may be dropped as stale: send it again.
             sent_status = _UNSENT
-        if not pumping:
+        if not pumping or not outbox.has_room():
             continue
         message: tuple[Any, ...] | None = None
         status = sent_status
+        records: list[Record] = []
         try:
-            records = [] if reader.idle else reader.poll(CHUNK_RECORDS)
+            if not reader.idle:
+                records = reader.poll(CHUNK_RECORDS)
             status = reader.status()
             if records and parser is not None:
                 message = ("parsed", (*_columns(records), parser.parse(records, {})), status)
@@ -546,8 +573,95 @@ def _pump(reader: ChildReader, what: str, pipe: Connection) -> None:
         except Exception as exc:
             message = ("failure", _with_child_traceback(exc, what), status)
         if message is not None:
-            _send(pipe, message, what)
+            outbox.put(message, len(records))
         sent_status = status
+
+
+class _Outbox:
+    """The child's messages to the parent, in order.
+
+    Written at once while the parent polls for no more than the pipe holds
+    (:data:`PIPE_RECORDS`). For larger polls a thread writes them, and
+    chunks wait here while the pipe is full, up to :meth:`read_ahead`'s
+    records; answers always go in, after the chunks before them. The thread
+    costs: a trainer at batch 2048 ran ~10% slower with it (the child's
+    write then runs beside its parsing, on the parent's cores). Once the
+    parent is gone, :meth:`put` and :meth:`wait_for_room` raise the
+    ``OSError`` a write met.
+    """
+
+    def __init__(self, pipe: Connection, what: str) -> None:
+        self._pipe, self._what = pipe, what
+        self._ahead = 0
+        self._queue: deque[tuple[bytes, int]] = deque()
+        self._records = 0
+        self._error: OSError | None = None
+        self._closing = False
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def read_ahead(self, records: int) -> None:
+        """Hold up to ``records`` records besides the pipe's (from a poll of more than it holds)."""
+        self._ahead = records
+        if records > PIPE_RECORDS and self._thread is None:
+            self._thread = threading.Thread(target=self._write, name="reader-outbox", daemon=True)
+            self._thread.start()
+
+    def put(self, message: tuple[Any, ...], records: int = 0) -> None:
+        """Write ``message``, which holds ``records`` records, or queue it for the thread."""
+        # Pickled here: the thread then needs the GIL only to start a write.
+        data = _pickled(message, self._what)
+        if self._thread is None:
+            self._pipe.send_bytes(data)
+            return
+        with self._changed:
+            self._raise_error()
+            self._queue.append((data, records))
+            self._records += records
+            self._changed.notify_all()
+
+    def has_room(self) -> bool:
+        return self._records < self._ahead or self._thread is None
+
+    def wait_for_room(self, timeout_s: float) -> None:
+        """Wait at most ``timeout_s`` until there is room for a chunk."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.has_room() or self._error, timeout_s)
+            self._raise_error()
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        if self._thread is None:
+            return
+        with self._changed:
+            self._closing = True
+            self._changed.notify_all()
+        self._thread.join()
+        with self._changed:
+            self._raise_error()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _write(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._queue or self._closing)
+                if not self._queue:
+                    return
+                data, records = self._queue[0]
+            try:
+                self._pipe.send_bytes(data)
+            except OSError as exc:  # the parent is gone
+                with self._changed:
+                    self._error = exc
+                    self._changed.notify_all()
+                return
+            with self._changed:
+                self._queue.popleft()
+                self._records -= records
+                self._changed.notify_all()
 
 
 def _columns(records: list[Record]) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -560,11 +674,9 @@ def _columns(records: list[Record]) -> tuple[list[str], np.ndarray, np.ndarray]:
     return keys, key_index, np.fromiter(map(_OFFSET, records), np.int64, len(records))
 
 
-def _send(pipe: Connection, message: tuple[Any, ...], what: str) -> None:
-    """Send ``message``; one that cannot be pickled goes as a failure instead."""
+def _pickled(message: tuple[Any, ...], what: str) -> bytes:
+    """``message`` pickled; one that cannot be pickled becomes a failure instead."""
     try:
-        pipe.send(message)  # pickles the whole message before writing any of it
-    except OSError:
-        raise  # the parent is gone
+        return ForkingPickler.dumps(message)
     except Exception as exc:  # e.g. a value a configured deserializer made
-        pipe.send(("failure", _with_child_traceback(exc, what), message[2]))
+        return ForkingPickler.dumps(("failure", _with_child_traceback(exc, what), message[2]))

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -328,6 +329,7 @@ def test_the_file_reader_process_exits_with_its_parent(tmp_path, how):
 
 _TORCH_SCRIPT = """
 import sys
+import time
 import torch  # as a trainer's main module has, by way of headrace.trainer
 from headrace.stream import ProcessFileSource
 source = ProcessFileSource(sys.argv[1])
@@ -391,3 +393,41 @@ def test_file_source_reads_as_a_line_at_a_time_would(
             assert source.exhausted
         assert source.positions() == {source.key: at}
     source.close()
+
+
+# -- how far the child reads ahead ------------------------------------------------
+
+
+def _read_within(source, at_least: int, timeout_s: float = 30.0) -> int:
+    deadline = time.monotonic() + timeout_s
+    while source.read() < at_least and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return source.read()
+
+
+def test_a_poll_larger_than_the_pipe_has_the_child_read_that_many_ahead(tmp_path):
+    from headrace.stream.reader_process import CHUNK_RECORDS, PIPE_RECORDS
+    from tests.counting_reader import CountingSource
+
+    batch = 4 * PIPE_RECORDS
+    with CountingSource(tmp_path / "count") as source:
+        assert [r.offset for r in source.poll(batch)] == list(range(batch))
+        # A batch ahead besides the pipe's, while this process takes nothing.
+        assert _read_within(source, 2 * batch) >= 2 * batch
+        time.sleep(0.5)
+        assert source.read() <= 2 * batch + PIPE_RECORDS + CHUNK_RECORDS
+        # In order, and what was read ahead is dropped by a seek.
+        assert [r.offset for r in source.poll(batch)] == list(range(batch, 2 * batch))
+        source.seek({"n": 5})
+        assert [r.offset for r in source.poll(3)] == [5, 6, 7]
+
+
+def test_polls_the_pipe_holds_keep_the_child_at_the_pipe(tmp_path):
+    from headrace.stream.reader_process import CHUNK_RECORDS, PIPE_RECORDS
+    from tests.counting_reader import CountingSource
+
+    with CountingSource(tmp_path / "count") as source:
+        assert len(source.poll(PIPE_RECORDS)) == PIPE_RECORDS
+        assert _read_within(source, PIPE_RECORDS + CHUNK_RECORDS) >= PIPE_RECORDS + CHUNK_RECORDS
+        time.sleep(0.5)
+        assert source.read() <= 2 * PIPE_RECORDS + CHUNK_RECORDS
