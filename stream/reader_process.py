@@ -593,7 +593,7 @@ class _Outbox:
     def __init__(self, pipe: Connection, what: str) -> None:
         self._pipe, self._what = pipe, what
         self._ahead = 0
-        self._queue: deque[tuple[bytes, int]] = deque()
+        self._queue: deque[tuple[memoryview, int]] = deque()
         self._records = 0
         self._error: OSError | None = None
         self._closing = False
@@ -674,7 +674,7 @@ def _columns(records: list[Record]) -> tuple[list[str], np.ndarray, np.ndarray]:
     return keys, key_index, np.fromiter(map(_OFFSET, records), np.int64, len(records))
 
 
-def _pickled(message: tuple[Any, ...], what: str) -> bytes:
+def _pickled(message: tuple[Any, ...], what: str) -> memoryview:
     """``message`` pickled; one that cannot be pickled becomes a failure instead."""
     try:
         return ForkingPickler.dumps(message)
