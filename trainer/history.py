@@ -167,12 +167,17 @@ def _sample_from_json(record: dict[str, Any]) -> Sample:
     return Sample(**(record | {"workers": workers, "joiners": joiners, "ranks": ranks}))
 
 
+def _idle_since(last: Sample, sample: Sample) -> bool:
+    """Whether ``sample`` goes on the idle stretch that ``last`` is part of."""
+    return last.ingest_rate == sample.ingest_rate == 0 and last.trained == sample.trained
+
+
 def _finite(value: float) -> float | None:
     return None if math.isnan(value) else round(value, 6)
 
 
 class TrainingHistory:
-    """Samples a trainer after its steps; readable from other threads.
+    """Samples a trainer at its ticks, events or not; readable from other threads.
 
     Parameters
     ----------
@@ -218,6 +223,7 @@ class TrainingHistory:
         self._drifts: deque[DriftMark] = deque(maxlen=capacity)
         self._lock = threading.Lock()
         self._last: tuple[float, int] | None = None  # wall time, records read
+        self._event_time: float | None = None  # the newest of the last step's events
         # Detections already shown; see attach().
         self._drift_seen: Counter[tuple[str, str]] = Counter()
         self._path = path
@@ -279,18 +285,30 @@ class TrainingHistory:
                 self._file = None
 
     def attach(self, trainer: Trainer) -> None:
-        """Run after each of ``trainer``'s steps (after hooks added before this one)."""
+        """Note drift after each of ``trainer``'s steps and sample at its ticks.
+
+        The hooks run after those added before this call.
+        """
         # A restored drift monitor already counts the detections of earlier runs.
         self._drift_seen = Counter(trainer.drift.counts)
-        trainer.after_step.append(self)
+        trainer.after_step.append(self.after_step)
+        trainer.tick_hooks.append(self.tick)
 
-    def __call__(self, trainer: Trainer, result: StepResult) -> None:
-        """The after-step hook: note drift detections, and sample when one is due."""
-        event_time = float(result.batch.ts.max())
-        self._note_drift(trainer, event_time)
+    def after_step(self, trainer: Trainer, result: StepResult) -> None:
+        """Note the step's drift detections and its newest event time."""
+        self._event_time = float(result.batch.ts.max())
+        self._note_drift(trainer, self._event_time)
+
+    def tick(self, trainer: Trainer) -> None:
+        """Sample when one is due, events or not (an idle source samples ingest 0).
+
+        Samples begin after the first step, which gives them an event time.
+        An idle stretch is one sample, brought up to date at every tick (and
+        saved once), so that a quiet night does not push the day's samples out.
+        """
         now = self.clock()
         records = trainer.stream.records_read
-        if self._last is None:
+        if self._last is None or self._event_time is None:
             self._last = (now, records)
             return
         elapsed = now - self._last[0]
@@ -298,7 +316,13 @@ class TrainingHistory:
             return
         rate = (records - self._last[1]) / elapsed
         self._last = (now, records)
-        self._append(self._sample(trainer, event_time, rate))
+        sample = self._sample(trainer, self._event_time, rate)
+        with self._lock:
+            last = self._samples[-1] if self._samples else None
+            if last is not None and _idle_since(last, sample):
+                self._samples[-1] = sample
+                return
+        self._append(sample)
 
     def _note_drift(self, trainer: Trainer, event_time: float) -> None:
         counts = trainer.drift.counts

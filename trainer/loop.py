@@ -293,6 +293,10 @@ class Trainer:
     after_step
         Callables ``hook(trainer, result)`` run after every step, e.g. the
         parameter publisher (which drains the store's touched set there).
+    tick_hooks
+        Callables ``hook(trainer)`` run about twice a second by :meth:`run`,
+        after the gauges are refreshed, whether or not events came in (the
+        dashboard's history samples there, so that an idle source shows as such).
     lag
         Kafka lag per partition, as of the last refresh (empty for other sources).
     state
@@ -353,6 +357,7 @@ class Trainer:
         self.recent_ids = RecentEventIds(config.dedup_window)
         self.telemetry = TrainerTelemetry(registry or CollectorRegistry())
         self.after_step: list[Callable[[Trainer, StepResult], None]] = []
+        self.tick_hooks: list[Callable[[Trainer], None]] = []
         self.lag: dict[str, int] = {}
         self._stats: StoreStats = store.stats()
         # The store's lookups without a row when the drift signal window last started.
@@ -808,6 +813,8 @@ class Trainer:
                     self._refresh_gauges(with_lag=now - last_lag >= _LAG_EVERY_S)
                     last_lag = now if now - last_lag >= _LAG_EVERY_S else last_lag
                     last_tick = now
+                    for hook in self.tick_hooks:
+                        hook(self)
                     if on_tick is not None:
                         on_tick(self)
                 if halt:

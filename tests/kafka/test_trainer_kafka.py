@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import NamedTuple
@@ -167,3 +168,48 @@ def test_an_unreachable_publish_broker_fails_at_start_and_exits(tmp_path, events
     )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "error: --publish: no Kafka broker answered" in done.stderr
+
+
+def test_the_history_goes_on_sampling_an_idle_topic(tmp_path, kafka_bootstrap, topic_name):
+    """Once the topic is read, the history's newest sample says so: ingest 0 and no lag.
+
+    The idle stretch is one sample, kept up to date: it does not push older samples out.
+    """
+    from headrace.trainer import Trainer, load_trainer_config
+    from headrace.trainer.history import TrainingHistory
+    from headrace.trainer.sources import open_source
+
+    topic, events = topic_name("idle"), 500
+    ensure_topic(kafka_bootstrap, topic, 1)
+    sink = KafkaSink(kafka_bootstrap, topic)
+    for event in CtrGenerator(SyntheticConfig(seed=2)).generate(0, events).events:
+        sink.send(json.dumps(event).encode(), partition=0)
+    sink.close()
+    (tmp_path / "trainer.toml").write_text(SMALL_CONFIG)
+    config = load_trainer_config(tmp_path / "trainer.toml")
+    history, stop = TrainingHistory(every_s=0.2), threading.Event()
+    idle_ticks = []
+
+    def stop_once_idle(trainer: Trainer) -> None:
+        newest = history.samples()[-1:]
+        if newest and newest[0].trained == events and newest[0].ingest_rate == 0:
+            idle_ticks.append(newest[0].wall_time)
+            # The lag is asked for every 2 s: it reaches 0 a little later.
+            if newest[0].consumer_lag == 0 and len(idle_ticks) >= 5:
+                stop.set()
+
+    source = open_source(f"kafka://{kafka_bootstrap}/{topic}")
+    with Trainer.open(config, tmp_path / "run", source) as trainer:
+        history.attach(trainer)
+        trainer.tick_hooks.append(stop_once_idle)
+        deadline = threading.Timer(120, stop.set)  # fails below rather than hangs
+        deadline.start()
+        try:
+            trainer.run(stop=stop)
+        finally:
+            deadline.cancel()
+    samples = history.samples()
+    newest = samples[-1]
+    assert (newest.trained, newest.ingest_rate, newest.consumer_lag) == (events, 0, 0), samples
+    assert samples[-2].ingest_rate > 0  # one sample for the whole idle stretch
+    assert len(set(idle_ticks)) >= 2  # and it was brought up to date as ticks went by
