@@ -329,7 +329,6 @@ def test_the_file_reader_process_exits_with_its_parent(tmp_path, how):
 
 _TORCH_SCRIPT = """
 import sys
-import time
 import torch  # as a trainer's main module has, by way of headrace.trainer
 from headrace.stream import ProcessFileSource
 source = ProcessFileSource(sys.argv[1])
