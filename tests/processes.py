@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-import time
+
+from tests.waiting import poll_until
 
 
 def running(pid: int) -> bool:
@@ -18,7 +19,4 @@ def running(pid: int) -> bool:
 
 def gone_within(pid: int, timeout_s: float = 10.0) -> bool:
     """Whether ``pid`` stops running within ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline and running(pid):
-        time.sleep(0.1)
-    return not running(pid)
+    return not poll_until(lambda: running(pid), lambda alive: not alive, timeout_s, 0.1)

@@ -25,6 +25,7 @@ from headrace.stream import (
     ReaderProcessError,
 )
 from tests.processes import gone_within
+from tests.waiting import poll_until
 
 
 def _write_log(path: Path, lines: list[bytes]) -> Path:
@@ -398,10 +399,7 @@ def test_file_source_reads_as_a_line_at_a_time_would(
 
 
 def _read_within(source, at_least: int, timeout_s: float = 30.0) -> int:
-    deadline = time.monotonic() + timeout_s
-    while source.read() < at_least and time.monotonic() < deadline:
-        time.sleep(0.02)
-    return source.read()
+    return poll_until(source.read, lambda read: read >= at_least, timeout_s, 0.02)
 
 
 def test_a_poll_larger_than_the_pipe_has_the_child_read_that_many_ahead(tmp_path):

@@ -19,6 +19,7 @@ from headrace.stream import (
 from headrace.trainer import Trainer, load_trainer_config
 from headrace.trainer.prefetch import BatchPrefetcher
 from tests.trainer.conftest import write_log
+from tests.waiting import poll_until
 
 
 def _stream(log) -> EventStream:
@@ -52,9 +53,7 @@ def test_batches_equal_those_read_inline(tmp_path):
 
 def _let_read_ahead_settle(stream: EventStream, records: int) -> None:
     """Wait until the reader thread has read ``records`` records, and a moment more."""
-    deadline = time.monotonic() + 10
-    while stream.records_read < records and time.monotonic() < deadline:
-        time.sleep(0.01)
+    poll_until(lambda: stream.records_read, lambda read: read >= records, 10, 0.01)
     time.sleep(0.1)  # for a read beyond it, and the counters updated after the records
 
 
@@ -118,10 +117,7 @@ def test_a_stopped_run_resumes_in_process_without_loss_or_repeat(tmp_path, small
 
 def _peek(prefetcher: BatchPrefetcher):
     """What ``peek`` shows once the reader thread has read the batch (within 10 s)."""
-    deadline = time.monotonic() + 10
-    while (batch := prefetcher.peek()) is None and time.monotonic() < deadline:
-        time.sleep(0.001)
-    return batch
+    return poll_until(prefetcher.peek, lambda batch: batch is not None, 10, 0.001)
 
 
 @pytest.mark.parametrize("source", [FileSource, ProcessFileSource])
